@@ -1,0 +1,1 @@
+//! Admin HTTP: `/metrics`, `/healthz`, `/readyz` (filled in below).

@@ -1,0 +1,1 @@
+//! The `hallpass check` report.

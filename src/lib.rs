@@ -1,0 +1,20 @@
+//! hallpass: per-action authorization for AI agents, as an Envoy ext_authz v3 sidecar.
+//!
+//! One request's way through the crate:
+//! - [`request`]: a `CheckRequest` becomes a normalized [`request::Request`]
+//!   (path, host, headers, query, identity inputs, body kept raw and parsed lazily).
+//! - [`policy`]: the YAML policy is parsed ([`policy::parse`]), validated and compiled
+//!   ([`policy::compile`]) once per load; [`policy::evaluate`] is the pure, synchronous
+//!   decision function over a normalized request, returning a [`policy::Decision`].
+//! - [`response`]: a Decision becomes the `CheckResponse` Envoy acts on.
+//! - [`service`]: the tonic `Authorization/Check` server and gRPC health, `run(listener, shutdown)`.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` over plain HTTP.
+//! - [`settings`]: server configuration (file + flags); [`explain`]: the `check` command's report.
+
+pub mod admin;
+pub mod explain;
+pub mod policy;
+pub mod request;
+pub mod response;
+pub mod service;
+pub mod settings;

@@ -1,0 +1,553 @@
+//! Conditions and operator tests, with three-valued logic.
+//!
+//! A test yields [`Tri::True`], [`Tri::False`] or [`Tri::Unknown`]. Unknown comes from an
+//! unknown body, a reference to something absent or ambiguous, an operator that does not fit
+//! the value's type, a request string that does not read as a number where a number is
+//! needed, or repeated query values / header parts that disagree. Allow rules need True; deny
+//! rules match on True or Unknown (see `eval`).
+
+use std::sync::Arc;
+
+use regex::Regex;
+use serde_json::Value as Json;
+
+/// A three-valued truth value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tri {
+    /// Holds.
+    True,
+    /// Does not hold.
+    False,
+    /// Cannot be decided from what the request says.
+    Unknown,
+}
+
+impl Tri {
+    /// From a boolean.
+    pub fn from_bool(b: bool) -> Tri {
+        if b {
+            Tri::True
+        } else {
+            Tri::False
+        }
+    }
+
+    /// Three-valued negation.
+    pub fn not(self) -> Tri {
+        match self {
+            Tri::True => Tri::False,
+            Tri::False => Tri::True,
+            Tri::Unknown => Tri::Unknown,
+        }
+    }
+
+    /// Three-valued conjunction.
+    pub fn and(self, other: Tri) -> Tri {
+        match (self, other) {
+            (Tri::False, _) | (_, Tri::False) => Tri::False,
+            (Tri::Unknown, _) | (_, Tri::Unknown) => Tri::Unknown,
+            _ => Tri::True,
+        }
+    }
+
+    /// Three-valued disjunction.
+    pub fn or(self, other: Tri) -> Tri {
+        match (self, other) {
+            (Tri::True, _) | (_, Tri::True) => Tri::True,
+            (Tri::Unknown, _) | (_, Tri::Unknown) => Tri::Unknown,
+            _ => Tri::False,
+        }
+    }
+}
+
+/// What a `{ ref: NAME }` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefName {
+    /// The caller's agent id.
+    Agent,
+    /// The human/user the agent acts for.
+    OnBehalfOf,
+    /// A path capture.
+    Capture(Arc<str>),
+    /// A request header (lowercase name).
+    Header(Box<str>),
+    /// A query parameter.
+    Query(Box<str>),
+}
+
+impl RefName {
+    /// Parse `agent`, `on_behalf_of`, `path.<capture>`, `header.<name>`, `query.<name>`.
+    pub fn parse(s: &str) -> Result<RefName, String> {
+        match s {
+            "agent" => return Ok(RefName::Agent),
+            "on_behalf_of" => return Ok(RefName::OnBehalfOf),
+            _ => {}
+        }
+        if let Some(c) = s.strip_prefix("path.") {
+            if !c.is_empty() {
+                return Ok(RefName::Capture(Arc::from(c)));
+            }
+        }
+        if let Some(h) = s.strip_prefix("header.") {
+            if h.is_empty() {
+                return Err("`header.` needs a header name".into());
+            }
+            if h.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(format!("header names are lowercase: write `header.{}`", h.to_ascii_lowercase()));
+            }
+            return Ok(RefName::Header(Box::from(h)));
+        }
+        if let Some(q) = s.strip_prefix("query.") {
+            if !q.is_empty() {
+                return Ok(RefName::Query(Box::from(q)));
+            }
+        }
+        Err(format!(
+            "unknown reference `{s}`; a reference is `agent`, `on_behalf_of`, `path.<capture>`, `header.<name>` or `query.<name>`"
+        ))
+    }
+}
+
+/// The value of a resolved reference.
+#[derive(Debug, Clone, Copy)]
+pub enum RefValue<'a> {
+    /// A string from the request line (capture, query value, header value): read leniently
+    /// as a number where it meets a number.
+    Text(&'a str),
+    /// An identity string.
+    Ident(&'a str),
+}
+
+impl<'a> RefValue<'a> {
+    fn text(self) -> &'a str {
+        match self {
+            RefValue::Text(s) | RefValue::Ident(s) => s,
+        }
+    }
+}
+
+/// Resolves references against the request being decided.
+pub trait Resolve {
+    /// `None` when the referenced thing is absent or ambiguous (the test is then unknown).
+    fn resolve(&self, r: &RefName) -> Option<RefValue<'_>>;
+}
+
+/// A value in a test: a literal from the policy or a reference into the request.
+#[derive(Debug, Clone)]
+pub enum Operand {
+    /// A literal (JSON) value.
+    Lit(Json),
+    /// `{ ref: NAME }`.
+    Ref(RefName),
+}
+
+/// One operator test.
+#[derive(Debug, Clone)]
+pub enum Test {
+    /// JSON equality (numbers by value).
+    Equals(Operand),
+    /// Equal to one of the list.
+    In(Vec<Operand>),
+    /// Equal to none of the list; false on a missing field.
+    NotIn(Vec<Operand>),
+    /// String starts with.
+    Prefix(Operand),
+    /// String ends with.
+    Suffix(Operand),
+    /// String contains.
+    Contains(Operand),
+    /// Whole-string regex match (the regex is anchored at compile time).
+    Matches(Regex),
+    /// Number comparison `<`.
+    Lt(Operand),
+    /// Number comparison `<=`.
+    Lte(Operand),
+    /// Number comparison `>`.
+    Gt(Operand),
+    /// Number comparison `>=`.
+    Gte(Operand),
+    /// String length in characters or array length at most n.
+    MaxLen(u64),
+    /// Field present (true) or absent (false).
+    Exists(bool),
+    /// Array whose every element passes.
+    Each(Box<Test>),
+    /// Array with at least one passing element.
+    Some(Box<Test>),
+}
+
+/// A condition on a JSON document.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    /// Every part holds.
+    All(Vec<Condition>),
+    /// At least one part holds.
+    Any(Vec<Condition>),
+    /// Negation.
+    Not(Box<Condition>),
+    /// A test on the value at a JSON Pointer.
+    Field {
+        /// Decoded reference tokens of the pointer (empty = the whole document).
+        pointer: Vec<Box<str>>,
+        /// The test.
+        test: Test,
+    },
+}
+
+/// The document a condition reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Doc<'a> {
+    /// Nothing can be said about it (absent, truncated, unparseable, other type).
+    Unknown,
+    /// Known to be missing (e.g. `params.arguments` of a call without arguments).
+    Missing,
+    /// A parsed value.
+    Value(&'a Json),
+}
+
+/// A value being tested.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// From a JSON document: strict JSON types.
+    Json(&'a Json),
+    /// A string from the request line: read leniently as a number where it meets one.
+    Text(&'a str),
+}
+
+/// Read a request-line string as a number: Rust's `f64` parsing, minus infinities and NaN.
+pub fn lenient_number(s: &str) -> Option<f64> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() => Some(n),
+        _ => None,
+    }
+}
+
+/// JSON equality with numbers compared by value (1 equals 1.0).
+pub fn json_eq(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => {
+            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+                return x == y;
+            }
+            if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+                return x == y;
+            }
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => false,
+            }
+        }
+        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y)),
+        (Json::Object(x), Json::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Where a JSON Pointer leads.
+enum Found<'a> {
+    Value(&'a Json),
+    Missing,
+    Unknown,
+}
+
+fn lookup<'a>(root: &'a Json, pointer: &[Box<str>]) -> Found<'a> {
+    let mut cur = root;
+    for tok in pointer {
+        cur = match cur {
+            Json::Object(map) => match map.get(&**tok) {
+                Some(v) => v,
+                None => return Found::Missing,
+            },
+            Json::Array(items) => {
+                if &**tok == "-" {
+                    return Found::Missing;
+                }
+                // RFC 6901 array index: "0" or digits without a leading zero; any other
+                // token means the document's shape is not what the policy expects.
+                let valid = !tok.is_empty()
+                    && tok.bytes().all(|b| b.is_ascii_digit())
+                    && (tok.len() == 1 || !tok.starts_with('0'));
+                if !valid {
+                    return Found::Unknown;
+                }
+                match tok.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                    Some(v) => v,
+                    None => return Found::Missing,
+                }
+            }
+            // A pointer into a scalar: the shape is not what the policy expects.
+            _ => return Found::Unknown,
+        };
+    }
+    Found::Value(cur)
+}
+
+impl Condition {
+    /// Evaluate on a document.
+    pub fn eval(&self, doc: Doc<'_>, refs: &dyn Resolve) -> Tri {
+        match self {
+            Condition::All(parts) => {
+                let mut acc = Tri::True;
+                for p in parts {
+                    acc = acc.and(p.eval(doc, refs));
+                    if acc == Tri::False {
+                        return acc;
+                    }
+                }
+                acc
+            }
+            Condition::Any(parts) => {
+                let mut acc = Tri::False;
+                for p in parts {
+                    acc = acc.or(p.eval(doc, refs));
+                    if acc == Tri::True {
+                        return acc;
+                    }
+                }
+                acc
+            }
+            Condition::Not(c) => c.eval(doc, refs).not(),
+            Condition::Field { pointer, test } => match doc {
+                Doc::Unknown => Tri::Unknown,
+                Doc::Missing => test.on_missing(),
+                Doc::Value(root) => match lookup(root, pointer) {
+                    Found::Unknown => Tri::Unknown,
+                    Found::Missing => test.on_missing(),
+                    Found::Value(v) => test.eval(Subject::Json(v), refs),
+                },
+            },
+        }
+    }
+}
+
+impl Test {
+    /// The result on a missing field: false, except `exists: false`.
+    pub fn on_missing(&self) -> Tri {
+        Tri::from_bool(matches!(self, Test::Exists(false)))
+    }
+
+    /// Evaluate on several request-line values (repeated query parameter, header parts):
+    /// true if it holds for every value, false if for none, unknown otherwise. No values at
+    /// all is a missing field.
+    pub fn eval_values<'v>(&self, values: impl Iterator<Item = &'v str>, refs: &dyn Resolve) -> Tri {
+        let mut any_true = false;
+        let mut any_false = false;
+        for v in values {
+            match self.eval(Subject::Text(v), refs) {
+                Tri::True => any_true = true,
+                Tri::False => any_false = true,
+                Tri::Unknown => return Tri::Unknown,
+            }
+            if any_true && any_false {
+                return Tri::Unknown;
+            }
+        }
+        match (any_true, any_false) {
+            (false, false) => self.on_missing(),
+            (true, _) => Tri::True,
+            (false, true) => Tri::False,
+        }
+    }
+
+    /// Evaluate on a present value.
+    pub fn eval(&self, v: Subject<'_>, refs: &dyn Resolve) -> Tri {
+        match self {
+            Test::Exists(want) => Tri::from_bool(*want),
+            Test::Equals(o) => equals(v, o, refs),
+            Test::In(list) => in_list(v, list, refs),
+            Test::NotIn(list) => in_list(v, list, refs).not(),
+            Test::Prefix(o) => string_op(v, o, refs, |s, p| s.starts_with(p)),
+            Test::Suffix(o) => string_op(v, o, refs, |s, p| s.ends_with(p)),
+            Test::Contains(o) => string_op(v, o, refs, |s, p| s.contains(p)),
+            Test::Matches(re) => match as_str(v) {
+                Some(s) => Tri::from_bool(re.is_match(s)),
+                None => Tri::Unknown,
+            },
+            Test::Lt(o) => compare(v, o, refs, |a, b| a < b),
+            Test::Lte(o) => compare(v, o, refs, |a, b| a <= b),
+            Test::Gt(o) => compare(v, o, refs, |a, b| a > b),
+            Test::Gte(o) => compare(v, o, refs, |a, b| a >= b),
+            Test::MaxLen(n) => match v {
+                Subject::Json(Json::String(s)) => Tri::from_bool(s.chars().count() as u64 <= *n),
+                Subject::Text(s) => Tri::from_bool(s.chars().count() as u64 <= *n),
+                Subject::Json(Json::Array(a)) => Tri::from_bool(a.len() as u64 <= *n),
+                Subject::Json(_) => Tri::Unknown,
+            },
+            Test::Each(inner) => match v {
+                Subject::Json(Json::Array(items)) => {
+                    let mut acc = Tri::True;
+                    for item in items {
+                        acc = acc.and(inner.eval(Subject::Json(item), refs));
+                        if acc == Tri::False {
+                            break;
+                        }
+                    }
+                    acc
+                }
+                _ => Tri::Unknown,
+            },
+            Test::Some(inner) => match v {
+                Subject::Json(Json::Array(items)) => {
+                    let mut acc = Tri::False;
+                    for item in items {
+                        acc = acc.or(inner.eval(Subject::Json(item), refs));
+                        if acc == Tri::True {
+                            break;
+                        }
+                    }
+                    acc
+                }
+                _ => Tri::Unknown,
+            },
+        }
+    }
+}
+
+fn in_list(v: Subject<'_>, list: &[Operand], refs: &dyn Resolve) -> Tri {
+    let mut acc = Tri::False;
+    for o in list {
+        acc = acc.or(equals(v, o, refs));
+        if acc == Tri::True {
+            break;
+        }
+    }
+    acc
+}
+
+fn as_str(v: Subject<'_>) -> Option<&str> {
+    match v {
+        Subject::Json(Json::String(s)) => Some(s),
+        Subject::Text(s) => Some(s),
+        Subject::Json(_) => None,
+    }
+}
+
+fn equals(v: Subject<'_>, o: &Operand, refs: &dyn Resolve) -> Tri {
+    match o {
+        Operand::Lit(lit) => match v {
+            Subject::Json(j) => Tri::from_bool(json_eq(j, lit)),
+            Subject::Text(s) => match lit {
+                Json::Number(n) => match (lenient_number(s), n.as_f64()) {
+                    (Some(a), Some(b)) => Tri::from_bool(a == b),
+                    _ => Tri::Unknown,
+                },
+                Json::String(l) => Tri::from_bool(s == l),
+                _ => Tri::False,
+            },
+        },
+        Operand::Ref(r) => {
+            let Some(rv) = refs.resolve(r) else {
+                return Tri::Unknown;
+            };
+            match (v, rv) {
+                (Subject::Json(Json::Number(n)), RefValue::Text(t)) => match (n.as_f64(), lenient_number(t)) {
+                    (Some(a), Some(b)) => Tri::from_bool(a == b),
+                    _ => Tri::Unknown,
+                },
+                (Subject::Json(Json::String(s)), rv) => Tri::from_bool(s == rv.text()),
+                (Subject::Json(_), _) => Tri::False,
+                (Subject::Text(s), rv) => Tri::from_bool(s == rv.text()),
+            }
+        }
+    }
+}
+
+fn string_op(v: Subject<'_>, o: &Operand, refs: &dyn Resolve, f: impl Fn(&str, &str) -> bool) -> Tri {
+    let Some(s) = as_str(v) else {
+        return Tri::Unknown;
+    };
+    match o {
+        Operand::Lit(Json::String(p)) => Tri::from_bool(f(s, p)),
+        // INVARIANT: the compiler only builds string operators with string literals.
+        Operand::Lit(_) => Tri::Unknown,
+        Operand::Ref(r) => match refs.resolve(r) {
+            Some(rv) => Tri::from_bool(f(s, rv.text())),
+            None => Tri::Unknown,
+        },
+    }
+}
+
+fn compare(v: Subject<'_>, o: &Operand, refs: &dyn Resolve, f: impl Fn(f64, f64) -> bool) -> Tri {
+    let a = match v {
+        Subject::Json(Json::Number(n)) => n.as_f64(),
+        Subject::Text(s) => lenient_number(s),
+        Subject::Json(_) => None,
+    };
+    let b = match o {
+        Operand::Lit(Json::Number(n)) => n.as_f64(),
+        Operand::Lit(_) => None,
+        Operand::Ref(r) => refs.resolve(r).and_then(|rv| lenient_number(rv.text())),
+    };
+    match (a, b) {
+        (Some(a), Some(b)) => Tri::from_bool(f(a, b)),
+        _ => Tri::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct NoRefs;
+    impl Resolve for NoRefs {
+        fn resolve(&self, _: &RefName) -> Option<RefValue<'_>> {
+            None
+        }
+    }
+
+    #[test]
+    fn tri_logic_tables() {
+        use Tri::*;
+        assert_eq!(True.and(Unknown), Unknown);
+        assert_eq!(False.and(Unknown), False);
+        assert_eq!(True.or(Unknown), True);
+        assert_eq!(False.or(Unknown), Unknown);
+        assert_eq!(Unknown.not(), Unknown);
+    }
+
+    #[test]
+    fn lenient_numbers() {
+        for (s, n) in [("+500", 500.0), ("0500", 500.0), ("5e2", 500.0), ("500.", 500.0), (".5", 0.5)] {
+            assert_eq!(lenient_number(s), Some(n), "{s}");
+        }
+        for s in ["inf", "-infinity", "NaN", "0x10", "", " 5", "1e400"] {
+            assert_eq!(lenient_number(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn type_mismatch_is_unknown() {
+        let t = Test::Gt(Operand::Lit(json!(1000)));
+        assert_eq!(t.eval(Subject::Json(&json!("5000")), &NoRefs), Tri::Unknown);
+        assert_eq!(t.eval(Subject::Json(&json!(5000)), &NoRefs), Tri::True);
+        assert_eq!(t.eval(Subject::Text("+5000"), &NoRefs), Tri::True);
+        assert_eq!(t.eval(Subject::Text("lots"), &NoRefs), Tri::Unknown);
+        assert_eq!(Test::Equals(Operand::Lit(json!(1))).eval(Subject::Json(&json!(1.0)), &NoRefs), Tri::True);
+        assert_eq!(Test::Equals(Operand::Lit(json!(42))).eval(Subject::Json(&json!("42")), &NoRefs), Tri::False);
+    }
+
+    #[test]
+    fn repeated_values_must_agree() {
+        let t = Test::In(vec![Operand::Lit(json!("name"))]);
+        assert_eq!(t.eval_values(["name", "name"].into_iter(), &NoRefs), Tri::True);
+        assert_eq!(t.eval_values(["ssn", "x"].into_iter(), &NoRefs), Tri::False);
+        assert_eq!(t.eval_values(["name", "ssn"].into_iter(), &NoRefs), Tri::Unknown);
+    }
+
+    #[test]
+    fn pointer_shapes() {
+        let doc = json!({"a": [1, {"b": 2}], "s": "x"});
+        let f = |p: &[&str], t: Test| {
+            Condition::Field { pointer: p.iter().map(|s| Box::from(*s)).collect(), test: t }
+                .eval(Doc::Value(&doc), &NoRefs)
+        };
+        assert_eq!(f(&["a", "1", "b"], Test::Equals(Operand::Lit(json!(2)))), Tri::True);
+        assert_eq!(f(&["a", "5"], Test::Exists(false)), Tri::True);
+        assert_eq!(f(&["a", "01"], Test::Exists(true)), Tri::Unknown);
+        assert_eq!(f(&["s", "x"], Test::Exists(false)), Tri::Unknown);
+        assert_eq!(f(&["nope"], Test::NotIn(vec![Operand::Lit(json!(1))])), Tri::False);
+    }
+}

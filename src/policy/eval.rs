@@ -1,0 +1,585 @@
+//! The decision: a pure, synchronous function of (policy, normalized request, instant).
+//!
+//! Order (policy-language.md "Decision"): `invalid_path`, then `invalid_identity` (both
+//! enforced even in dry run); then the first matching deny rule, else the first matching allow
+//! rule, else `settings.default`. An allow rule matches only when all its parts are true; a
+//! deny rule also when they are unknown. A JSON-RPC batch is decided element by element.
+//! No I/O, no locks, no panics; the body is parsed only if a candidate rule reads it.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde_json::Value as Json;
+
+use super::compile::{AgentSet, Effect, IdentitySource, McpMatch, Mode, Policy, Rule};
+use super::condition::{Doc, RefName, RefValue, Resolve, Subject, Tri};
+use super::pattern::Captures;
+use crate::request::{Parsed, PathError, Request};
+
+/// The id of the rule (or built-in reason) that decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleId {
+    /// A policy rule.
+    Rule(Arc<str>),
+    /// No rule matched: `settings.default`.
+    Default,
+    /// The path was refused by normalization.
+    InvalidPath,
+    /// A header identity source was ambiguous.
+    InvalidIdentity,
+    /// The CheckRequest had no HTTP attributes.
+    InvalidRequest,
+}
+
+impl RuleId {
+    /// The id as reported to Envoy and in logs.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RuleId::Rule(id) => id,
+            RuleId::Default => "default",
+            RuleId::InvalidPath => "invalid_path",
+            RuleId::InvalidIdentity => "invalid_identity",
+            RuleId::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
+/// The outcome of deciding one request. This record is what the decision log says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// What Envoy is told: true = let it through.
+    pub allowed: bool,
+    /// What the policy decided before any global dry run (equal to `allowed` unless a
+    /// global dry run turned a deny into an allow).
+    pub policy_effect: Effect,
+    /// The deciding rule (in a global dry run that turned a deny into an allow, the
+    /// would-deny rule).
+    pub rule: RuleId,
+    /// The deciding rule's message, if it has one.
+    pub message: Option<Arc<str>>,
+    /// A dry run (global, or a per-rule one) turned a deny into an allow.
+    pub dry_run: bool,
+    /// Deny rules in per-rule dry run that matched (their would-be denials), file order.
+    pub dry_run_rules: Vec<Arc<str>>,
+    /// The caller's agent id, when known.
+    pub agent: Option<String>,
+    /// The user the agent acts for, when known.
+    pub on_behalf_of: Option<String>,
+    /// Why the path was refused, for `invalid_path`.
+    pub path_error: Option<PathError>,
+}
+
+impl Decision {
+    fn builtin(rule: RuleId) -> Decision {
+        Decision {
+            allowed: false,
+            policy_effect: Effect::Deny,
+            rule,
+            message: None,
+            dry_run: false,
+            dry_run_rules: Vec::new(),
+            agent: None,
+            on_behalf_of: None,
+            path_error: None,
+        }
+    }
+
+    /// The decision for a CheckRequest without HTTP attributes.
+    pub fn invalid_request() -> Decision {
+        Decision::builtin(RuleId::InvalidRequest)
+    }
+}
+
+/// Which part of a rule made it not match (or made it unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// `agents`.
+    Agents,
+    /// `methods`.
+    Methods,
+    /// `hosts`.
+    Hosts,
+    /// `paths`.
+    Paths,
+    /// `when`.
+    When,
+    /// `captures`.
+    Captures,
+    /// `query`.
+    Query,
+    /// `headers`.
+    Headers,
+    /// `mcp`.
+    Mcp,
+    /// `body`.
+    Body,
+}
+
+impl Part {
+    /// The policy key of this part.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Part::Agents => "agents",
+            Part::Methods => "methods",
+            Part::Hosts => "hosts",
+            Part::Paths => "paths",
+            Part::When => "when",
+            Part::Captures => "captures",
+            Part::Query => "query",
+            Part::Headers => "headers",
+            Part::Mcp => "mcp",
+            Part::Body => "body",
+        }
+    }
+}
+
+/// How one rule fared against one request (or batch element).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// True, false, or unknown.
+    pub result: Tri,
+    /// The first part that was false; else the first that was unknown; else none.
+    pub part: Option<Part>,
+}
+
+/// Resolved identities of the caller.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Agent id.
+    pub agent: Option<String>,
+    /// On-behalf-of id.
+    pub on_behalf_of: Option<String>,
+}
+
+/// A header identity source carried more than one comma-separated part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousIdentity;
+
+fn resolve_sources(sources: &[IdentitySource], req: &Request) -> Result<Option<String>, AmbiguousIdentity> {
+    for s in sources {
+        match s {
+            IdentitySource::Principal => {
+                if let Some(p) = &req.principal {
+                    return Ok(Some(p.clone()));
+                }
+            }
+            IdentitySource::Jwt { provider, claim } => {
+                if let Some(v) = req.jwt_claim(provider, claim) {
+                    return Ok(Some(v.to_string()));
+                }
+            }
+            IdentitySource::Header(name) => {
+                if let Some(v) = req.header(name) {
+                    if v.contains(',') {
+                        return Err(AmbiguousIdentity);
+                    }
+                    let v = v.trim();
+                    if !v.is_empty() {
+                        return Ok(Some(v.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Resolve the agent and on-behalf-of identities by the policy's sources.
+pub fn resolve_identity(policy: &Policy, req: &Request) -> Result<Identity, AmbiguousIdentity> {
+    let agent = match &req.agent_override {
+        Some(a) => Some(a.clone()),
+        None => resolve_sources(&policy.identity.agent, req)?,
+    };
+    let on_behalf_of = match &req.on_behalf_of_override {
+        Some(o) => Some(o.clone()),
+        None => resolve_sources(&policy.identity.on_behalf_of, req)?,
+    };
+    Ok(Identity { agent, on_behalf_of })
+}
+
+/// What the body looks like to one evaluation (the whole body, or one batch element).
+#[derive(Debug, Clone, Copy)]
+pub enum BodyView<'a> {
+    /// Unknown to conditions.
+    Unknown,
+    /// Parsed JSON.
+    Json(&'a Json),
+    /// A parsed form.
+    Form(&'a Json),
+    /// An array mixing JSON-RPC objects with other values: `mcp` is unknown on it.
+    MixedRpcArray(&'a Json),
+}
+
+impl<'a> BodyView<'a> {
+    fn doc(self) -> Doc<'a> {
+        match self {
+            BodyView::Unknown => Doc::Unknown,
+            BodyView::Json(v) | BodyView::Form(v) | BodyView::MixedRpcArray(v) => Doc::Value(v),
+        }
+    }
+}
+
+fn is_rpc(v: &Json) -> bool {
+    v.as_object().and_then(|o| o.get("jsonrpc")).is_some_and(|j| j == "2.0")
+}
+
+/// The evaluation context of one request.
+struct Cx<'r> {
+    req: &'r Request,
+    path: &'r str,
+    ident: &'r Identity,
+    now: Timestamp,
+}
+
+struct Refs<'a, 'r> {
+    cx: &'a Cx<'r>,
+    caps: &'a Captures<'r>,
+}
+
+impl Resolve for Refs<'_, '_> {
+    fn resolve(&self, r: &RefName) -> Option<RefValue<'_>> {
+        match r {
+            RefName::Agent => self.cx.ident.agent.as_deref().map(RefValue::Ident),
+            RefName::OnBehalfOf => self.cx.ident.on_behalf_of.as_deref().map(RefValue::Ident),
+            RefName::Capture(name) => self.caps.iter().find(|(n, _)| n == name).map(|(_, v)| RefValue::Text(v)),
+            RefName::Header(name) => {
+                let v = self.cx.req.header(name)?;
+                if v.contains(',') {
+                    return None;
+                }
+                Some(RefValue::Text(v.trim()))
+            }
+            RefName::Query(name) => {
+                let mut it = self.cx.req.query.iter().filter(|(n, _)| **n == **name);
+                match (it.next(), it.next()) {
+                    (Some((_, v)), None) => Some(RefValue::Text(v)),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// Fold a part's result into the rule's running result.
+fn fold(acc: &mut RuleMatch, part: Part, r: Tri) -> bool {
+    match r {
+        Tri::True => true,
+        Tri::False => {
+            acc.result = Tri::False;
+            acc.part = Some(part);
+            false
+        }
+        Tri::Unknown => {
+            if acc.result == Tri::True {
+                acc.result = Tri::Unknown;
+                acc.part = Some(part);
+            }
+            true
+        }
+    }
+}
+
+fn match_mcp(m: &McpMatch, body: BodyView<'_>, refs: &dyn Resolve) -> Tri {
+    let call = match body {
+        BodyView::Unknown | BodyView::MixedRpcArray(_) => return Tri::Unknown,
+        BodyView::Form(_) => return Tri::False,
+        BodyView::Json(v) if is_rpc(v) => v,
+        BodyView::Json(_) => return Tri::False,
+    };
+    let mut acc = Tri::True;
+    if let Some(methods) = &m.methods {
+        acc = acc.and(match call.get("method") {
+            None => Tri::False,
+            Some(Json::String(s)) => Tri::from_bool(methods.iter().any(|x| **x == **s)),
+            Some(_) => Tri::Unknown,
+        });
+        if acc == Tri::False {
+            return acc;
+        }
+    }
+    let params = call.get("params");
+    if let Some(tools) = &m.tools {
+        acc = acc.and(match params {
+            None => Tri::False,
+            Some(Json::Object(p)) => match p.get("name") {
+                None => Tri::False,
+                Some(Json::String(s)) => Tri::from_bool(tools.iter().any(|x| **x == **s)),
+                Some(_) => Tri::Unknown,
+            },
+            Some(_) => Tri::Unknown,
+        });
+        if acc == Tri::False {
+            return acc;
+        }
+    }
+    if let Some(cond) = &m.arguments {
+        let doc = match params {
+            None => Doc::Missing,
+            Some(Json::Object(p)) => match p.get("arguments") {
+                Some(a) => Doc::Value(a),
+                None => Doc::Missing,
+            },
+            Some(_) => Doc::Unknown,
+        };
+        acc = acc.and(cond.eval(doc, refs));
+    }
+    acc
+}
+
+/// Match one rule. Cheap parts first; stops at the first false part.
+fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
+    let mut m = RuleMatch { result: Tri::True, part: None };
+    let req = cx.req;
+    if let Some(methods) = &rule.methods {
+        if !methods.iter().any(|x| **x == *req.method) {
+            fold(&mut m, Part::Methods, Tri::False);
+            return m;
+        }
+    }
+    if let Some(hosts) = &rule.hosts {
+        if !hosts.iter().any(|h| h.matches(&req.host)) {
+            fold(&mut m, Part::Hosts, Tri::False);
+            return m;
+        }
+    }
+    let agent_ok = match (&rule.agents, cx.ident.agent.as_deref()) {
+        (None, _) => true,
+        (Some(AgentSet::AnyIdentified), Some(_)) => true,
+        (Some(AgentSet::Ids(ids)), Some(a)) => ids.contains(a),
+        (Some(_), None) => false,
+    };
+    if !agent_ok {
+        fold(&mut m, Part::Agents, Tri::False);
+        return m;
+    }
+    let mut caps: Captures<'r> = Vec::new();
+    if let Some(paths) = &rule.paths {
+        if !paths.iter().any(|p| p.matches(cx.path, &mut caps)) {
+            fold(&mut m, Part::Paths, Tri::False);
+            return m;
+        }
+    }
+    if let Some(w) = &rule.when {
+        if !w.contains(cx.now) {
+            fold(&mut m, Part::When, Tri::False);
+            return m;
+        }
+    }
+    let refs = Refs { cx, caps: &caps };
+    for (name, test) in &rule.captures {
+        let r = match caps.iter().find(|(n, _)| n == name) {
+            Some((_, v)) => test.eval(Subject::Text(v), &refs),
+            None => test.on_missing(),
+        };
+        if !fold(&mut m, Part::Captures, r) {
+            return m;
+        }
+    }
+    for (name, test) in &rule.query {
+        let values = req.query.iter().filter(|(n, _)| **n == **name).map(|(_, v)| v.as_str());
+        if !fold(&mut m, Part::Query, test.eval_values(values, &refs)) {
+            return m;
+        }
+    }
+    for (name, test) in &rule.headers {
+        let r = match req.header(name) {
+            Some(v) => test.eval_values(v.split(',').map(str::trim), &refs),
+            None => test.on_missing(),
+        };
+        if !fold(&mut m, Part::Headers, r) {
+            return m;
+        }
+    }
+    if let Some(mcp) = &rule.mcp {
+        if !fold(&mut m, Part::Mcp, match_mcp(mcp, body, &refs)) {
+            return m;
+        }
+    }
+    if let Some(cond) = &rule.body {
+        fold(&mut m, Part::Body, cond.eval(body.doc(), &refs));
+    }
+    m
+}
+
+/// Does this rule's match result make it apply?
+fn applies(rule: &Rule, m: RuleMatch) -> bool {
+    match rule.effect {
+        Effect::Allow => m.result == Tri::True,
+        Effect::Deny => m.result != Tri::False,
+    }
+}
+
+/// The outcome of deciding one body (the whole request, or one batch element), before the
+/// global mode is applied.
+struct Outcome {
+    effect: Effect,
+    rule: RuleId,
+    message: Option<Arc<str>>,
+    dry_run_rules: Vec<Arc<str>>,
+}
+
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
+}
+
+fn decide_one(policy: &Policy, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
+    let first = first_segment(cx.path);
+    let mut dry_run_rules = Vec::new();
+    for i in policy.deny_index.candidates(first) {
+        let Some(rule) = policy.rules.get(i) else { continue };
+        if applies(rule, match_rule(rule, cx, body)) {
+            if rule.dry_run {
+                dry_run_rules.push(rule.id.clone());
+                continue;
+            }
+            return Outcome {
+                effect: Effect::Deny,
+                rule: RuleId::Rule(rule.id.clone()),
+                message: rule.message.clone(),
+                dry_run_rules,
+            };
+        }
+    }
+    for i in policy.allow_index.candidates(first) {
+        let Some(rule) = policy.rules.get(i) else { continue };
+        if applies(rule, match_rule(rule, cx, body)) {
+            return Outcome { effect: Effect::Allow, rule: RuleId::Rule(rule.id.clone()), message: None, dry_run_rules };
+        }
+    }
+    Outcome { effect: policy.settings.default, rule: RuleId::Default, message: None, dry_run_rules }
+}
+
+/// How the body is to be decided.
+enum Shape<'a> {
+    Single(BodyView<'a>),
+    Batch(&'a [Json]),
+}
+
+fn body_shape<'a>(policy: &Policy, req: &'a Request, first: &str) -> Shape<'a> {
+    let reads_body = policy
+        .deny_index
+        .candidates(first)
+        .chain(policy.allow_index.candidates(first))
+        .any(|i| policy.rules.get(i).is_some_and(|r| r.reads_body));
+    if !reads_body {
+        // No candidate reads the body: every element of a batch would be decided alike.
+        return Shape::Single(BodyView::Unknown);
+    }
+    match req.body.parsed() {
+        Parsed::Unknown(_) => Shape::Single(BodyView::Unknown),
+        Parsed::Form(v) => Shape::Single(BodyView::Form(v)),
+        Parsed::Json(v) => match v {
+            Json::Array(items) if !items.is_empty() && items.iter().all(is_rpc) => Shape::Batch(items),
+            Json::Array(items) if items.iter().any(is_rpc) => Shape::Single(BodyView::MixedRpcArray(v)),
+            _ => Shape::Single(BodyView::Json(v)),
+        },
+    }
+}
+
+/// Decide a request against a policy at instant `now`.
+pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
+    let path = match &req.path {
+        Ok(p) => p.as_str(),
+        Err(e) => {
+            let mut d = Decision::builtin(RuleId::InvalidPath);
+            d.path_error = Some(*e);
+            return d;
+        }
+    };
+    let ident = match resolve_identity(policy, req) {
+        Ok(i) => i,
+        Err(AmbiguousIdentity) => return Decision::builtin(RuleId::InvalidIdentity),
+    };
+    let cx = Cx { req, path, ident: &ident, now };
+    let outcome = match body_shape(policy, req, first_segment(path)) {
+        Shape::Single(view) => decide_one(policy, &cx, view),
+        Shape::Batch(items) => {
+            let mut first_outcome: Option<Outcome> = None;
+            let mut dry_run_rules: Vec<Arc<str>> = Vec::new();
+            let mut denied: Option<Outcome> = None;
+            for item in items {
+                let o = decide_one(policy, &cx, BodyView::Json(item));
+                for r in &o.dry_run_rules {
+                    if !dry_run_rules.contains(r) {
+                        dry_run_rules.push(r.clone());
+                    }
+                }
+                if o.effect == Effect::Deny {
+                    denied = Some(o);
+                    break;
+                }
+                if first_outcome.is_none() {
+                    first_outcome = Some(o);
+                }
+            }
+            let mut o = match (denied, first_outcome) {
+                (Some(d), _) => d,
+                (None, Some(f)) => f,
+                // INVARIANT: a batch is non-empty; this arm only keeps the code total.
+                (None, None) => Outcome { effect: Effect::Deny, rule: RuleId::Default, message: None, dry_run_rules: Vec::new() },
+            };
+            o.dry_run_rules = dry_run_rules;
+            o
+        }
+    };
+    let dry_run_global = policy.settings.mode == Mode::DryRun;
+    let allowed = outcome.effect == Effect::Allow || dry_run_global;
+    let dry_run = (outcome.effect == Effect::Deny && dry_run_global)
+        || (outcome.effect == Effect::Allow && !outcome.dry_run_rules.is_empty());
+    Decision {
+        allowed,
+        policy_effect: outcome.effect,
+        rule: outcome.rule,
+        message: outcome.message,
+        dry_run,
+        dry_run_rules: outcome.dry_run_rules,
+        agent: ident.agent,
+        on_behalf_of: ident.on_behalf_of,
+        path_error: None,
+    }
+}
+
+/// One rule's result in an explanation.
+#[derive(Debug, Clone)]
+pub struct RuleTrace {
+    /// The rule.
+    pub rule: Arc<str>,
+    /// Its effect.
+    pub effect: Effect,
+    /// Batch element index, for batches.
+    pub element: Option<usize>,
+    /// How it fared.
+    pub result: RuleMatch,
+    /// Whether it would apply (true for allow, true-or-unknown for deny).
+    pub applies: bool,
+}
+
+/// Evaluate every rule (not just until the decision) to explain a decision: for
+/// `hallpass check`. Not used on the request path.
+pub fn explain(policy: &Policy, req: &Request, now: Timestamp) -> (Decision, Vec<RuleTrace>) {
+    let decision = evaluate(policy, req, now);
+    let mut traces = Vec::new();
+    let (Ok(path), Ok(ident)) = (&req.path, resolve_identity(policy, req)) else {
+        return (decision, traces);
+    };
+    let cx = Cx { req, path, ident: &ident, now };
+    let views: Vec<(Option<usize>, BodyView<'_>)> = match req.body.parsed() {
+        Parsed::Unknown(_) => vec![(None, BodyView::Unknown)],
+        Parsed::Form(v) => vec![(None, BodyView::Form(v))],
+        Parsed::Json(v) => match v {
+            Json::Array(items) if !items.is_empty() && items.iter().all(is_rpc) => {
+                items.iter().enumerate().map(|(i, e)| (Some(i), BodyView::Json(e))).collect()
+            }
+            Json::Array(items) if items.iter().any(is_rpc) => vec![(None, BodyView::MixedRpcArray(v))],
+            _ => vec![(None, BodyView::Json(v))],
+        },
+    };
+    for (element, view) in views {
+        for rule in &policy.rules {
+            let result = match_rule(rule, &cx, view);
+            traces.push(RuleTrace { rule: rule.id.clone(), effect: rule.effect, element, result, applies: applies(rule, result) });
+        }
+    }
+    (decision, traces)
+}

@@ -1,0 +1,20 @@
+//! The policy language, version 1: parse → validate/compile → evaluate.
+//!
+//! - [`model`]: serde types of the file as written (unknown keys rejected).
+//! - [`parse`]: YAML text → model, duplicate keys rejected, errors located.
+//! - [`compile`]: model → [`Policy`] (validated, indexed, regexes and patterns compiled).
+//! - [`pattern`], [`condition`], [`time`]: the matchers a compiled rule is made of.
+//! - [`eval`]: the pure decision function, [`evaluate`].
+
+pub mod compile;
+pub mod condition;
+pub mod eval;
+pub mod model;
+pub mod parse;
+pub mod pattern;
+pub mod time;
+
+pub use compile::{Effect, Mode, Policy, Rule};
+pub use condition::Tri;
+pub use eval::{evaluate, explain, Decision, RuleId};
+pub use parse::{PolicyError, PolicyErrors};

@@ -1,0 +1,138 @@
+//! The policy file as written: serde types that mirror `policy-language.md` one to one.
+//!
+//! Every struct rejects unknown keys (a typo must never silently widen access). Conditions,
+//! operator maps and identity sources are kept as raw YAML values here and read by
+//! [`super::compile`], which can then name the rule in every error.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// The whole policy document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Must be present and equal to 1.
+    pub version: Option<Value>,
+    /// Global settings; all optional.
+    #[serde(default)]
+    pub settings: SettingsDef,
+    /// Where identities come from; defaults documented in the spec.
+    pub identity: Option<IdentityDef>,
+    /// Named sets of agent ids.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Rules in file order.
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+}
+
+/// `settings:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsDef {
+    /// Decision when no rule matches.
+    #[serde(default)]
+    pub default: Option<EffectDef>,
+    /// enforce | dry_run.
+    #[serde(default)]
+    pub mode: Option<ModeDef>,
+    /// HTTP status of a deny.
+    #[serde(default)]
+    pub deny_status: Option<u16>,
+}
+
+/// allow | deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectDef {
+    /// Let the request through.
+    Allow,
+    /// Refuse the request.
+    Deny,
+}
+
+/// enforce | dry_run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeDef {
+    /// Denies are enforced.
+    Enforce,
+    /// Denies are logged and returned as allow.
+    DryRun,
+}
+
+/// `identity:`; each list is kept raw and read by the compiler.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityDef {
+    /// Sources of the agent id, in order.
+    pub agent: Option<Vec<Value>>,
+    /// Sources of the on-behalf-of id, in order.
+    pub on_behalf_of: Option<Vec<Value>>,
+}
+
+/// One rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// Required, unique, `[A-Za-z0-9._-]+`.
+    pub id: Option<String>,
+    /// Free text, not used in decisions.
+    pub description: Option<String>,
+    /// allow | deny, required.
+    pub effect: Option<EffectDef>,
+    /// Agent ids, `@group`, `*`.
+    pub agents: Option<Vec<String>>,
+    /// Uppercase HTTP methods.
+    pub methods: Option<Vec<String>>,
+    /// Hosts, `*.` wildcards.
+    pub hosts: Option<Vec<String>>,
+    /// Path patterns.
+    pub paths: Option<Vec<String>>,
+    /// Tests on path captures.
+    pub captures: Option<BTreeMap<String, Value>>,
+    /// Tests on query parameters.
+    pub query: Option<BTreeMap<String, Value>>,
+    /// Tests on request headers.
+    pub headers: Option<BTreeMap<String, Value>>,
+    /// Condition on the parsed body.
+    pub body: Option<Value>,
+    /// JSON-RPC / MCP part.
+    pub mcp: Option<McpDef>,
+    /// Time bounds.
+    pub when: Option<WhenDef>,
+    /// Message returned on deny.
+    pub message: Option<String>,
+    /// This rule alone in dry run (deny rules only).
+    pub dry_run: Option<bool>,
+}
+
+/// `mcp:` of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpDef {
+    /// JSON-RPC method names.
+    pub methods: Option<Vec<String>>,
+    /// `params.name` of a tools/call.
+    pub tools: Option<Vec<String>>,
+    /// Condition on `params.arguments`.
+    pub arguments: Option<Value>,
+}
+
+/// `when:` of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenDef {
+    /// mon..sun.
+    pub days: Option<Vec<String>>,
+    /// `HH:MM-HH:MM`.
+    pub hours: Option<String>,
+    /// IANA name, default UTC.
+    pub timezone: Option<String>,
+    /// RFC 3339 instant, inclusive.
+    pub not_before: Option<String>,
+    /// RFC 3339 instant, inclusive.
+    pub not_after: Option<String>,
+}

@@ -1,0 +1,149 @@
+//! YAML text → [`PolicyFile`], with duplicate keys rejected anywhere and every error located.
+//!
+//! serde_yaml keeps the last of duplicate keys when deserializing into a struct, but refuses
+//! them when building a [`serde_yaml::Value`]; so the text is parsed twice: once into a
+//! `Value` (duplicates, syntax, and the source of rule ids for error messages), then into the
+//! typed model (unknown keys, types), whose errors carry line and column.
+
+use std::fmt;
+
+use serde_yaml::Value;
+
+use super::model::PolicyFile;
+
+/// One problem found while loading a policy, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file (or label) the policy came from.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The id of the rule the problem is in, when it is in a rule.
+    pub rule: Option<String>,
+    /// What is wrong, in words a person can act on.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if let Some(rule) = &self.rule {
+            write!(f, "rule `{rule}`: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+/// All the problems found in one policy; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for e in &self.0 {
+            if !first {
+                writeln!(f)?;
+            }
+            first = false;
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+impl PolicyErrors {
+    /// A single error without a location.
+    pub fn single(file: &str, message: impl Into<String>) -> Self {
+        PolicyErrors(vec![PolicyError {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            rule: None,
+            message: message.into(),
+        }])
+    }
+}
+
+/// Parse policy text into the typed model and the raw document (kept for locating rules).
+pub fn parse(src: &str, file: &str) -> Result<(PolicyFile, Value), PolicyErrors> {
+    let raw: Value = serde_yaml::from_str(src).map_err(|e| yaml_error(&e, file, None))?;
+    if raw.is_null() {
+        return Err(PolicyErrors::single(file, "the policy is empty; it needs at least `version: 1`"));
+    }
+    let typed: PolicyFile = serde_yaml::from_str(src).map_err(|e| {
+        let rule = rule_from_error_path(&e.to_string(), &raw);
+        yaml_error(&e, file, rule)
+    })?;
+    Ok((typed, raw))
+}
+
+fn yaml_error(e: &serde_yaml::Error, file: &str, rule: Option<String>) -> PolicyErrors {
+    let loc = e.location();
+    let mut message = e.to_string();
+    // serde_yaml appends " at line L column C" to some messages; the location is printed
+    // in front already.
+    if let Some(pos) = message.find(" at line ") {
+        message.truncate(pos);
+    }
+    PolicyErrors(vec![PolicyError {
+        file: file.to_string(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        rule,
+        message,
+    }])
+}
+
+/// serde_yaml prefixes errors with a path such as `rules[3].effect: ...`; map the index to
+/// the rule's id when it has one.
+fn rule_from_error_path(msg: &str, raw: &Value) -> Option<String> {
+    let rest = msg.strip_prefix("rules[")?;
+    let end = rest.find(']')?;
+    let idx: usize = rest.get(..end)?.parse().ok()?;
+    let rule = raw.get("rules")?.get(idx)?;
+    match rule.get("id") {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => Some(format!("#{}", idx + 1)),
+    }
+}
+
+/// Find the 1-based line of `id: <id>` in the source, to locate rule-level errors.
+pub fn locate_rule(src: &str, id: &str) -> Option<usize> {
+    for (n, line) in src.lines().enumerate() {
+        let t = line.trim_start().trim_start_matches('-').trim_start();
+        let Some(rest) = t.strip_prefix("id:") else {
+            // Flow style: `- { id: x, ... }`.
+            if let Some(p) = t.find("id:") {
+                let after = t.get(p + 3..).unwrap_or("").trim_start();
+                let after = after.trim_start_matches(['"', '\'']);
+                if after.starts_with(id)
+                    && after
+                        .get(id.len()..)
+                        .is_some_and(|r| r.starts_with([',', '}', '"', '\'', ' ']) || r.is_empty())
+                {
+                    return Some(n + 1);
+                }
+            }
+            continue;
+        };
+        let v = rest.trim();
+        let v = v.split(" #").next().unwrap_or(v).trim();
+        let v = v.trim_matches(['"', '\'']);
+        if v == id {
+            return Some(n + 1);
+        }
+    }
+    None
+}

@@ -1,0 +1,250 @@
+//! Path patterns: `literal`, `*`, `{name}`, and at most one `**`, matched segment by segment
+//! against the normalized path (without the query).
+
+use std::sync::Arc;
+
+/// One segment of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    /// Exactly this segment (may be empty for a written trailing slash).
+    Literal(Box<str>),
+    /// Exactly one non-empty segment.
+    Star,
+    /// Exactly one non-empty segment, captured.
+    Capture(Arc<str>),
+}
+
+/// A compiled path pattern.
+// INVARIANT: `head` are the segments before `**` (all of them when `globstar` is false) and
+// `tail` the segments after it; `tail` is empty when `globstar` is false.
+#[derive(Debug, Clone)]
+pub struct PathPattern {
+    source: Box<str>,
+    head: Vec<Seg>,
+    globstar: bool,
+    tail: Vec<Seg>,
+}
+
+/// Captured segments of a matched path, in pattern order (borrowed from the path).
+pub type Captures<'p> = Vec<(Arc<str>, &'p str)>;
+
+impl PathPattern {
+    /// Parse a pattern, or say what is wrong with it.
+    pub fn parse(src: &str) -> Result<PathPattern, String> {
+        let Some(rest) = src.strip_prefix('/') else {
+            return Err(format!("path pattern `{src}` must start with `/`"));
+        };
+        if src.contains(['?', '#']) {
+            return Err(format!(
+                "path pattern `{src}` contains `?` or `#`; patterns match the path without the query (use `query:`)"
+            ));
+        }
+        if src.contains('%') {
+            return Err(format!(
+                "path pattern `{src}` contains `%`; patterns match the percent-decoded path, write the character itself"
+            ));
+        }
+        if src.contains('\\') {
+            return Err(format!("path pattern `{src}` contains a backslash, which no valid path has"));
+        }
+        let parts: Vec<&str> = rest.split('/').collect();
+        let last = parts.len().saturating_sub(1);
+        let mut head = Vec::new();
+        let mut tail = Vec::new();
+        let mut globstar = false;
+        let mut names: Vec<&str> = Vec::new();
+        for (i, part) in parts.iter().copied().enumerate() {
+            let seg = if part == "**" {
+                if globstar {
+                    return Err(format!("path pattern `{src}` has more than one `**`"));
+                }
+                globstar = true;
+                continue;
+            } else if part == "*" {
+                Seg::Star
+            } else if let Some(inner) = part.strip_prefix('{') {
+                let Some(name) = inner.strip_suffix('}') else {
+                    return Err(format!("path pattern `{src}`: segment `{part}` opens `{{` without closing it"));
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "path pattern `{src}`: capture name `{name}` must be letters, digits or `_`"
+                    ));
+                }
+                if names.contains(&name) {
+                    return Err(format!("path pattern `{src}` captures `{name}` twice"));
+                }
+                names.push(name);
+                Seg::Capture(Arc::from(name))
+            } else {
+                if part.contains(['*', '{', '}']) {
+                    return Err(format!(
+                        "path pattern `{src}`: segment `{part}` mixes `*`, `{{` or `}}` with text; a segment is a literal, `*`, `**` or `{{name}}`"
+                    ));
+                }
+                if part == "." || part == ".." {
+                    return Err(format!(
+                        "path pattern `{src}` has a `{part}` segment, which a normalized path never has"
+                    ));
+                }
+                if part.is_empty() && i != last {
+                    return Err(format!(
+                        "path pattern `{src}` has an empty segment (`//`), which a normalized path never has"
+                    ));
+                }
+                if part.chars().any(|c| c.is_control()) {
+                    return Err(format!("path pattern `{src}` contains a control character"));
+                }
+                Seg::Literal(Box::from(part))
+            };
+            if globstar {
+                tail.push(seg);
+            } else {
+                head.push(seg);
+            }
+        }
+        Ok(PathPattern { source: Box::from(src), head, globstar, tail })
+    }
+
+    /// The pattern as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Capture names in this pattern.
+    pub fn capture_names(&self) -> impl Iterator<Item = &str> {
+        self.head.iter().chain(self.tail.iter()).filter_map(|s| match s {
+            Seg::Capture(n) => Some(&**n),
+            _ => None,
+        })
+    }
+
+    /// The literal first segment, if the pattern starts with one (used to index rules).
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.head.first() {
+            Some(Seg::Literal(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Match a normalized path (starting with `/`); on success push the captures.
+    pub fn matches<'p>(&self, path: &'p str, caps: &mut Captures<'p>) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let start = caps.len();
+        let ok = self.match_rest(rest, caps);
+        if !ok {
+            caps.truncate(start);
+        }
+        ok
+    }
+
+    fn match_rest<'p>(&self, rest: &'p str, caps: &mut Captures<'p>) -> bool {
+        // `left` is what is still unmatched; None once every segment is consumed.
+        let mut left: Option<&'p str> = Some(rest);
+        for seg in &self.head {
+            let Some(r) = left else { return false };
+            let s = match r.split_once('/') {
+                Some((s, more)) => {
+                    left = Some(more);
+                    s
+                }
+                None => {
+                    left = None;
+                    r
+                }
+            };
+            if !seg_matches(seg, s, caps) {
+                return false;
+            }
+        }
+        if !self.globstar {
+            return left.is_none();
+        }
+        // `**` takes zero or more of the remaining segments; the tail must match the last
+        // `tail.len()` of them exactly (taken from the right, so no allocation).
+        if self.tail.is_empty() {
+            return true;
+        }
+        let Some(r) = left else { return false };
+        let mut from_right = r.rsplit('/');
+        for seg in self.tail.iter().rev() {
+            match from_right.next() {
+                Some(s) if seg_matches(seg, s, caps) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+fn seg_matches<'p>(seg: &Seg, s: &'p str, caps: &mut Captures<'p>) -> bool {
+    match seg {
+        Seg::Literal(l) => **l == *s,
+        Seg::Star => !s.is_empty(),
+        Seg::Capture(name) => {
+            if s.is_empty() {
+                return false;
+            }
+            caps.push((name.clone(), s));
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, path: &str) -> bool {
+        let pat = PathPattern::parse(p).unwrap_or_else(|e| unreachable!("{e}"));
+        let mut caps = Vec::new();
+        pat.matches(path, &mut caps)
+    }
+
+    #[test]
+    fn literals_stars_and_globstar() {
+        assert!(m("/a/b", "/a/b"));
+        assert!(!m("/a/b", "/a/b/"));
+        assert!(!m("/a/b", "/a/B"));
+        assert!(m("/a/b/", "/a/b/"));
+        assert!(m("/a/b/**", "/a/b"));
+        assert!(m("/a/b/**", "/a/b/"));
+        assert!(m("/a/b/**", "/a/b/c/d"));
+        assert!(!m("/a/b/**", "/a/bc"));
+        assert!(m("/**", "/"));
+        assert!(m("/**", "/x/y"));
+        assert!(m("/a/*", "/a/x"));
+        assert!(!m("/a/*", "/a/"));
+        assert!(!m("/a/*", "/a/x/y"));
+        assert!(m("/**/end", "/end"));
+        assert!(m("/**/end", "/x/y/end"));
+        assert!(!m("/**/end", "/x/y/end/"));
+        assert!(m("/a/**/z", "/a/z"));
+        assert!(m("/a/**/z", "/a/b/c/z"));
+        assert!(!m("/a/**/z", "/z"));
+        assert!(m("/", "/"));
+        assert!(!m("/", "/a"));
+    }
+
+    #[test]
+    fn captures_are_recorded() {
+        let pat = PathPattern::parse("/users/{user}/messages/{id}").unwrap_or_else(|e| unreachable!("{e}"));
+        let mut caps = Vec::new();
+        assert!(pat.matches("/users/alice/messages/42", &mut caps));
+        assert_eq!(caps.len(), 2);
+        assert_eq!((&*caps[0].0, caps[0].1), ("user", "alice"));
+        assert_eq!((&*caps[1].0, caps[1].1), ("id", "42"));
+        let mut caps = Vec::new();
+        assert!(!pat.matches("/users//messages/42", &mut caps));
+        assert!(caps.is_empty());
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        for p in ["a/b", "/a/**/b/**", "/a/{x", "/a/{}", "/a/x*", "/a/{x}/{x}", "/a//b", "/a/../b", "/a?x=1", "/a%2Fb", "/a/./b"] {
+            assert!(PathPattern::parse(p).is_err(), "{p} should be rejected");
+        }
+    }
+}

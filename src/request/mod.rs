@@ -1,0 +1,191 @@
+//! CheckRequest → normalized [`Request`]: what the policy sees of one HTTP request.
+//!
+//! Strings are moved out of the CheckRequest, not copied. The path is normalized here (or
+//! refused: [`path::PathError`]); identity is resolved later, against the policy's identity
+//! sources, because which sources count is the policy's choice.
+
+pub mod body;
+pub mod path;
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct};
+
+pub use body::{Body, Parsed, UnknownBody};
+pub use path::PathError;
+
+/// The metadata namespace Envoy's jwt_authn filter writes verified payloads to.
+pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+/// The header Envoy adds to the CheckRequest when it buffered a body.
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+
+/// A normalized HTTP request.
+#[derive(Debug)]
+pub struct Request {
+    /// The method as sent.
+    pub method: String,
+    /// `:authority` lowercased, port and a trailing dot removed.
+    pub host: String,
+    /// The normalized path without query, or why it was refused.
+    pub path: Result<String, PathError>,
+    /// Decoded query parameters in order; names may repeat.
+    pub query: Vec<(String, String)>,
+    /// Headers with lowercase names; repeated headers joined with `,` (as Envoy does).
+    pub headers: HashMap<String, String>,
+    /// `attributes.source.principal`, if non-empty.
+    pub principal: Option<String>,
+    /// The jwt_authn metadata: provider → verified payload.
+    pub jwt: Option<Struct>,
+    /// The body, parsed on first use.
+    pub body: Body,
+    /// Set only by `hallpass check --agent`: the agent id, bypassing identity sources.
+    pub agent_override: Option<String>,
+    /// Set only by `hallpass check --on-behalf-of`.
+    pub on_behalf_of_override: Option<String>,
+}
+
+/// The CheckRequest had no HTTP request attributes to decide on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingHttpAttributes;
+
+impl std::fmt::Display for MissingHttpAttributes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the CheckRequest carries no HTTP request attributes")
+    }
+}
+
+impl Request {
+    /// Normalize a CheckRequest, consuming it.
+    pub fn from_check_request(req: CheckRequest) -> Result<Request, MissingHttpAttributes> {
+        let attrs = req.attributes.ok_or(MissingHttpAttributes)?;
+        let http = attrs.request.and_then(|r| r.http).ok_or(MissingHttpAttributes)?;
+
+        let mut headers: HashMap<String, String> = HashMap::with_capacity(http.headers.len() + 4);
+        for (k, v) in http.headers {
+            add_header(&mut headers, k, v);
+        }
+        if let Some(map) = http.header_map {
+            for hv in map.headers {
+                let value = if hv.raw_value.is_empty() {
+                    hv.value
+                } else {
+                    String::from_utf8_lossy(&hv.raw_value).into_owned()
+                };
+                add_header(&mut headers, hv.key, value);
+            }
+        }
+
+        let raw_path = if http.path.is_empty() {
+            headers.get(":path").cloned().unwrap_or_default()
+        } else {
+            http.path
+        };
+        let (path_part, query_part) = path::split(&raw_path);
+        let path = path::normalize(path_part);
+        let query = path::parse_query(query_part);
+
+        let host_raw = if !http.host.is_empty() {
+            http.host
+        } else if let Some(h) = headers.get(":authority").or_else(|| headers.get("host")) {
+            h.clone()
+        } else {
+            String::new()
+        };
+        let host = normalize_host(&host_raw);
+
+        let method = if http.method.is_empty() {
+            headers.get(":method").cloned().unwrap_or_default()
+        } else {
+            http.method
+        };
+
+        let principal = attrs.source.map(|s| s.principal).filter(|p| !p.is_empty());
+        let jwt = attrs.metadata_context.and_then(|mut m| m.filter_metadata.remove(JWT_AUTHN_NAMESPACE));
+
+        let truncated = headers.get(PARTIAL_BODY_HEADER).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let bytes = if !http.raw_body.is_empty() { http.raw_body } else { http.body.into_bytes() };
+        let body = Body::new(bytes, headers.get("content-type").map(String::as_str), truncated);
+
+        Ok(Request {
+            method,
+            host,
+            path,
+            query,
+            headers,
+            principal,
+            jwt,
+            body,
+            agent_override: None,
+            on_behalf_of_override: None,
+        })
+    }
+
+    /// The value of a header (lowercase name), as Envoy joined it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// A claim of a verified JWT payload: `provider`, then a dotted path. Only a non-empty
+    /// string counts.
+    pub fn jwt_claim(&self, provider: &str, claim: &[String]) -> Option<&str> {
+        let payload = self.jwt.as_ref()?.fields.get(provider)?;
+        let mut cur = payload;
+        for part in claim {
+            match &cur.kind {
+                Some(Kind::StructValue(s)) => cur = s.fields.get(part)?,
+                _ => return None,
+            }
+        }
+        match &cur.kind {
+            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn add_header(headers: &mut HashMap<String, String>, key: String, value: String) {
+    let key = if key.bytes().any(|b| b.is_ascii_uppercase()) { key.to_ascii_lowercase() } else { key };
+    match headers.get_mut(&key) {
+        Some(existing) => {
+            existing.push(',');
+            existing.push_str(&value);
+        }
+        None => {
+            headers.insert(key, value);
+        }
+    }
+}
+
+/// Lowercase, drop the port (and IPv6 brackets stay), drop one trailing dot.
+pub fn normalize_host(raw: &str) -> String {
+    let lower = raw.trim().to_ascii_lowercase();
+    let no_port = if lower.starts_with('[') {
+        match lower.find(']') {
+            Some(end) => lower.get(..=end).unwrap_or(&lower).to_string(),
+            None => lower,
+        }
+    } else {
+        match lower.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
+            _ => lower,
+        }
+    };
+    match no_port.strip_suffix('.') {
+        Some(h) => h.to_string(),
+        None => no_port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(normalize_host("Mail.Example.COM:8443"), "mail.example.com");
+        assert_eq!(normalize_host("mail.example.com."), "mail.example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("example.com"), "example.com");
+    }
+}
