@@ -1,1 +1,83 @@
-//! Admin HTTP: `/metrics`, `/healthz`, `/readyz` (filled in below).
+//! Admin HTTP endpoints for Kubernetes probes and Prometheus: `GET /healthz` (the process is
+//! up), `GET /readyz` (a policy is loaded and the gRPC server is serving) and `GET /metrics`.
+//!
+//! A deliberately small HTTP/1.1 responder: one request per connection, bounded header size,
+//! a read timeout, `Connection: close`. It never touches the decision path.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::telemetry::Metrics;
+
+/// What the admin endpoints report.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Set once the gRPC server is serving with a loaded policy.
+    pub ready: Arc<AtomicBool>,
+    /// The metrics to expose.
+    pub metrics: Metrics,
+}
+
+const MAX_REQUEST: usize = 8192;
+
+/// Serve the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn run(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &state)).await;
+                });
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > MAX_REQUEST {
+            break;
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") => {
+            if state.ready.load(Ordering::Acquire) {
+                ("200 OK", "text/plain", "ready\n".to_string())
+            } else {
+                ("503 Service Unavailable", "text/plain", "not ready\n".to_string())
+            }
+        }
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", state.metrics.render()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

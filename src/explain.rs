@@ -1,1 +1,82 @@
-//! The `hallpass check` report.
+//! The `hallpass check` report: the decision, the deciding rule, and for every other rule
+//! why it did not decide (the first part that did not match, or that was unknown).
+
+use std::fmt::Write;
+
+use crate::policy::condition::Tri;
+use crate::policy::eval::RuleTrace;
+use crate::policy::{Decision, Effect, Policy};
+use crate::response::deny_message;
+
+/// Render a decision and its rule traces as text.
+pub fn render_text(policy: &Policy, d: &Decision, traces: &[RuleTrace]) -> String {
+    let mut out = String::new();
+    let decision = if d.allowed { "allow" } else { "deny" };
+    let _ = writeln!(out, "decision: {decision}");
+    let _ = writeln!(out, "rule: {}", d.rule.as_str());
+    if d.dry_run {
+        let _ = writeln!(out, "dry_run: true");
+    }
+    if !d.dry_run_rules.is_empty() {
+        let ids: Vec<&str> = d.dry_run_rules.iter().map(|r| &**r).collect();
+        let _ = writeln!(out, "dry_run_rules: {}", ids.join(","));
+    }
+    if !d.allowed || d.policy_effect == Effect::Deny {
+        let _ = writeln!(out, "message: {}", deny_message(d));
+    }
+    let _ = writeln!(out, "agent: {}", d.agent.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "on_behalf_of: {}", d.on_behalf_of.as_deref().unwrap_or("-"));
+    if let Some(e) = d.path_error {
+        let _ = writeln!(out, "path_error: {e}");
+    }
+    if traces.is_empty() {
+        return out;
+    }
+    let width = policy.rules.iter().map(|r| r.id.len()).max().unwrap_or(4);
+    let _ = writeln!(out, "rules:");
+    for t in traces {
+        let status = if t.rule.as_ref() == d.rule.as_str() && t.applies {
+            "decided".to_string()
+        } else {
+            match (t.result.result, t.result.part, t.applies) {
+                (Tri::True, _, _) => "matched".to_string(),
+                (Tri::Unknown, Some(p), true) => format!("matched: `{}` unknown (deny rules match on unknown)", p.as_str()),
+                (Tri::Unknown, Some(p), false) => format!("not matched: `{}` unknown (allow rules need true)", p.as_str()),
+                (Tri::False, Some(p), _) => format!("not matched: `{}`", p.as_str()),
+                _ => "not matched".to_string(),
+            }
+        };
+        let element = t.element.map(|e| format!(" [element {e}]")).unwrap_or_default();
+        let rule = policy.rule(&t.rule);
+        let dry = if rule.is_some_and(|r| r.dry_run) { " (dry run)" } else { "" };
+        let _ = writeln!(out, "  {:width$}  {:5}  {status}{dry}{element}", t.rule, t.effect.as_str());
+    }
+    out
+}
+
+/// Render a decision and its rule traces as JSON.
+pub fn render_json(d: &Decision, traces: &[RuleTrace]) -> serde_json::Value {
+    let rules: Vec<serde_json::Value> = traces
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "rule": &*t.rule,
+                "effect": t.effect.as_str(),
+                "element": t.element,
+                "result": match t.result.result { Tri::True => "true", Tri::False => "false", Tri::Unknown => "unknown" },
+                "part": t.result.part.map(|p| p.as_str()),
+                "applies": t.applies,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "decision": if d.allowed { "allow" } else { "deny" },
+        "rule": d.rule.as_str(),
+        "dry_run": d.dry_run,
+        "dry_run_rules": d.dry_run_rules.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "message": if d.allowed && !d.dry_run { None } else { Some(deny_message(d)) },
+        "agent": d.agent,
+        "on_behalf_of": d.on_behalf_of,
+        "rules": rules,
+    })
+}

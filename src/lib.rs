@@ -18,3 +18,4 @@ pub mod request;
 pub mod response;
 pub mod service;
 pub mod settings;
+pub mod telemetry;

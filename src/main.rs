@@ -1,1 +1,297 @@
-fn main(){}
+//! The `hallpass` command: `serve`, `validate`, `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+use hallpass::policy::{explain, Policy};
+use hallpass::request::build::CheckRequestBuilder;
+use hallpass::request::Request;
+use hallpass::settings::{LogFormat, Overrides, ServerSettings};
+use hallpass::telemetry::Metrics;
+use hallpass::{admin, explain as report, service};
+
+#[derive(Parser)]
+#[command(name = "hallpass", version, about = "Per-action authorization for AI agents: an Envoy ext_authz v3 sidecar")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ext_authz v3 gRPC and the admin endpoints (/metrics, /healthz, /readyz).
+    Serve {
+        /// The policy file.
+        #[arg(long, env = "HALLPASS_POLICY")]
+        policy: Option<PathBuf>,
+        /// A server config file (YAML); flags override it.
+        #[arg(long, env = "HALLPASS_CONFIG")]
+        config: Option<PathBuf>,
+        /// ext_authz gRPC listen address [default: 127.0.0.1:9191].
+        #[arg(long, env = "HALLPASS_GRPC_LISTEN")]
+        grpc_listen: Option<String>,
+        /// Admin HTTP listen address [default: 0.0.0.0:9192].
+        #[arg(long, env = "HALLPASS_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+        /// Log format [default: json].
+        #[arg(long, env = "HALLPASS_LOG_FORMAT", value_enum)]
+        log_format: Option<LogFormat>,
+        /// Log filter, e.g. `info` or `hallpass::decision=debug` [default: info].
+        #[arg(long, env = "HALLPASS_LOG_LEVEL")]
+        log_level: Option<String>,
+    },
+    /// Check a policy file; exit 0 if valid, 1 with located errors otherwise.
+    Validate {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Decide one request against a policy and explain why.
+    Check {
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// HTTP method.
+        #[arg(long)]
+        method: String,
+        /// Request path, query included, as Envoy's :path.
+        #[arg(long)]
+        path: String,
+        /// Host (:authority).
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        /// A header `name: value`; repeatable.
+        #[arg(long = "header", value_name = "'NAME: VALUE'")]
+        headers: Vec<String>,
+        /// Request body (content-type defaults to application/json).
+        #[arg(long)]
+        body: Option<String>,
+        /// The agent id (bypasses the policy's identity sources).
+        #[arg(long)]
+        agent: Option<String>,
+        /// The on-behalf-of id (bypasses the policy's identity sources).
+        #[arg(long = "on-behalf-of")]
+        on_behalf_of: Option<String>,
+        /// The mTLS principal (source.principal), to exercise identity sources.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Decide at this RFC 3339 instant instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Check { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json } => {
+            check(CheckArgs { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json })
+        }
+        Command::Serve { policy, config, grpc_listen, admin_listen, log_format, log_level } => {
+            serve(Overrides { policy, config, grpc_listen, admin_listen, log_format, log_level })
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match Policy::from_file(file) {
+        Ok(p) => {
+            println!("{}: valid ({} rules)", file.display(), p.rules.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: invalid ({} error{})", file.display(), e.0.len(), if e.0.len() == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct CheckArgs {
+    policy: PathBuf,
+    method: String,
+    path: String,
+    host: String,
+    headers: Vec<String>,
+    body: Option<String>,
+    agent: Option<String>,
+    on_behalf_of: Option<String>,
+    principal: Option<String>,
+    now: Option<String>,
+    json: bool,
+}
+
+fn check(a: CheckArgs) -> ExitCode {
+    let policy = match Policy::from_file(&a.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = match a.now.as_deref().map(str::parse::<jiff::Timestamp>) {
+        None => jiff::Timestamp::now(),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            eprintln!("--now: not an RFC 3339 instant: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut b = CheckRequestBuilder::new(&a.method, &a.path).host(&a.host);
+    let mut has_ct = false;
+    for h in &a.headers {
+        let Some((k, v)) = h.split_once(':') else {
+            eprintln!("--header `{h}`: expected `name: value`");
+            return ExitCode::from(2);
+        };
+        has_ct |= k.trim().eq_ignore_ascii_case("content-type");
+        b = b.header(k.trim(), v.trim());
+    }
+    if let Some(body) = &a.body {
+        if !has_ct {
+            b = b.header("content-type", "application/json");
+        }
+        b = b.body(body.as_bytes().to_vec());
+    }
+    if let Some(p) = &a.principal {
+        b = b.principal(p);
+    }
+    let mut req = match Request::from_check_request(b.build()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    req.agent_override = a.agent;
+    req.on_behalf_of_override = a.on_behalf_of;
+    let (decision, traces) = explain(&policy, &req, now);
+    if a.json {
+        println!("{}", report::render_json(&decision, &traces));
+    } else {
+        print!("{}", report::render_text(&policy, &decision, &traces));
+    }
+    ExitCode::SUCCESS
+}
+
+fn init_logging(s: &ServerSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&s.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match s.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(o: Overrides) -> ExitCode {
+    let settings = match ServerSettings::resolve(o) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hallpass serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Parse and validate the policy before binding anything.
+    let policy = match Policy::from_file(&settings.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("hallpass serve: refusing to start with an invalid policy");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hallpass serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve_async(settings, policy)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "hallpass serve failed");
+            eprintln!("hallpass serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn serve_async(s: ServerSettings, policy: Policy) -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = Metrics::new()?;
+    metrics.policy_rules.set(i64::try_from(policy.rules.len()).unwrap_or(i64::MAX));
+    let rules = policy.rules.len();
+    let handle = Arc::new(ArcSwap::from_pointee(policy));
+    let grpc = tokio::net::TcpListener::bind(s.grpc_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (--grpc-listen): {e}", s.grpc_listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(s.admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (--admin-listen): {e}", s.admin_listen))?;
+    tracing::info!(
+        policy = %s.policy.display(),
+        rules,
+        grpc_listen = %grpc.local_addr()?,
+        admin_listen = %admin_listener.local_addr()?,
+        "hallpass serving"
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_state = admin::AdminState { ready: ready.clone(), metrics: metrics.clone() };
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(admin::run(admin_listener, admin_state, async move {
+        let _ = admin_stop.changed().await;
+    }));
+    let authz = service::Authz::new(handle, Some(metrics));
+    let mut grpc_stop = stop_rx;
+    let grpc_task = tokio::spawn(service::run(grpc, authz, async move {
+        let _ = grpc_stop.changed().await;
+    }));
+    ready.store(true, Ordering::Release);
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight checks");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
+    admin_task.abort();
+    match drained {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(Box::new(e)),
+        Ok(Err(e)) => Err(Box::new(e)),
+        Err(_) => {
+            tracing::warn!("in-flight checks did not finish within 10s; exiting");
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,150 @@
-//! Decision → CheckResponse.
+//! Decision → CheckResponse, as policy-language.md "What Envoy gets back" says.
+//!
+//! Allow: gRPC OK, `ok_response` setting `x-hallpass-decision-id` with OVERWRITE_IF_EXISTS_OR_ADD
+//! (a client-sent value never survives). Deny: PERMISSION_DENIED, `denied_response` with the
+//! policy's deny status and a JSON body naming the rule, never echoing request data.
+//! Both carry `dynamic_metadata` for Envoy's access log.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::ext_authz::v3::pb::{
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
+    OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc;
+
+use crate::policy::{Decision, RuleId};
+
+/// The upstream request header carrying the decision id on allow.
+pub const DECISION_ID_HEADER: &str = "x-hallpass-decision-id";
+
+/// gRPC status codes used here.
+const GRPC_OK: i32 = 0;
+const GRPC_PERMISSION_DENIED: i32 = 7;
+
+/// Generates unique decision ids: a random per-process prefix and a counter, 32 hex digits.
+#[derive(Debug)]
+pub struct DecisionIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl Default for DecisionIds {
+    fn default() -> Self {
+        DecisionIds::new()
+    }
+}
+
+impl DecisionIds {
+    /// A generator with a fresh random prefix (from the std hasher's per-process random keys,
+    /// mixed with the time and pid).
+    pub fn new() -> DecisionIds {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u32(std::process::id());
+        DecisionIds { prefix: h.finish(), counter: AtomicU64::new(0) }
+    }
+
+    /// The next id.
+    pub fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}
+
+fn s(v: &str) -> Value {
+    Value { kind: Some(Kind::StringValue(v.to_string())) }
+}
+
+/// The message a denied caller reads.
+pub fn deny_message(d: &Decision) -> String {
+    if let Some(m) = &d.message {
+        return m.to_string();
+    }
+    match &d.rule {
+        RuleId::Rule(id) => format!("Denied by policy rule `{id}`."),
+        RuleId::Default => "No policy rule allows this request.".to_string(),
+        RuleId::InvalidPath => match d.path_error {
+            Some(e) => format!("The request path is not acceptable: {e}."),
+            None => "The request path is not acceptable.".to_string(),
+        },
+        RuleId::InvalidIdentity => {
+            "The caller identity is ambiguous: an identity header was sent more than once.".to_string()
+        }
+        RuleId::InvalidRequest => "The authorization request carried no HTTP request to decide on.".to_string(),
+        RuleId::InternalError => "The authorization service failed to decide; the request is denied.".to_string(),
+    }
+}
+
+/// The dynamic metadata Envoy exposes as `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`.
+pub fn metadata(d: &Decision, decision_id: &str) -> Struct {
+    let mut fields = HashMap::with_capacity(7);
+    fields.insert("decision".to_string(), s(if d.allowed { "allow" } else { "deny" }));
+    fields.insert("rule".to_string(), s(d.rule.as_str()));
+    fields.insert("decision_id".to_string(), s(decision_id));
+    if let Some(a) = &d.agent {
+        fields.insert("agent".to_string(), s(a));
+    }
+    if let Some(o) = &d.on_behalf_of {
+        fields.insert("on_behalf_of".to_string(), s(o));
+    }
+    if d.dry_run {
+        fields.insert("dry_run".to_string(), Value { kind: Some(Kind::BoolValue(true)) });
+    }
+    if !d.dry_run_rules.is_empty() {
+        let joined: Vec<&str> = d.dry_run_rules.iter().map(|r| &**r).collect();
+        fields.insert("dry_run_rules".to_string(), s(&joined.join(",")));
+    }
+    Struct { fields }
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), raw_value: Vec::new() }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The JSON body of a deny.
+pub fn deny_body(d: &Decision, decision_id: &str) -> String {
+    serde_json::json!({
+        "error": "forbidden",
+        "rule": d.rule.as_str(),
+        "message": deny_message(d),
+        "decision_id": decision_id,
+    })
+    .to_string()
+}
+
+/// Build the CheckResponse for a decision.
+pub fn check_response(d: &Decision, decision_id: &str, deny_status: u16) -> CheckResponse {
+    let dynamic_metadata = Some(metadata(d, decision_id));
+    if d.allowed {
+        CheckResponse {
+            status: Some(rpc::Status { code: GRPC_OK, message: String::new(), details: Vec::new() }),
+            dynamic_metadata,
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![header(DECISION_ID_HEADER, decision_id)],
+                ..Default::default()
+            })),
+        }
+    } else {
+        CheckResponse {
+            status: Some(rpc::Status {
+                code: GRPC_PERMISSION_DENIED,
+                message: format!("denied by {}", d.rule.as_str()),
+                details: Vec::new(),
+            }),
+            dynamic_metadata,
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus { code: i32::from(deny_status) }),
+                headers: vec![header("content-type", "application/json"), header(DECISION_ID_HEADER, decision_id)],
+                body: deny_body(d, decision_id),
+            })),
+        }
+    }
+}

@@ -16,7 +16,7 @@ use super::pattern::PathPattern;
 use super::time::TimeWindow;
 
 /// Rule ids hallpass itself uses for decisions no policy rule made.
-pub const RESERVED_RULE_IDS: [&str; 4] = ["default", "invalid_path", "invalid_identity", "invalid_request"];
+pub const RESERVED_RULE_IDS: [&str; 5] = ["default", "invalid_path", "invalid_identity", "invalid_request", "internal_error"];
 
 /// allow | deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

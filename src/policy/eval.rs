@@ -29,6 +29,8 @@ pub enum RuleId {
     InvalidIdentity,
     /// The CheckRequest had no HTTP attributes.
     InvalidRequest,
+    /// Deciding failed inside hallpass (a bug); the request is denied.
+    InternalError,
 }
 
 impl RuleId {
@@ -40,6 +42,7 @@ impl RuleId {
             RuleId::InvalidPath => "invalid_path",
             RuleId::InvalidIdentity => "invalid_identity",
             RuleId::InvalidRequest => "invalid_request",
+            RuleId::InternalError => "internal_error",
         }
     }
 }
@@ -87,6 +90,11 @@ impl Decision {
     /// The decision for a CheckRequest without HTTP attributes.
     pub fn invalid_request() -> Decision {
         Decision::builtin(RuleId::InvalidRequest)
+    }
+
+    /// The decision when deciding failed inside hallpass: deny.
+    pub fn internal_error() -> Decision {
+        Decision::builtin(RuleId::InternalError)
     }
 }
 

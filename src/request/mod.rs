@@ -5,6 +5,7 @@
 //! sources, because which sources count is the policy's choice.
 
 pub mod body;
+pub mod build;
 pub mod path;
 
 use std::collections::HashMap;
