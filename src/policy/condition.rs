@@ -311,10 +311,10 @@ impl Condition {
             Condition::Not(c) => c.eval(doc, refs).not(),
             Condition::Field { pointer, test } => match doc {
                 Doc::Unknown => Tri::Unknown,
-                Doc::Missing => test.on_missing(),
+                Doc::Missing => test.on_missing(refs),
                 Doc::Value(root) => match lookup(root, pointer) {
                     Found::Unknown => Tri::Unknown,
-                    Found::Missing => test.on_missing(),
+                    Found::Missing => test.on_missing(refs),
                     Found::Value(v) => test.eval(Subject::Json(v), refs),
                 },
             },
@@ -323,9 +323,28 @@ impl Condition {
 }
 
 impl Test {
-    /// The result on a missing field: false, except `exists: false`.
-    pub fn on_missing(&self) -> Tri {
-        Tri::from_bool(matches!(self, Test::Exists(false)))
+    /// The result on a missing field: false, except `exists: false`; but unknown when the
+    /// test compares with a reference to something absent or ambiguous (fail closed: a
+    /// missing field and a missing reference say nothing about each other).
+    pub fn on_missing(&self, refs: &dyn Resolve) -> Tri {
+        if matches!(self, Test::Exists(false)) {
+            return Tri::True;
+        }
+        if self.has_unresolved_ref(refs) {
+            return Tri::Unknown;
+        }
+        Tri::False
+    }
+
+    fn has_unresolved_ref(&self, refs: &dyn Resolve) -> bool {
+        let unresolved = |o: &Operand| matches!(o, Operand::Ref(r) if refs.resolve(r).is_none());
+        match self {
+            Test::Equals(o) | Test::Prefix(o) | Test::Suffix(o) | Test::Contains(o) => unresolved(o),
+            Test::Lt(o) | Test::Lte(o) | Test::Gt(o) | Test::Gte(o) => unresolved(o),
+            Test::In(l) | Test::NotIn(l) => l.iter().any(unresolved),
+            Test::Each(t) | Test::Some(t) => t.has_unresolved_ref(refs),
+            Test::Matches(_) | Test::MaxLen(_) | Test::Exists(_) => false,
+        }
     }
 
     /// Evaluate on several request-line values (repeated query parameter, header parts):
@@ -345,7 +364,7 @@ impl Test {
             }
         }
         match (any_true, any_false) {
-            (false, false) => self.on_missing(),
+            (false, false) => self.on_missing(refs),
             (true, _) => Tri::True,
             (false, true) => Tri::False,
         }

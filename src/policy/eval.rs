@@ -377,7 +377,7 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
     for (name, test) in &rule.captures {
         let r = match caps.iter().find(|(n, _)| n == name) {
             Some((_, v)) => test.eval(Subject::Text(v), &refs),
-            None => test.on_missing(),
+            None => test.on_missing(&refs),
         };
         if !fold(&mut m, Part::Captures, r) {
             return m;
@@ -392,7 +392,7 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
     for (name, test) in &rule.headers {
         let r = match req.header(name) {
             Some(v) => test.eval_values(v.split(',').map(str::trim), &refs),
-            None => test.on_missing(),
+            None => test.on_missing(&refs),
         };
         if !fold(&mut m, Part::Headers, r) {
             return m;

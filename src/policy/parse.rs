@@ -78,7 +78,17 @@ impl PolicyErrors {
 
 /// Parse policy text into the typed model and the raw document (kept for locating rules).
 pub fn parse(src: &str, file: &str) -> Result<(PolicyFile, Value), PolicyErrors> {
-    let raw: Value = serde_yaml::from_str(src).map_err(|e| yaml_error(&e, file, None))?;
+    let raw: Value = serde_yaml::from_str(src).map_err(|e| {
+        // Duplicate keys fail here; the typed parse (which keeps the last duplicate) can
+        // still tell which rule the path `rules[N]` is.
+        let rule = rule_index(&e.to_string()).map(|idx| {
+            serde_yaml::from_str::<PolicyFile>(src)
+                .ok()
+                .and_then(|typed| typed.rules.get(idx).and_then(|r| r.id.clone()))
+                .unwrap_or_else(|| format!("#{}", idx + 1))
+        });
+        yaml_error(&e, file, rule)
+    })?;
     if raw.is_null() {
         return Err(PolicyErrors::single(file, "the policy is empty; it needs at least `version: 1`"));
     }
@@ -108,10 +118,14 @@ fn yaml_error(e: &serde_yaml::Error, file: &str, rule: Option<String>) -> Policy
 
 /// serde_yaml prefixes errors with a path such as `rules[3].effect: ...`; map the index to
 /// the rule's id when it has one.
-fn rule_from_error_path(msg: &str, raw: &Value) -> Option<String> {
+fn rule_index(msg: &str) -> Option<usize> {
     let rest = msg.strip_prefix("rules[")?;
     let end = rest.find(']')?;
-    let idx: usize = rest.get(..end)?.parse().ok()?;
+    rest.get(..end)?.parse().ok()
+}
+
+fn rule_from_error_path(msg: &str, raw: &Value) -> Option<String> {
+    let idx = rule_index(msg)?;
     let rule = raw.get("rules")?.get(idx)?;
     match rule.get("id") {
         Some(Value::String(s)) => Some(s.clone()),

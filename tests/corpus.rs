@@ -1,0 +1,163 @@
+//! The table-driven policy corpus: every `tests/corpus/*.yaml` file holds one policy and
+//! cases (request → expected decision, rule, dry run), decided through the same path a gRPC
+//! Check takes (CheckRequest → normalize → evaluate → CheckResponse). `invalid_policies.yaml`
+//! lists policies that must fail to load, with substrings the error must name;
+//! `valid_policies.yaml` tricky policies that must load.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use common::CorpusFile;
+use envoy_types::ext_authz::v3::pb::HttpResponse;
+use envoy_types::pb::google::protobuf::value::Kind;
+use hallpass::policy::Policy;
+use hallpass::service::Authz;
+use serde::Deserialize;
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+}
+
+fn corpus_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
+        .expect("tests/corpus exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n != "invalid_policies.yaml" && n != "valid_policies.yaml"
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn meta_str(resp: &envoy_types::ext_authz::v3::pb::CheckResponse, key: &str) -> Option<String> {
+    match &resp.dynamic_metadata.as_ref()?.fields.get(key)?.kind {
+        Some(Kind::StringValue(s)) => Some(s.clone()),
+        Some(Kind::BoolValue(b)) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn corpus_decisions() {
+    let files = corpus_files();
+    assert!(!files.is_empty(), "no corpus files found");
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let corpus: CorpusFile =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: bad fixture file: {e}", file.display()));
+        let policy = Policy::from_yaml(&corpus.policy, &file.display().to_string())
+            .unwrap_or_else(|e| panic!("{}: policy does not load:\n{e}", file.display()));
+        let authz = Authz::new(Arc::new(ArcSwap::from_pointee(policy)), None);
+        let fname = file.file_name().unwrap().to_string_lossy().to_string();
+        for case in &corpus.cases {
+            total += 1;
+            let (decision, _id, resp) = authz.decide(case.request.to_check_request(), case.request.now());
+            let got_decision = if decision.allowed { "allow" } else { "deny" };
+            let got = (got_decision.to_string(), decision.rule.as_str().to_string(), decision.dry_run);
+            let want = (case.expect.decision.clone(), case.expect.rule.clone(), case.expect.dry_run);
+            if got != want {
+                failures.push(format!(
+                    "{fname} / {}: want {} by `{}`{}, got {} by `{}`{}",
+                    case.name,
+                    want.0,
+                    want.1,
+                    if want.2 { " (dry run)" } else { "" },
+                    got.0,
+                    got.1,
+                    if got.2 { " (dry run)" } else { "" },
+                ));
+                continue;
+            }
+            // The response must say the same thing to Envoy.
+            let status = resp.status.as_ref().map(|s| s.code).unwrap_or(-1);
+            let ok = match (&resp.http_response, decision.allowed) {
+                (Some(HttpResponse::OkResponse(_)), true) => status == 0,
+                (Some(HttpResponse::DeniedResponse(_)), false) => status == 7,
+                _ => false,
+            };
+            if !ok || meta_str(&resp, "rule").as_deref() != Some(decision.rule.as_str()) {
+                failures.push(format!("{fname} / {}: CheckResponse disagrees with the decision", case.name));
+            }
+            if meta_str(&resp, "decision").as_deref() != Some(got_decision)
+                || (meta_str(&resp, "dry_run").as_deref() == Some("true")) != decision.dry_run
+            {
+                failures.push(format!("{fname} / {}: metadata disagrees with the decision", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {total} corpus cases failed:\n{}", failures.len(), failures.join("\n"));
+    eprintln!("{total} corpus cases in {} files passed", files.len());
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidCase {
+    name: String,
+    policy: String,
+    error_contains: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidFile {
+    cases: Vec<InvalidCase>,
+}
+
+#[test]
+fn invalid_policies_are_refused_with_located_errors() {
+    let path = corpus_dir().join("invalid_policies.yaml");
+    let file: InvalidFile = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(!file.cases.is_empty());
+    let mut failures = Vec::new();
+    for case in &file.cases {
+        match Policy::from_yaml(&case.policy, "policy.yaml") {
+            Ok(_) => failures.push(format!("{}: loaded, but must be refused", case.name)),
+            Err(e) => {
+                let text = e.to_string();
+                if !text.starts_with("policy.yaml") {
+                    failures.push(format!("{}: error does not name the file: {text}", case.name));
+                }
+                for want in &case.error_contains {
+                    if !text.contains(want.as_str()) {
+                        failures.push(format!("{}: error lacks `{want}`: {text}", case.name));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} invalid-policy cases failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidCase {
+    name: String,
+    policy: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidFile {
+    cases: Vec<ValidCase>,
+}
+
+#[test]
+fn tricky_valid_policies_load() {
+    let path = corpus_dir().join("valid_policies.yaml");
+    let file: ValidFile = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let failures: Vec<String> = file
+        .cases
+        .iter()
+        .filter_map(|c| Policy::from_yaml(&c.policy, "policy.yaml").err().map(|e| format!("{}: {e}", c.name)))
+        .collect();
+    assert!(failures.is_empty(), "valid policies refused:\n{}", failures.join("\n"));
+}
