@@ -54,7 +54,15 @@ fn corpus_decisions() {
         let text = std::fs::read_to_string(file).unwrap();
         let corpus: CorpusFile =
             serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: bad fixture file: {e}", file.display()));
-        let policy = Policy::from_yaml(&corpus.policy, &file.display().to_string())
+        let (text, label) = match (&corpus.policy, &corpus.policy_file) {
+            (Some(p), None) => (p.clone(), file.display().to_string()),
+            (None, Some(f)) => {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+                (std::fs::read_to_string(&path).unwrap(), path.display().to_string())
+            }
+            _ => panic!("{}: give exactly one of `policy` and `policy_file`", file.display()),
+        };
+        let policy = Policy::from_yaml(&text, &label)
             .unwrap_or_else(|e| panic!("{}: policy does not load:\n{e}", file.display()));
         let authz = Authz::new(Arc::new(ArcSwap::from_pointee(policy)), None);
         let fname = file.file_name().unwrap().to_string_lossy().to_string();

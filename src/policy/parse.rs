@@ -82,9 +82,9 @@ pub fn parse(src: &str, file: &str) -> Result<(PolicyFile, Value), PolicyErrors>
         // Duplicate keys fail here; the typed parse (which keeps the last duplicate) can
         // still tell which rule the path `rules[N]` is.
         let rule = rule_index(&e.to_string()).map(|idx| {
-            serde_yaml::from_str::<PolicyFile>(src)
+            serde_yaml::from_str::<LooseDoc>(src)
                 .ok()
-                .and_then(|typed| typed.rules.get(idx).and_then(|r| r.id.clone()))
+                .and_then(|doc| doc.rules.into_iter().nth(idx).and_then(|r| r.id))
                 .unwrap_or_else(|| format!("#{}", idx + 1))
         });
         yaml_error(&e, file, rule)
@@ -97,6 +97,20 @@ pub fn parse(src: &str, file: &str) -> Result<(PolicyFile, Value), PolicyErrors>
         yaml_error(&e, file, rule)
     })?;
     Ok((typed, raw))
+}
+
+/// Just the rule ids, read without rejecting duplicates or unknown keys: to name the rule
+/// in an error about a duplicate key.
+#[derive(serde::Deserialize)]
+struct LooseDoc {
+    #[serde(default)]
+    rules: Vec<LooseRule>,
+}
+
+#[derive(serde::Deserialize)]
+struct LooseRule {
+    #[serde(default)]
+    id: Option<String>,
 }
 
 fn yaml_error(e: &serde_yaml::Error, file: &str, rule: Option<String>) -> PolicyErrors {

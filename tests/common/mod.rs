@@ -48,7 +48,10 @@ pub struct Case {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorpusFile {
-    pub policy: String,
+    /// The policy text, or
+    pub policy: Option<String>,
+    /// a policy file, relative to the crate root (for the shipped examples).
+    pub policy_file: Option<String>,
     pub cases: Vec<Case>,
 }
 

@@ -1,0 +1,163 @@
+//! The `hallpass` binary: validate, check, and serve (exit codes, messages, endpoints).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hallpass");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml");
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hallpass-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn validate_accepts_the_example_policy() {
+    let out = Command::new(BIN).args(["validate", EXAMPLE]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (17 rules)"));
+}
+
+#[test]
+fn validate_rejects_with_file_line_and_rule() {
+    let p = temp_file(
+        "bad.yaml",
+        "version: 1\nrules:\n  - id: ok\n    effect: allow\n  - id: broken\n    effect: deny\n    methods: [delete]\n",
+    );
+    let out = Command::new(BIN).args(["validate", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:5", p.display())), "located: {err}");
+    assert!(err.contains("rule `broken`") && err.contains("`delete`"), "{err}");
+    let p = temp_file("typo.yaml", "version: 1\nrules:\n  - id: r1\n    effect: allow\n    method: [GET]\n");
+    let out = Command::new(BIN).args(["validate", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":5:") && err.contains("unknown field `method`") && err.contains("rule `r1`"), "{err}");
+    let out = Command::new(BIN).args(["validate", "/nonexistent/policy.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn check_explains_the_decision() {
+    let out = Command::new(BIN)
+        .args(["check", "--policy", EXAMPLE, "--method", "DELETE", "--host", "mail.example.com"])
+        .args(["--path", "/v1/users/alice/messages/m1", "--agent", "triage-bot", "--on-behalf-of", "alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("decision: deny\nrule: no-deletes\n"), "{text}");
+    assert!(text.contains("message: Agents may not delete data."), "{text}");
+    assert!(text.contains("mail-read") && text.contains("not matched: `methods`"), "{text}");
+
+    let out = Command::new(BIN)
+        .args(["check", "--policy", EXAMPLE, "--method", "GET", "--host", "mail.example.com", "--json"])
+        .args(["--path", "/v1/users/bob/messages/m1", "--header", "x-agent-id: triage-bot", "--header", "x-on-behalf-of: alice"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["rule"], "default");
+    let read = v["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "mail-read").unwrap();
+    assert_eq!(read["part"], "captures");
+}
+
+#[test]
+fn serve_refuses_an_invalid_policy() {
+    let p = temp_file("invalid-serve.yaml", "version: 2\nrules: []\n");
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args(["serve", "--policy", p.to_str().unwrap(), "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("version") && err.contains("refusing to start"), "{err}");
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf))
+}
+
+#[test]
+fn serve_answers_checks_probes_and_metrics_then_stops_on_sigterm() {
+    let grpc = free_port();
+    let admin = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--policy", EXAMPLE, "--grpc-listen", &grpc.to_string(), "--admin-listen", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ready = loop {
+        if let Some((200, _)) = http_get(admin, "/readyz") {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ready, "serve did not become ready");
+    assert_eq!(http_get(admin, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(admin, "/nope").unwrap().0, 404);
+
+    // One gRPC Check through the real binary.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rule = rt.block_on(async {
+        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        let mut c = AuthorizationClient::connect(format!("http://{grpc}")).await.unwrap();
+        let req = hallpass::request::build::CheckRequestBuilder::new("DELETE", "/anything").build();
+        let resp = c.check(req).await.unwrap().into_inner();
+        resp.dynamic_metadata.unwrap().fields["rule"].clone()
+    });
+    assert_eq!(format!("{rule:?}").contains("no-deletes"), true, "{rule:?}");
+
+    let (status, metrics) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"hallpass_decisions_total{decision="deny",dry_run="false",rule="no-deletes"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hallpass_policy_rules 17"), "{metrics}");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status = status.expect("serve exits after SIGTERM");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(err.contains("hallpass serving") && err.contains("shutting down"), "{err}");
+}
