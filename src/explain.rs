@@ -40,8 +40,12 @@ pub fn render_text(policy: &Policy, d: &Decision, traces: &[RuleTrace]) -> Strin
         } else {
             match (t.result.result, t.result.part, t.applies) {
                 (Tri::True, _, _) => "matched".to_string(),
-                (Tri::Unknown, Some(p), true) => format!("matched: `{}` unknown (deny rules match on unknown)", p.as_str()),
-                (Tri::Unknown, Some(p), false) => format!("not matched: `{}` unknown (allow rules need true)", p.as_str()),
+                (Tri::Unknown, Some(p), true) => {
+                    format!("matched: `{}` unknown (deny rules match on unknown)", p.as_str())
+                }
+                (Tri::Unknown, Some(p), false) => {
+                    format!("not matched: `{}` unknown (allow rules need true)", p.as_str())
+                }
                 (Tri::False, Some(p), _) => format!("not matched: `{}`", p.as_str()),
                 _ => "not matched".to_string(),
             }

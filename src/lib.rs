@@ -11,6 +11,17 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` over plain HTTP.
 //! - [`settings`]: server configuration (file + flags); [`explain`]: the `check` command's report.
 
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        reason = "tests may panic"
+    )
+)]
+
 pub mod admin;
 pub mod explain;
 pub mod policy;

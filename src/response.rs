@@ -43,7 +43,9 @@ impl DecisionIds {
     /// mixed with the time and pid).
     pub fn new() -> DecisionIds {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u128(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+        );
         h.write_u32(std::process::id());
         DecisionIds { prefix: h.finish(), counter: AtomicU64::new(0) }
     }

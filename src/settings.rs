@@ -81,7 +81,8 @@ impl ServerSettings {
         let (file, base): (ConfigFile, Option<PathBuf>) = match &o.config {
             None => (ConfigFile::default(), None),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
                 let cfg: ConfigFile =
                     serde_yaml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
                 (cfg, p.parent().map(Path::to_path_buf))

@@ -27,12 +27,18 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let decisions = IntCounterVec::new(
-            Opts::new("hallpass_decisions_total", "Checks answered, by decision sent to Envoy, deciding rule and dry run."),
+            Opts::new(
+                "hallpass_decisions_total",
+                "Checks answered, by decision sent to Envoy, deciding rule and dry run.",
+            ),
             &["decision", "rule", "dry_run"],
         )?;
         let check_seconds = HistogramVec::new(
-            HistogramOpts::new("hallpass_check_duration_seconds", "Time to decide one Check, from request to response.")
-                .buckets(vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3]),
+            HistogramOpts::new(
+                "hallpass_check_duration_seconds",
+                "Time to decide one Check, from request to response.",
+            )
+            .buckets(vec![1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3]),
             &["decision"],
         )?;
         let policy_rules = IntGauge::new("hallpass_policy_rules", "Rules in the policy in force.")?;
@@ -45,9 +51,7 @@ impl Metrics {
     /// Count one decision and its latency.
     pub fn record(&self, d: &Decision, seconds: f64) {
         let decision = if d.allowed { "allow" } else { "deny" };
-        self.decisions
-            .with_label_values(&[decision, d.rule.as_str(), if d.dry_run { "true" } else { "false" }])
-            .inc();
+        self.decisions.with_label_values(&[decision, d.rule.as_str(), if d.dry_run { "true" } else { "false" }]).inc();
         self.check_seconds.with_label_values(&[decision]).observe(seconds);
     }
 

@@ -60,7 +60,14 @@ fn check_explains_the_decision() {
 
     let out = Command::new(BIN)
         .args(["check", "--policy", EXAMPLE, "--method", "GET", "--host", "mail.example.com", "--json"])
-        .args(["--path", "/v1/users/bob/messages/m1", "--header", "x-agent-id: triage-bot", "--header", "x-on-behalf-of: alice"])
+        .args([
+            "--path",
+            "/v1/users/bob/messages/m1",
+            "--header",
+            "x-agent-id: triage-bot",
+            "--header",
+            "x-on-behalf-of: alice",
+        ])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -75,7 +82,15 @@ fn serve_refuses_an_invalid_policy() {
     let p = temp_file("invalid-serve.yaml", "version: 2\nrules: []\n");
     let start = Instant::now();
     let out = Command::new(BIN)
-        .args(["serve", "--policy", p.to_str().unwrap(), "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--policy",
+            p.to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -132,7 +147,7 @@ fn serve_answers_checks_probes_and_metrics_then_stops_on_sigterm() {
         let resp = c.check(req).await.unwrap().into_inner();
         resp.dynamic_metadata.unwrap().fields["rule"].clone()
     });
-    assert_eq!(format!("{rule:?}").contains("no-deletes"), true, "{rule:?}");
+    assert!(format!("{rule:?}").contains("no-deletes"), "{rule:?}");
 
     let (status, metrics) = http_get(admin, "/metrics").unwrap();
     assert_eq!(status, 200);

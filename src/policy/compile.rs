@@ -16,7 +16,8 @@ use super::pattern::PathPattern;
 use super::time::TimeWindow;
 
 /// Rule ids hallpass itself uses for decisions no policy rule made.
-pub const RESERVED_RULE_IDS: [&str; 5] = ["default", "invalid_path", "invalid_identity", "invalid_request", "internal_error"];
+pub const RESERVED_RULE_IDS: [&str; 5] =
+    ["default", "invalid_path", "invalid_identity", "invalid_request", "internal_error"];
 
 /// allow | deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,7 +483,9 @@ fn resolve_groups(defs: &BTreeMap<String, Vec<String>>, errs: &mut Errors<'_>) -
                     errs.push(format!("group `{name}` includes `@{g}`, which is not a group"));
                 }
             } else if m == "*" {
-                errs.push(format!("group `{name}` contains `*`; groups list agent ids (use `agents: [\"*\"]` in a rule)"));
+                errs.push(format!(
+                    "group `{name}` contains `*`; groups list agent ids (use `agents: [\"*\"]` in a rule)"
+                ));
             } else if m.is_empty() {
                 errs.push(format!("group `{name}` contains an empty agent id"));
             } else {
@@ -721,8 +724,8 @@ fn compile_mcp(m: &McpDef, scope: &Scope<'_>) -> Result<McpMatch, String> {
 }
 
 const OPERATORS: [&str; 15] = [
-    "equals", "in", "not_in", "prefix", "suffix", "contains", "matches", "lt", "lte", "gt", "gte", "max_len", "exists", "each",
-    "some",
+    "equals", "in", "not_in", "prefix", "suffix", "contains", "matches", "lt", "lte", "gt", "gte", "max_len", "exists",
+    "each", "some",
 ];
 
 fn condition(v: &Value, scope: &Scope<'_>, at: &str) -> Result<Condition, String> {
@@ -910,7 +913,9 @@ fn operand(v: &Value, scope: &Scope<'_>, at: &str) -> Result<Operand, String> {
             let parsed = RefName::parse(name).map_err(|m| format!("`{at}`: {m}"))?;
             if let RefName::Capture(c) = &parsed {
                 if !scope.captures.contains(&**c) {
-                    return Err(format!("`{at}`: `{{ ref: {name} }}` names a capture no path pattern of this rule has"));
+                    return Err(format!(
+                        "`{at}`: `{{ ref: {name} }}` names a capture no path pattern of this rule has"
+                    ));
                 }
             }
             return Ok(Operand::Ref(parsed));

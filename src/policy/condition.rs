@@ -32,15 +32,6 @@ impl Tri {
         }
     }
 
-    /// Three-valued negation.
-    pub fn not(self) -> Tri {
-        match self {
-            Tri::True => Tri::False,
-            Tri::False => Tri::True,
-            Tri::Unknown => Tri::Unknown,
-        }
-    }
-
     /// Three-valued conjunction.
     pub fn and(self, other: Tri) -> Tri {
         match (self, other) {
@@ -56,6 +47,18 @@ impl Tri {
             (Tri::True, _) | (_, Tri::True) => Tri::True,
             (Tri::Unknown, _) | (_, Tri::Unknown) => Tri::Unknown,
             _ => Tri::False,
+        }
+    }
+}
+
+impl std::ops::Not for Tri {
+    type Output = Tri;
+    /// Three-valued negation: unknown stays unknown.
+    fn not(self) -> Tri {
+        match self {
+            Tri::True => Tri::False,
+            Tri::False => Tri::True,
+            Tri::Unknown => Tri::Unknown,
         }
     }
 }
@@ -308,7 +311,7 @@ impl Condition {
                 }
                 acc
             }
-            Condition::Not(c) => c.eval(doc, refs).not(),
+            Condition::Not(c) => !c.eval(doc, refs),
             Condition::Field { pointer, test } => match doc {
                 Doc::Unknown => Tri::Unknown,
                 Doc::Missing => test.on_missing(refs),
@@ -376,7 +379,7 @@ impl Test {
             Test::Exists(want) => Tri::from_bool(*want),
             Test::Equals(o) => equals(v, o, refs),
             Test::In(list) => in_list(v, list, refs),
-            Test::NotIn(list) => in_list(v, list, refs).not(),
+            Test::NotIn(list) => !in_list(v, list, refs),
             Test::Prefix(o) => string_op(v, o, refs, |s, p| s.starts_with(p)),
             Test::Suffix(o) => string_op(v, o, refs, |s, p| s.ends_with(p)),
             Test::Contains(o) => string_op(v, o, refs, |s, p| s.contains(p)),
@@ -524,7 +527,7 @@ mod tests {
         assert_eq!(False.and(Unknown), False);
         assert_eq!(True.or(Unknown), True);
         assert_eq!(False.or(Unknown), Unknown);
-        assert_eq!(Unknown.not(), Unknown);
+        assert_eq!(!Unknown, Unknown);
     }
 
     #[test]

@@ -452,7 +452,12 @@ fn decide_one(policy: &Policy, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
     for i in policy.allow_index.candidates(first) {
         let Some(rule) = policy.rules.get(i) else { continue };
         if applies(rule, match_rule(rule, cx, body)) {
-            return Outcome { effect: Effect::Allow, rule: RuleId::Rule(rule.id.clone()), message: None, dry_run_rules };
+            return Outcome {
+                effect: Effect::Allow,
+                rule: RuleId::Rule(rule.id.clone()),
+                message: None,
+                dry_run_rules,
+            };
         }
     }
     Outcome { effect: policy.settings.default, rule: RuleId::Default, message: None, dry_run_rules }
@@ -525,7 +530,9 @@ pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
                 (Some(d), _) => d,
                 (None, Some(f)) => f,
                 // INVARIANT: a batch is non-empty; this arm only keeps the code total.
-                (None, None) => Outcome { effect: Effect::Deny, rule: RuleId::Default, message: None, dry_run_rules: Vec::new() },
+                (None, None) => {
+                    Outcome { effect: Effect::Deny, rule: RuleId::Default, message: None, dry_run_rules: Vec::new() }
+                }
             };
             o.dry_run_rules = dry_run_rules;
             o
@@ -586,7 +593,13 @@ pub fn explain(policy: &Policy, req: &Request, now: Timestamp) -> (Decision, Vec
     for (element, view) in views {
         for rule in &policy.rules {
             let result = match_rule(rule, &cx, view);
-            traces.push(RuleTrace { rule: rule.id.clone(), effect: rule.effect, element, result, applies: applies(rule, result) });
+            traces.push(RuleTrace {
+                rule: rule.id.clone(),
+                effect: rule.effect,
+                element,
+                result,
+                applies: applies(rule, result),
+            });
         }
     }
     (decision, traces)

@@ -157,9 +157,7 @@ pub fn locate_rule(src: &str, id: &str) -> Option<usize> {
                 let after = t.get(p + 3..).unwrap_or("").trim_start();
                 let after = after.trim_start_matches(['"', '\'']);
                 if after.starts_with(id)
-                    && after
-                        .get(id.len()..)
-                        .is_some_and(|r| r.starts_with([',', '}', '"', '\'', ' ']) || r.is_empty())
+                    && after.get(id.len()..).is_some_and(|r| r.starts_with([',', '}', '"', '\'', ' ']) || r.is_empty())
                 {
                     return Some(n + 1);
                 }

@@ -67,9 +67,7 @@ impl PathPattern {
                     return Err(format!("path pattern `{src}`: segment `{part}` opens `{{` without closing it"));
                 };
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!(
-                        "path pattern `{src}`: capture name `{name}` must be letters, digits or `_`"
-                    ));
+                    return Err(format!("path pattern `{src}`: capture name `{name}` must be letters, digits or `_`"));
                 }
                 if names.contains(&name) {
                     return Err(format!("path pattern `{src}` captures `{name}` twice"));
@@ -243,7 +241,19 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_rejected() {
-        for p in ["a/b", "/a/**/b/**", "/a/{x", "/a/{}", "/a/x*", "/a/{x}/{x}", "/a//b", "/a/../b", "/a?x=1", "/a%2Fb", "/a/./b"] {
+        for p in [
+            "a/b",
+            "/a/**/b/**",
+            "/a/{x",
+            "/a/{}",
+            "/a/x*",
+            "/a/{x}/{x}",
+            "/a//b",
+            "/a/../b",
+            "/a?x=1",
+            "/a%2Fb",
+            "/a/./b",
+        ] {
             assert!(PathPattern::parse(p).is_err(), "{p} should be rejected");
         }
     }

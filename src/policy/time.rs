@@ -41,9 +41,7 @@ fn parse_instant(s: &str, key: &str) -> Result<Timestamp, String> {
     let ok_shape = s.len() >= 20 && s.get(10..11).is_some_and(|t| t == "T" || t == "t");
     match s.parse::<Timestamp>() {
         Ok(t) if ok_shape => Ok(t),
-        _ => Err(format!(
-            "`when.{key}`: `{s}` is not an RFC 3339 instant (write e.g. 2026-11-23T09:00:00Z)"
-        )),
+        _ => Err(format!("`when.{key}`: `{s}` is not an RFC 3339 instant (write e.g. 2026-11-23T09:00:00Z)")),
     }
 }
 
@@ -89,7 +87,8 @@ impl TimeWindow {
         let hours = match &def.hours {
             None => None,
             Some(h) => {
-                let bad = || format!("`when.hours`: `{h}` is not `HH:MM-HH:MM` (e.g. 09:00-18:00; 24:00 only as an end)");
+                let bad =
+                    || format!("`when.hours`: `{h}` is not `HH:MM-HH:MM` (e.g. 09:00-18:00; 24:00 only as an end)");
                 let (a, b) = h.split_once('-').ok_or_else(bad)?;
                 let start = parse_hhmm(a.trim(), false).ok_or_else(bad)?;
                 let end = parse_hhmm(b.trim(), true).ok_or_else(bad)?;
@@ -181,7 +180,13 @@ mod tests {
 
     #[test]
     fn bad_windows() {
-        let mut def = WhenDef { days: None, hours: Some("09:00-09:00".into()), timezone: None, not_before: None, not_after: None };
+        let mut def = WhenDef {
+            days: None,
+            hours: Some("09:00-09:00".into()),
+            timezone: None,
+            not_before: None,
+            not_after: None,
+        };
         assert!(TimeWindow::compile(&def).is_err());
         def.hours = Some("9:00-18:00".into());
         assert!(TimeWindow::compile(&def).is_err());

@@ -33,7 +33,9 @@ pub fn json_to_proto(v: &serde_json::Value) -> Value {
         J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         J::String(s) => Kind::StringValue(s.clone()),
         J::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(json_to_proto).collect() }),
-        J::Object(o) => Kind::StructValue(Struct { fields: o.iter().map(|(k, v)| (k.clone(), json_to_proto(v))).collect() }),
+        J::Object(o) => {
+            Kind::StructValue(Struct { fields: o.iter().map(|(k, v)| (k.clone(), json_to_proto(v))).collect() })
+        }
     };
     Value { kind: Some(kind) }
 }

@@ -77,11 +77,7 @@ impl Request {
             }
         }
 
-        let raw_path = if http.path.is_empty() {
-            headers.get(":path").cloned().unwrap_or_default()
-        } else {
-            http.path
-        };
+        let raw_path = if http.path.is_empty() { headers.get(":path").cloned().unwrap_or_default() } else { http.path };
         let (path_part, query_part) = path::split(&raw_path);
         let path = path::normalize(path_part);
         let query = path::parse_query(query_part);
@@ -95,11 +91,8 @@ impl Request {
         };
         let host = normalize_host(&host_raw);
 
-        let method = if http.method.is_empty() {
-            headers.get(":method").cloned().unwrap_or_default()
-        } else {
-            http.method
-        };
+        let method =
+            if http.method.is_empty() { headers.get(":method").cloned().unwrap_or_default() } else { http.method };
 
         let principal = attrs.source.map(|s| s.principal).filter(|p| !p.is_empty());
         let jwt = attrs.metadata_context.and_then(|mut m| m.filter_metadata.remove(JWT_AUTHN_NAMESPACE));
