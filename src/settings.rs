@@ -107,3 +107,36 @@ impl ServerSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads_and_flags_override_it() {
+        let cfg = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/hallpass.yaml"));
+        let s = ServerSettings::resolve(Overrides { config: Some(cfg.clone()), ..Default::default() }).unwrap();
+        assert!(s.policy.ends_with("config/policy.yaml"));
+        assert!(s.policy.exists(), "policy path is resolved relative to the config file");
+        assert_eq!(s.grpc_listen.to_string(), "127.0.0.1:9191");
+        assert_eq!(s.admin_listen.to_string(), "0.0.0.0:9192");
+        assert_eq!(s.log_format, LogFormat::Json);
+        let s = ServerSettings::resolve(Overrides {
+            config: Some(cfg),
+            grpc_listen: Some("127.0.0.1:7000".into()),
+            log_format: Some(LogFormat::Text),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.grpc_listen.port(), 7000);
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(ServerSettings::resolve(Overrides::default()).is_err(), "no policy");
+        let bad =
+            Overrides { policy: Some("p.yaml".into()), grpc_listen: Some("localhost".into()), ..Default::default() };
+        assert!(ServerSettings::resolve(bad).is_err());
+    }
+}

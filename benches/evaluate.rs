@@ -1,0 +1,74 @@
+//! Criterion benchmarks of the decision path against the shipped example policy:
+//! evaluation alone (body-less and with a JSON body), and the whole synchronous Check
+//! (CheckRequest → normalize → evaluate → CheckResponse). See docs/benchmarks.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use hallpass::policy::{evaluate, Policy};
+use hallpass::request::build::CheckRequestBuilder;
+use hallpass::request::Request;
+use hallpass::service::Authz;
+
+fn policy() -> Policy {
+    Policy::from_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml"))).unwrap()
+}
+
+fn read_mail() -> CheckRequestBuilder {
+    CheckRequestBuilder::new("GET", "/v1/users/alice/messages/m1")
+        .host("mail.example.com")
+        .header("x-agent-id", "triage-bot")
+        .header("x-on-behalf-of", "alice")
+}
+
+fn send_mail() -> CheckRequestBuilder {
+    let to: Vec<String> = (0..8).map(|i| format!("\"user{i}@example.com\"")).collect();
+    let body = format!(
+        r#"{{"to":[{}],"subject":"weekly report","body":"{}","attachments":[]}}"#,
+        to.join(","),
+        "lorem ipsum ".repeat(60)
+    );
+    CheckRequestBuilder::new("POST", "/v1/users/alice/messages/send")
+        .host("mail.example.com")
+        .header("x-agent-id", "triage-bot")
+        .header("x-on-behalf-of", "alice")
+        .header("content-type", "application/json")
+        .body(body)
+}
+
+fn bench(c: &mut Criterion) {
+    let p = policy();
+    let now = jiff::Timestamp::now();
+    let req = Request::from_check_request(read_mail().build()).unwrap();
+    c.bench_function("evaluate/bodyless", |b| b.iter(|| black_box(evaluate(&p, black_box(&req), now))));
+
+    let body_req = send_mail().build();
+    c.bench_function("evaluate/json_body_1k (parse included)", |b| {
+        b.iter_batched(
+            || Request::from_check_request(body_req.clone()).unwrap(),
+            |r| black_box(evaluate(&p, &r, now)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
+    c.bench_function("extract/bodyless", |b| {
+        b.iter_batched(
+            || read_mail().build(),
+            |r| black_box(Request::from_check_request(r).unwrap()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
+    let authz = Authz::new(Arc::new(ArcSwap::from_pointee(policy())), None);
+    c.bench_function("check/bodyless (extract+evaluate+respond)", |b| {
+        b.iter_batched(|| read_mail().build(), |r| black_box(authz.decide(r, now)), criterion::BatchSize::SmallInput)
+    });
+    c.bench_function("check/json_body_1k", |b| {
+        b.iter_batched(|| send_mail().build(), |r| black_box(authz.decide(r, now)), criterion::BatchSize::SmallInput)
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
