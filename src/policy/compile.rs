@@ -295,12 +295,39 @@ impl Errors<'_> {
     fn rule(&mut self, rule: &str, message: String) {
         self.list.push(PolicyError {
             file: self.file.to_string(),
-            line: locate_rule(self.src, rule),
+            line: locate_rule(self.src, rule, 0),
             column: None,
             rule: Some(rule.to_string()),
             message,
         });
     }
+}
+
+/// An HTTP header name (RFC 9110 token, lowercase), or a pseudo-header such as `:path`.
+pub fn valid_header_name(s: &str) -> bool {
+    let name = s.strip_prefix(':').unwrap_or(s);
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
 }
 
 fn valid_id(s: &str) -> bool {
@@ -361,12 +388,19 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
             continue;
         }
         if !seen.insert(label.clone()) {
-            errs.rule(&label, "this id is used by an earlier rule; rule ids must be unique".into());
+            let dupes = def.rules.iter().take(n).filter(|r| r.id.as_deref() == Some(label.as_str())).count();
+            errs.list.push(PolicyError {
+                file: file.to_string(),
+                line: locate_rule(src, &label, dupes),
+                column: None,
+                rule: Some(label.clone()),
+                message: "this id is used by an earlier rule; rule ids must be unique".into(),
+            });
             continue;
         }
         match compile_rule(rd, &label, &groups) {
             Ok(mut r) => {
-                r.line = locate_rule(src, &label);
+                r.line = locate_rule(src, &label, 0);
                 rules.push(r);
             }
             Err(msgs) => {
@@ -396,6 +430,11 @@ fn compile_identity(d: &IdentityDef, errs: &mut Errors<'_>) -> IdentityConfig {
     let defaults = IdentityConfig::default();
     let mut read = |list: &Option<Vec<Value>>, what: &str, default: Vec<IdentitySource>| -> Vec<IdentitySource> {
         let Some(list) = list else { return default };
+        if list.is_empty() {
+            errs.top(format!(
+                "`identity.{what}` is an empty list, so no request would ever have one; omit it for the default sources"
+            ));
+        }
         let mut out = Vec::new();
         for v in list {
             match identity_source(v) {
@@ -474,6 +513,9 @@ fn resolve_groups(defs: &BTreeMap<String, Vec<String>>, errs: &mut Errors<'_>) -
         }
         let mut out = HashSet::new();
         let Some(members) = defs.get(name) else { return out };
+        if members.is_empty() {
+            errs.push(format!("group `{name}` is empty; a rule naming it could never match"));
+        }
         stack.push(name.to_string());
         for m in members {
             if let Some(g) = m.strip_prefix('@') {
@@ -576,9 +618,11 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
             let lower = h.to_ascii_lowercase();
             if lower.is_empty() || lower.contains(['/', ' ', '?', '#', '@']) {
                 msgs.push(format!("host `{h}` is not a host name"));
-            } else if lower.contains(':') && !lower.starts_with('[') {
+            } else if lower.starts_with('[') && !lower.ends_with(']') || lower.contains(':') && !lower.starts_with('[')
+            {
                 msgs.push(format!("host `{h}` has a port; hosts are matched without the port"));
             } else if let Some(rest) = lower.strip_prefix("*.") {
+                let rest = rest.trim_end_matches('.');
                 if rest.is_empty() || rest.contains('*') {
                     msgs.push(format!("host `{h}`: a wildcard is `*.` followed by a domain"));
                 } else {
@@ -616,6 +660,13 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
                 msgs.push(format!("`captures.{name}`: no path pattern of this rule captures `{{{name}}}`"));
                 continue;
             }
+            if let Some(p) = paths.iter().flatten().find(|p| !p.capture_names().any(|c| c == name)) {
+                msgs.push(format!(
+                    "`captures.{name}`: path pattern `{}` has no `{{{name}}}`; every pattern of a rule with `captures.{name}` must capture it",
+                    p.source()
+                ));
+                continue;
+            }
             match op_map(v, &scope, &format!("captures.{name}"), false) {
                 Ok(t) => captures.push((Arc::from(name.as_str()), t)),
                 Err(m) => msgs.push(m),
@@ -636,6 +687,10 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
         for (name, v) in map {
             if name.is_empty() || name.chars().any(|c| c.is_ascii_uppercase()) {
                 msgs.push(format!("`headers.{name}`: header names are lowercase (`{}`)", name.to_ascii_lowercase()));
+                continue;
+            }
+            if !valid_header_name(name) {
+                msgs.push(format!("`headers.{name}`: not an HTTP header name"));
                 continue;
             }
             match op_map(v, &scope, &format!("headers.{name}"), false) {
@@ -850,10 +905,21 @@ fn operator(key: &str, val: &Value, scope: &Scope<'_>, at: &str, json: bool) -> 
         }
         items.iter().map(|i| operand(i, scope, &at)).collect()
     };
+    // Captures, query and header values are strings: a literal that is not a string or a
+    // number could never equal one, so a test with it can only be a mistake.
+    let text_literal = |o: Operand| -> Result<Operand, String> {
+        match &o {
+            Operand::Lit(Json::String(_) | Json::Number(_)) | Operand::Ref(_) => Ok(o),
+            Operand::Lit(_) if !json => Err(format!(
+                "`{at}`: captures, query values and header values are strings; compare them with a string or a number"
+            )),
+            Operand::Lit(_) => Ok(o),
+        }
+    };
     Ok(match key {
-        "equals" => Test::Equals(operand(val, scope, &at)?),
-        "in" => Test::In(list(val)?),
-        "not_in" => Test::NotIn(list(val)?),
+        "equals" => Test::Equals(text_literal(operand(val, scope, &at)?)?),
+        "in" => Test::In(list(val)?.into_iter().map(text_literal).collect::<Result<_, _>>()?),
+        "not_in" => Test::NotIn(list(val)?.into_iter().map(text_literal).collect::<Result<_, _>>()?),
         "prefix" => Test::Prefix(string(val)?),
         "suffix" => Test::Suffix(string(val)?),
         "contains" => Test::Contains(string(val)?),
@@ -861,6 +927,12 @@ fn operator(key: &str, val: &Value, scope: &Scope<'_>, at: &str, json: bool) -> 
             let Some(re) = val.as_str() else {
                 return Err(format!("`{at}` takes a regular expression string"));
             };
+            // Compile it alone first: `a)|(b` is invalid on its own but would parse once
+            // wrapped, as `^(?:a)|(b)$`, losing the whole-string anchoring.
+            RegexBuilder::new(re)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("`{at}`: invalid regular expression `{re}`: {e}"))?;
             let compiled = RegexBuilder::new(&format!("^(?:{re})$"))
                 .size_limit(1 << 20)
                 .build()
@@ -911,6 +983,11 @@ fn operand(v: &Value, scope: &Scope<'_>, at: &str) -> Result<Operand, String> {
                 return Err(format!("`{at}`: `ref` takes a name such as `on_behalf_of`"));
             };
             let parsed = RefName::parse(name).map_err(|m| format!("`{at}`: {m}"))?;
+            if let RefName::Header(h) = &parsed {
+                if !valid_header_name(h) {
+                    return Err(format!("`{at}`: `{h}` is not an HTTP header name"));
+                }
+            }
             if let RefName::Capture(c) = &parsed {
                 if !scope.captures.contains(&**c) {
                     return Err(format!(

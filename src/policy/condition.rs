@@ -225,26 +225,99 @@ pub fn lenient_number(s: &str) -> Option<f64> {
     }
 }
 
-/// JSON equality with numbers compared by value (1 equals 1.0).
-pub fn json_eq(a: &Json, b: &Json) -> bool {
+/// A number as read from JSON or a request-line string: integers are kept exact, so that
+/// two different 64-bit ids never compare equal because they round to the same f64.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
+    /// An integer, exactly.
+    Int(i128),
+    /// Anything else, as f64.
+    Float(f64),
+}
+
+/// 2^53: integers up to this magnitude are exact in an f64.
+const F64_EXACT: u128 = 1 << 53;
+
+impl Num {
+    /// From a JSON number.
+    pub fn from_json(n: &serde_json::Number) -> Option<Num> {
+        if let Some(i) = n.as_i64() {
+            Some(Num::Int(i128::from(i)))
+        } else if let Some(u) = n.as_u64() {
+            Some(Num::Int(i128::from(u)))
+        } else {
+            n.as_f64().filter(|f| f.is_finite()).map(Num::Float)
+        }
+    }
+
+    /// From a request-line string, read leniently (see [`lenient_number`]).
+    pub fn from_text(s: &str) -> Option<Num> {
+        let f = lenient_number(s)?;
+        let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(i) = s.strip_prefix('+').unwrap_or(s).parse::<i128>() {
+                return Some(Num::Int(i));
+            }
+        }
+        Some(Num::Float(f))
+    }
+
+    /// Compare; `None` when the order cannot be known (a large integer against a float
+    /// it rounds to).
+    pub fn cmp3(self, other: Num) -> Option<std::cmp::Ordering> {
+        use std::cmp::Ordering;
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
+            (Num::Float(a), Num::Float(b)) => a.partial_cmp(&b),
+            (Num::Int(a), Num::Float(b)) => int_float(a, b),
+            (Num::Float(a), Num::Int(b)) => int_float(b, a).map(Ordering::reverse),
+        }
+    }
+}
+
+fn int_float(a: i128, b: f64) -> Option<std::cmp::Ordering> {
+    let af = a as f64;
+    if a.unsigned_abs() <= F64_EXACT {
+        return af.partial_cmp(&b);
+    }
+    // Rounding is monotonic: a strict order of the rounded value is the true order; equality
+    // after rounding says nothing.
+    match af.partial_cmp(&b) {
+        Some(std::cmp::Ordering::Equal) | None => None,
+        o => o,
+    }
+}
+
+fn num_eq(a: Option<Num>, b: Option<Num>) -> Tri {
     match (a, b) {
-        (Json::Number(x), Json::Number(y)) => {
-            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
-                return x == y;
+        (Some(a), Some(b)) => match a.cmp3(b) {
+            Some(o) => Tri::from_bool(o == std::cmp::Ordering::Equal),
+            None => Tri::Unknown,
+        },
+        _ => Tri::Unknown,
+    }
+}
+
+/// JSON equality with numbers compared by value (1 equals 1.0; large integers exactly).
+pub fn json_eq(a: &Json, b: &Json) -> Tri {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => num_eq(Num::from_json(x), Num::from_json(y)),
+        (Json::Array(x), Json::Array(y)) => {
+            if x.len() != y.len() {
+                return Tri::False;
             }
-            if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
-                return x == y;
-            }
-            match (x.as_f64(), y.as_f64()) {
-                (Some(x), Some(y)) => x == y,
-                _ => false,
-            }
+            x.iter().zip(y).fold(Tri::True, |acc, (x, y)| acc.and(json_eq(x, y)))
         }
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y)),
         (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            if x.len() != y.len() {
+                return Tri::False;
+            }
+            x.iter().fold(Tri::True, |acc, (k, v)| match y.get(k) {
+                Some(w) => acc.and(json_eq(v, w)),
+                None => Tri::False,
+            })
         }
-        _ => a == b,
+        _ => Tri::from_bool(a == b),
     }
 }
 
@@ -387,10 +460,10 @@ impl Test {
                 Some(s) => Tri::from_bool(re.is_match(s)),
                 None => Tri::Unknown,
             },
-            Test::Lt(o) => compare(v, o, refs, |a, b| a < b),
-            Test::Lte(o) => compare(v, o, refs, |a, b| a <= b),
-            Test::Gt(o) => compare(v, o, refs, |a, b| a > b),
-            Test::Gte(o) => compare(v, o, refs, |a, b| a >= b),
+            Test::Lt(o) => compare(v, o, refs, |o| o.is_lt()),
+            Test::Lte(o) => compare(v, o, refs, |o| o.is_le()),
+            Test::Gt(o) => compare(v, o, refs, |o| o.is_gt()),
+            Test::Gte(o) => compare(v, o, refs, |o| o.is_ge()),
             Test::MaxLen(n) => match v {
                 Subject::Json(Json::String(s)) => Tri::from_bool(s.chars().count() as u64 <= *n),
                 Subject::Text(s) => Tri::from_bool(s.chars().count() as u64 <= *n),
@@ -449,12 +522,9 @@ fn as_str(v: Subject<'_>) -> Option<&str> {
 fn equals(v: Subject<'_>, o: &Operand, refs: &dyn Resolve) -> Tri {
     match o {
         Operand::Lit(lit) => match v {
-            Subject::Json(j) => Tri::from_bool(json_eq(j, lit)),
+            Subject::Json(j) => json_eq(j, lit),
             Subject::Text(s) => match lit {
-                Json::Number(n) => match (lenient_number(s), n.as_f64()) {
-                    (Some(a), Some(b)) => Tri::from_bool(a == b),
-                    _ => Tri::Unknown,
-                },
+                Json::Number(n) => num_eq(Num::from_text(s), Num::from_json(n)),
                 Json::String(l) => Tri::from_bool(s == l),
                 _ => Tri::False,
             },
@@ -464,10 +534,7 @@ fn equals(v: Subject<'_>, o: &Operand, refs: &dyn Resolve) -> Tri {
                 return Tri::Unknown;
             };
             match (v, rv) {
-                (Subject::Json(Json::Number(n)), RefValue::Text(t)) => match (n.as_f64(), lenient_number(t)) {
-                    (Some(a), Some(b)) => Tri::from_bool(a == b),
-                    _ => Tri::Unknown,
-                },
+                (Subject::Json(Json::Number(n)), RefValue::Text(t)) => num_eq(Num::from_json(n), Num::from_text(t)),
                 (Subject::Json(Json::String(s)), rv) => Tri::from_bool(s == rv.text()),
                 (Subject::Json(_), _) => Tri::False,
                 (Subject::Text(s), rv) => Tri::from_bool(s == rv.text()),
@@ -491,19 +558,22 @@ fn string_op(v: Subject<'_>, o: &Operand, refs: &dyn Resolve, f: impl Fn(&str, &
     }
 }
 
-fn compare(v: Subject<'_>, o: &Operand, refs: &dyn Resolve, f: impl Fn(f64, f64) -> bool) -> Tri {
+fn compare(v: Subject<'_>, o: &Operand, refs: &dyn Resolve, f: impl Fn(std::cmp::Ordering) -> bool) -> Tri {
     let a = match v {
-        Subject::Json(Json::Number(n)) => n.as_f64(),
-        Subject::Text(s) => lenient_number(s),
+        Subject::Json(Json::Number(n)) => Num::from_json(n),
+        Subject::Text(s) => Num::from_text(s),
         Subject::Json(_) => None,
     };
     let b = match o {
-        Operand::Lit(Json::Number(n)) => n.as_f64(),
+        Operand::Lit(Json::Number(n)) => Num::from_json(n),
         Operand::Lit(_) => None,
-        Operand::Ref(r) => refs.resolve(r).and_then(|rv| lenient_number(rv.text())),
+        Operand::Ref(r) => refs.resolve(r).and_then(|rv| Num::from_text(rv.text())),
     };
     match (a, b) {
-        (Some(a), Some(b)) => Tri::from_bool(f(a, b)),
+        (Some(a), Some(b)) => match a.cmp3(b) {
+            Some(o) => Tri::from_bool(f(o)),
+            None => Tri::Unknown,
+        },
         _ => Tri::Unknown,
     }
 }
@@ -549,6 +619,21 @@ mod tests {
         assert_eq!(t.eval(Subject::Text("lots"), &NoRefs), Tri::Unknown);
         assert_eq!(Test::Equals(Operand::Lit(json!(1))).eval(Subject::Json(&json!(1.0)), &NoRefs), Tri::True);
         assert_eq!(Test::Equals(Operand::Lit(json!(42))).eval(Subject::Json(&json!("42")), &NoRefs), Tri::False);
+    }
+
+    #[test]
+    fn large_integers_compare_exactly() {
+        let id = Test::In(vec![Operand::Lit(json!(1234567890123456789u64))]);
+        assert_eq!(id.eval(Subject::Text("1234567890123456790"), &NoRefs), Tri::False);
+        assert_eq!(id.eval(Subject::Text("1234567890123456789"), &NoRefs), Tri::True);
+        assert_eq!(id.eval(Subject::Text("+01234567890123456789"), &NoRefs), Tri::True);
+        assert_eq!(id.eval(Subject::Json(&json!(1234567890123456790u64)), &NoRefs), Tri::False);
+        // A float that the large id rounds to: cannot tell.
+        assert_eq!(id.eval(Subject::Text("1.2345678901234568e18"), &NoRefs), Tri::Unknown);
+        let gt = Test::Gt(Operand::Lit(json!(9007199254740993u64)));
+        assert_eq!(gt.eval(Subject::Text("9007199254740994"), &NoRefs), Tri::True);
+        assert_eq!(gt.eval(Subject::Text("9007199254740993"), &NoRefs), Tri::False);
+        assert_eq!(Test::Equals(Operand::Lit(json!(2))).eval(Subject::Text("2.0"), &NoRefs), Tri::True);
     }
 
     #[test]

@@ -345,7 +345,9 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
         }
     }
     if let Some(hosts) = &rule.hosts {
-        if !hosts.iter().any(|h| h.matches(&req.host)) {
+        if !req.host_valid {
+            fold(&mut m, Part::Hosts, Tri::Unknown);
+        } else if !hosts.iter().any(|h| h.matches(&req.host)) {
             fold(&mut m, Part::Hosts, Tri::False);
             return m;
         }
@@ -463,6 +465,9 @@ fn decide_one(policy: &Policy, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
     Outcome { effect: policy.settings.default, rule: RuleId::Default, message: None, dry_run_rules }
 }
 
+/// The longest JSON-RPC batch decided element by element.
+pub const MAX_BATCH: usize = 256;
+
 /// How the body is to be decided.
 enum Shape<'a> {
     Single(BodyView<'a>),
@@ -483,6 +488,11 @@ fn body_shape<'a>(policy: &Policy, req: &'a Request, first: &str) -> Shape<'a> {
         Parsed::Unknown(_) => Shape::Single(BodyView::Unknown),
         Parsed::Form(v) => Shape::Single(BodyView::Form(v)),
         Parsed::Json(v) => match v {
+            // A batch longer than any real client sends would cost elements x rules to
+            // decide: it is unknown instead (deny rules that read the body match it).
+            Json::Array(items) if items.len() > MAX_BATCH && items.iter().any(is_rpc) => {
+                Shape::Single(BodyView::Unknown)
+            }
             Json::Array(items) if !items.is_empty() && items.iter().all(is_rpc) => Shape::Batch(items),
             Json::Array(items) if items.iter().any(is_rpc) => Shape::Single(BodyView::MixedRpcArray(v)),
             _ => Shape::Single(BodyView::Json(v)),

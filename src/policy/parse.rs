@@ -147,29 +147,58 @@ fn rule_from_error_path(msg: &str, raw: &Value) -> Option<String> {
     }
 }
 
-/// Find the 1-based line of `id: <id>` in the source, to locate rule-level errors.
-pub fn locate_rule(src: &str, id: &str) -> Option<usize> {
+/// Find the 1-based line of the `nth` (0-based) `id: <id>` in the source, to locate
+/// rule-level errors.
+pub fn locate_rule(src: &str, id: &str, nth: usize) -> Option<usize> {
+    let mut seen = 0;
     for (n, line) in src.lines().enumerate() {
-        let t = line.trim_start().trim_start_matches('-').trim_start();
-        let Some(rest) = t.strip_prefix("id:") else {
-            // Flow style: `- { id: x, ... }`.
-            if let Some(p) = t.find("id:") {
-                let after = t.get(p + 3..).unwrap_or("").trim_start();
-                let after = after.trim_start_matches(['"', '\'']);
-                if after.starts_with(id)
-                    && after.get(id.len()..).is_some_and(|r| r.starts_with([',', '}', '"', '\'', ' ']) || r.is_empty())
-                {
-                    return Some(n + 1);
-                }
+        if line_has_id(line, id) {
+            if seen == nth {
+                return Some(n + 1);
             }
-            continue;
-        };
-        let v = rest.trim();
-        let v = v.split(" #").next().unwrap_or(v).trim();
-        let v = v.trim_matches(['"', '\'']);
-        if v == id {
-            return Some(n + 1);
+            seen += 1;
         }
     }
     None
+}
+
+fn line_has_id(line: &str, id: &str) -> bool {
+    let mut rest = line;
+    while let Some(p) = rest.find("id:") {
+        let before = rest.get(..p).and_then(|b| b.chars().last());
+        let after = rest.get(p + 3..).unwrap_or("");
+        rest = after;
+        // `id:` must be a key of its own: at the start, or after `{`, `,`, `-` or a space.
+        if !matches!(before, None | Some('{' | ',' | '-' | ' ' | '\t')) {
+            continue;
+        }
+        let v = after.trim_start();
+        let (quoted, v) = match v.chars().next() {
+            Some(q @ ('"' | '\'')) => (Some(q), v.get(1..).unwrap_or("")),
+            _ => (None, v),
+        };
+        let Some(tail) = v.strip_prefix(id) else { continue };
+        let ok = match quoted {
+            Some(q) => tail.starts_with(q),
+            None => tail.is_empty() || tail.starts_with([',', '}', ' ', '\t', '#']),
+        };
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_rules() {
+        let src = "rules:\n  - id: a\n    paid: a\n  - { id: \"b\", effect: deny }\n  - id: a # again\n";
+        assert_eq!(locate_rule(src, "a", 0), Some(2));
+        assert_eq!(locate_rule(src, "a", 1), Some(5));
+        assert_eq!(locate_rule(src, "b", 0), Some(4));
+        assert_eq!(locate_rule(src, "c", 0), None);
+    }
 }

@@ -49,7 +49,15 @@ pub struct Body {
 impl Body {
     /// A body from its parts.
     pub fn new(bytes: Vec<u8>, content_type: Option<&str>, truncated: bool) -> Body {
-        let media_type = content_type.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        // A content type with a comma was sent twice (Envoy joins repeats): which one the
+        // upstream believes is anyone's guess, so it is no type at all.
+        let media_type = content_type.map(|ct| {
+            if ct.contains(',') {
+                String::new()
+            } else {
+                ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+            }
+        });
         Body { bytes, media_type, truncated, parsed: OnceCell::new() }
     }
 
@@ -145,9 +153,19 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut out = Map::new();
+        // Lowercased forms of the keys that have ASCII capitals: `name` and `NAME` collide
+        // too, because case-insensitive binders (Go's encoding/json, ASP.NET, Jackson's
+        // case-insensitive mode) let the later one win.
+        let mut folded: std::collections::HashSet<String> = std::collections::HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
             let Strict(v) = map.next_value()?;
-            if out.contains_key(&k) {
+            let collides = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                let lower = k.to_ascii_lowercase();
+                out.contains_key(&k) || out.contains_key(&lower) || !folded.insert(lower)
+            } else {
+                out.contains_key(&k) || folded.contains(&k)
+            };
+            if collides {
                 return Err(de::Error::custom("duplicate key"));
             }
             out.insert(k, v);
@@ -222,6 +240,9 @@ mod tests {
             &br#"{"a":1,"a":2}"#[..],
             br#"{"x":{"a":1,"a":2}}"#,
             br#"[{"a":1,"a":1}]"#,
+            br#"{"name":"search","NAME":"delete_all"}"#,
+            br#"{"Method":"x","method":"y"}"#,
+            br#"{"AB":1,"ab":2}"#,
             b"\xef\xbb\xbf{}",
             b"NaN",
             b"1e400",

@@ -28,6 +28,9 @@ pub struct Request {
     pub method: String,
     /// `:authority` lowercased, port and a trailing dot removed.
     pub host: String,
+    /// Whether `host` is a well-formed host name or IP literal. A malformed one makes every
+    /// `hosts` test unknown (deny rules match it, allow rules do not).
+    pub host_valid: bool,
     /// The normalized path without query, or why it was refused.
     pub path: Result<String, PathError>,
     /// Decoded query parameters in order; names may repeat.
@@ -90,6 +93,7 @@ impl Request {
             String::new()
         };
         let host = normalize_host(&host_raw);
+        let host_valid = valid_host(&host);
 
         let method =
             if http.method.is_empty() { headers.get(":method").cloned().unwrap_or_default() } else { http.method };
@@ -97,13 +101,17 @@ impl Request {
         let principal = attrs.source.map(|s| s.principal).filter(|p| !p.is_empty());
         let jwt = attrs.metadata_context.and_then(|mut m| m.filter_metadata.remove(JWT_AUTHN_NAMESPACE));
 
-        let truncated = headers.get(PARTIAL_BODY_HEADER).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        // Complete only if every part says `false` (or Envoy added no header: no body).
+        let truncated = headers
+            .get(PARTIAL_BODY_HEADER)
+            .is_some_and(|v| !v.split(',').all(|p| p.trim().eq_ignore_ascii_case("false")));
         let bytes = if !http.raw_body.is_empty() { http.raw_body } else { http.body.into_bytes() };
         let body = Body::new(bytes, headers.get("content-type").map(String::as_str), truncated);
 
         Ok(Request {
             method,
             host,
+            host_valid,
             path,
             query,
             headers,
@@ -120,10 +128,21 @@ impl Request {
         self.headers.get(name).map(String::as_str)
     }
 
-    /// A claim of a verified JWT payload: `provider`, then a dotted path. Only a non-empty
-    /// string counts.
+    /// A claim of a verified JWT payload: `provider`, then the claim: first as one literal
+    /// key (namespaced claims such as `https://example.com/agent` contain dots), else as a
+    /// dotted path. Only a non-empty string counts.
     pub fn jwt_claim(&self, provider: &str, claim: &[String]) -> Option<&str> {
         let payload = self.jwt.as_ref()?.fields.get(provider)?;
+        if claim.len() > 1 {
+            if let Some(Kind::StructValue(s)) = &payload.kind {
+                if let Some(v) = s.fields.get(&claim.join(".")) {
+                    return match &v.kind {
+                        Some(Kind::StringValue(s)) if !s.is_empty() => Some(s),
+                        _ => None,
+                    };
+                }
+            }
+        }
         let mut cur = payload;
         for part in claim {
             match &cur.kind {
@@ -149,6 +168,18 @@ fn add_header(headers: &mut HashMap<String, String>, key: String, value: String)
             headers.insert(key, value);
         }
     }
+}
+
+/// A normalized host is a DNS name (letters, digits, `-`, `_`, `.`) or a bracketed IPv6
+/// literal.
+pub fn valid_host(h: &str) -> bool {
+    if let Some(inner) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return !inner.is_empty() && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    }
+    !h.is_empty()
+        && !h.starts_with('.')
+        && !h.contains("..")
+        && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Lowercase, drop the port (and IPv6 brackets stay), drop one trailing dot.
@@ -181,5 +212,9 @@ mod tests {
         assert_eq!(normalize_host("mail.example.com."), "mail.example.com");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("example.com"), "example.com");
+        assert!(valid_host("mail.example.com") && valid_host("[::1]") && valid_host("10.0.0.1"));
+        for bad in ["", "mail.example.com:x", "a b", "evil.com@mail.example.com", "[::1", ".x", "a..b"] {
+            assert!(!valid_host(&normalize_host(bad)), "{bad}");
+        }
     }
 }

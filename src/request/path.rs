@@ -117,7 +117,14 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
         return Ok(decoded.into_owned());
     }
     // remove_dot_segments (RFC 3986 5.2.4), keeping a trailing slash, refusing to climb
-    // above the root; then merge repeated slashes (Envoy's order).
+    // above the root; then merge repeated slashes: Envoy's order, as the contract fixes it.
+    // (`/public//../admin` is `/public/admin` here; an upstream that merges slashes first
+    // would read `/admin`, which is why Envoy should forward its normalized path.)
+    resolve(rest)
+}
+
+/// Resolve dot segments of the path after its leading `/`, then merge slashes.
+fn resolve(rest: &str) -> Result<String, PathError> {
     let segs: Vec<&str> = rest.split('/').collect();
     let last = segs.len().saturating_sub(1);
     let mut stack: Vec<&str> = Vec::with_capacity(segs.len());
@@ -137,7 +144,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
             }
         }
     }
-    let mut out = String::with_capacity(decoded.len());
+    let mut out = String::with_capacity(rest.len() + 1);
     out.push('/');
     let mut first = true;
     for s in stack.iter().copied() {
@@ -194,7 +201,8 @@ mod tests {
             ("/", "/"),
             ("/a//b///c", "/a/b/c"),
             ("/a//", "/a/"),
-            ("/a//../b", "/a/b"),
+            ("/a//b/../c", "/a/c"),
+            ("/public//../admin", "/public/admin"),
             ("/caf%C3%A9", "/café"),
             ("/a b", "/a b"),
         ];
