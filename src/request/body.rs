@@ -174,15 +174,6 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 fn form_decode(s: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -193,8 +184,8 @@ fn form_decode(s: &[u8]) -> Option<String> {
                 i += 1;
             }
             b'%' => {
-                let hi = s.get(i + 1).copied().and_then(hex)?;
-                let lo = s.get(i + 2).copied().and_then(hex)?;
+                let hi = s.get(i + 1).copied().and_then(super::path::hex)?;
+                let lo = s.get(i + 2).copied().and_then(super::path::hex)?;
                 out.push(hi * 16 + lo);
                 i += 3;
             }
