@@ -3,9 +3,6 @@
 //! (CheckRequest → normalize → evaluate → CheckResponse). See docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use hallpass::policy::{evaluate, Policy};
 use hallpass::request::build::CheckRequestBuilder;
@@ -61,7 +58,7 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    let authz = Authz::new(Arc::new(ArcSwap::from_pointee(policy())), None);
+    let authz = Authz::from_policy(policy());
     c.bench_function("check/bodyless (extract+evaluate+respond)", |b| {
         b.iter_batched(|| read_mail().build(), |r| black_box(authz.decide(r, now)), criterion::BatchSize::SmallInput)
     });

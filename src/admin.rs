@@ -1,5 +1,6 @@
 //! Admin HTTP endpoints for Kubernetes probes and Prometheus: `GET /healthz` (the process is
-//! up), `GET /readyz` (a policy is loaded and the gRPC server is serving) and `GET /metrics`.
+//! up), `GET /readyz` (a policy is loaded and the gRPC server is serving), `GET /metrics`, and
+//! `GET /policy` (the revision in force and the reload status, as JSON).
 //!
 //! A deliberately small HTTP/1.1 responder: one request per connection, bounded header size,
 //! a read timeout, `Connection: close`. It never touches the decision path.
@@ -12,6 +13,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::cache::DecisionCache;
+use crate::reload::PolicyStore;
 use crate::telemetry::Metrics;
 
 /// What the admin endpoints report.
@@ -21,6 +24,27 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The metrics to expose.
     pub metrics: Metrics,
+    /// The policy store, for `/policy`.
+    pub store: Arc<PolicyStore>,
+    /// The decision cache, to report its size.
+    pub cache: Option<Arc<DecisionCache>>,
+}
+
+fn policy_status(state: &AdminState) -> String {
+    let live = state.store.handle().load();
+    let st = state.store.status();
+    serde_json::json!({
+        "file": state.store.path().display().to_string(),
+        "revision": live.revision,
+        "generation": live.generation,
+        "rules": live.policy.rules.len(),
+        "loaded_at": live.loaded_at.to_string(),
+        "reloads": st.reloads,
+        "reload_failures": st.failures,
+        "last_reload_error": st.last_error,
+    })
+    .to_string()
+        + "\n"
 }
 
 const MAX_REQUEST: usize = 8192;
@@ -69,7 +93,13 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
                 ("503 Service Unavailable", "text/plain", "not ready\n".to_string())
             }
         }
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", state.metrics.render()),
+        ("GET", "/metrics") => {
+            if let Some(c) = &state.cache {
+                state.metrics.cache_entries.set(i64::try_from(c.entry_count()).unwrap_or(i64::MAX));
+            }
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", state.metrics.render())
+        }
+        ("GET", "/policy") => ("200 OK", "application/json", policy_status(state)),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
     };

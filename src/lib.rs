@@ -23,8 +23,10 @@
 )]
 
 pub mod admin;
+pub mod cache;
 pub mod explain;
 pub mod policy;
+pub mod reload;
 pub mod request;
 pub mod response;
 pub mod service;

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
+use hallpass::cache::DecisionCache;
 use hallpass::policy::{explain, Policy};
+use hallpass::reload::{self, PolicyStore};
 use hallpass::request::build::CheckRequestBuilder;
 use hallpass::request::Request;
 use hallpass::settings::{LogFormat, Overrides, ServerSettings};
@@ -43,6 +44,27 @@ enum Command {
         /// Log filter, e.g. `info` or `hallpass::decision=debug` [default: info].
         #[arg(long, env = "HALLPASS_LOG_LEVEL")]
         log_level: Option<String>,
+        /// Turn the decision cache off.
+        #[arg(long, env = "HALLPASS_NO_CACHE")]
+        no_cache: bool,
+        /// How long a decision is reused, e.g. 5s [default: 5s].
+        #[arg(long, env = "HALLPASS_CACHE_TTL")]
+        cache_ttl: Option<String>,
+        /// Most cached decisions [default: 10000].
+        #[arg(long, env = "HALLPASS_CACHE_MAX_ENTRIES")]
+        cache_max_entries: Option<u64>,
+        /// Longest body parsed; longer is treated as truncated [default: 1048576].
+        #[arg(long, env = "HALLPASS_MAX_BODY_BYTES")]
+        max_body_bytes: Option<usize>,
+        /// Re-hash the policy file this often even without file events [default: 10s].
+        #[arg(long, env = "HALLPASS_RELOAD_INTERVAL")]
+        reload_interval: Option<String>,
+        /// On SIGTERM, report NOT_SERVING this long before closing the listener [default: 1s].
+        #[arg(long, env = "HALLPASS_DRAIN_DELAY")]
+        drain_delay: Option<String>,
+        /// Then give in-flight Checks at most this long [default: 10s].
+        #[arg(long, env = "HALLPASS_SHUTDOWN_GRACE")]
+        shutdown_grace: Option<String>,
     },
     /// Check a policy file; exit 0 if valid, 1 with located errors otherwise.
     Validate {
@@ -94,9 +116,35 @@ fn main() -> ExitCode {
         Command::Check { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json } => {
             check(CheckArgs { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json })
         }
-        Command::Serve { policy, config, grpc_listen, admin_listen, log_format, log_level } => {
-            serve(Overrides { policy, config, grpc_listen, admin_listen, log_format, log_level })
-        }
+        Command::Serve {
+            policy,
+            config,
+            grpc_listen,
+            admin_listen,
+            log_format,
+            log_level,
+            no_cache,
+            cache_ttl,
+            cache_max_entries,
+            max_body_bytes,
+            reload_interval,
+            drain_delay,
+            shutdown_grace,
+        } => serve(Overrides {
+            policy,
+            config,
+            grpc_listen,
+            admin_listen,
+            log_format,
+            log_level,
+            no_cache,
+            cache_ttl,
+            cache_max_entries,
+            max_body_bytes,
+            reload_interval,
+            drain_delay,
+            shutdown_grace,
+        }),
     }
 }
 
@@ -199,9 +247,16 @@ fn serve(o: Overrides) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("hallpass serve: cannot register metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Parse and validate the policy before binding anything.
-    let policy = match Policy::from_file(&settings.policy) {
-        Ok(p) => p,
+    let store = match PolicyStore::open(&settings.policy, Some(metrics.clone())) {
+        Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("{e}");
             eprintln!("hallpass serve: refusing to start with an invalid policy");
@@ -216,7 +271,7 @@ fn serve(o: Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_async(settings, policy)) {
+    match runtime.block_on(serve_async(settings, store, metrics)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "hallpass serve failed");
@@ -248,49 +303,85 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve_async(s: ServerSettings, policy: Policy) -> Result<(), Box<dyn std::error::Error>> {
-    let metrics = Metrics::new()?;
-    metrics.policy_rules.set(i64::try_from(policy.rules.len()).unwrap_or(i64::MAX));
-    let rules = policy.rules.len();
-    let handle = Arc::new(ArcSwap::from_pointee(policy));
+async fn serve_async(
+    s: ServerSettings,
+    store: Arc<PolicyStore>,
+    metrics: Metrics,
+) -> Result<(), Box<dyn std::error::Error>> {
     let grpc = tokio::net::TcpListener::bind(s.grpc_listen)
         .await
         .map_err(|e| format!("cannot listen on {} (--grpc-listen): {e}", s.grpc_listen))?;
     let admin_listener = tokio::net::TcpListener::bind(s.admin_listen)
         .await
         .map_err(|e| format!("cannot listen on {} (--admin-listen): {e}", s.admin_listen))?;
-    tracing::info!(
-        policy = %s.policy.display(),
-        rules,
-        grpc_listen = %grpc.local_addr()?,
-        admin_listen = %admin_listener.local_addr()?,
-        "hallpass serving"
-    );
+    let cache = s.cache.map(|c| Arc::new(DecisionCache::new(c)));
+    {
+        let live = store.handle().load();
+        tracing::info!(
+            policy = %s.policy.display(),
+            revision = %live.revision,
+            rules = live.policy.rules.len(),
+            grpc_listen = %grpc.local_addr()?,
+            admin_listen = %admin_listener.local_addr()?,
+            cache = cache.is_some(),
+            "hallpass serving"
+        );
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_state = admin::AdminState { ready: ready.clone(), metrics: metrics.clone() };
+    let admin_state = admin::AdminState {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+        store: store.clone(),
+        cache: cache.clone(),
+    };
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(admin::run(admin_listener, admin_state, async move {
         let _ = admin_stop.changed().await;
     }));
-    let authz = service::Authz::new(handle, Some(metrics));
-    let mut grpc_stop = stop_rx;
-    let grpc_task = tokio::spawn(service::run(grpc, authz, async move {
-        let _ = grpc_stop.changed().await;
+    let reload_task = tokio::spawn(reload::watch(store.clone(), s.reload, stop_rx.clone()));
+    let mut authz = service::Authz::new(store.handle(), Some(metrics)).with_max_body_bytes(s.max_body_bytes);
+    if let Some(c) = &cache {
+        authz = authz.with_cache(c.clone());
+    }
+    let (grpc_stop_tx, grpc_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let lifecycle = service::Lifecycle { drain_delay: s.drain_delay };
+    let mut grpc_task = tokio::spawn(service::run(grpc, authz, lifecycle, async move {
+        let _ = grpc_stop_rx.await;
     }));
     ready.store(true, Ordering::Release);
-    shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight checks");
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        res = &mut grpc_task => {
+            // The server stopped on its own: an error.
+            ready.store(false, Ordering::Release);
+            let _ = stop_tx.send(true);
+            return match res {
+                Ok(Ok(())) => Err("the gRPC server stopped unexpectedly".into()),
+                Ok(Err(e)) => Err(Box::new(e)),
+                Err(e) => Err(Box::new(e)),
+            };
+        }
+    }
+    tracing::info!("shutting down: NOT_SERVING, then draining in-flight checks");
     ready.store(false, Ordering::Release);
+    let _ = grpc_stop_tx.send(());
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
+    let drained = tokio::time::timeout(s.drain_delay + s.grace, grpc_task).await;
     admin_task.abort();
+    reload_task.abort();
     match drained {
-        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
         Ok(Ok(Err(e))) => Err(Box::new(e)),
         Ok(Err(e)) => Err(Box::new(e)),
         Err(_) => {
-            tracing::warn!("in-flight checks did not finish within 10s; exiting");
+            tracing::warn!(
+                grace_ms = s.grace.as_millis() as u64,
+                "in-flight checks did not finish within the grace period; exiting"
+            );
             Ok(())
         }
     }

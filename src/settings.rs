@@ -1,12 +1,17 @@
 //! Server settings: defaults, overridden by an optional YAML config file (`--config`),
 //! overridden by flags or their `HALLPASS_*` environment variables.
 //!
-//! Everything is parsed and validated before any port is bound.
+//! Everything is parsed and validated before any port is bound; unknown keys are errors.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::cache::CacheOptions;
+use crate::reload::ReloadOptions;
+use crate::service::DEFAULT_MAX_BODY_BYTES;
 
 /// Default ext_authz gRPC address: loopback, for Envoy in the same pod.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:9191";
@@ -23,6 +28,46 @@ pub enum LogFormat {
     Text,
 }
 
+/// `cache:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Cache decisions at all (default true).
+    pub enabled: Option<bool>,
+    /// How long a decision is reused, e.g. `5s` (default 5s).
+    pub ttl: Option<String>,
+    /// Most entries kept (default 10000).
+    pub max_entries: Option<u64>,
+}
+
+/// `limits:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Longest body parsed; longer is treated as truncated (default 1 MiB).
+    pub max_body_bytes: Option<usize>,
+}
+
+/// `reload:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSection {
+    /// Re-hash the policy file this often regardless of file events (default 10s).
+    pub interval: Option<String>,
+    /// Wait this long after a file event for the burst to end (default 100ms).
+    pub debounce: Option<String>,
+}
+
+/// `shutdown:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// Health NOT_SERVING for this long before closing the listener (default 1s).
+    pub drain_delay: Option<String>,
+    /// Most time to finish in-flight Checks after that (default 10s).
+    pub grace: Option<String>,
+}
+
 /// The config file (`--config FILE`); every key optional, unknown keys rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +82,18 @@ pub struct ConfigFile {
     pub log_format: Option<LogFormat>,
     /// A tracing filter such as `info` or `hallpass=debug`.
     pub log_level: Option<String>,
+    /// Decision cache.
+    #[serde(default)]
+    pub cache: CacheSection,
+    /// Input limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Policy reloading.
+    #[serde(default)]
+    pub reload: ReloadSection,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
 }
 
 /// The settings `serve` runs with.
@@ -52,6 +109,16 @@ pub struct ServerSettings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// `None` = no decision cache.
+    pub cache: Option<CacheOptions>,
+    /// Longest body parsed.
+    pub max_body_bytes: usize,
+    /// Reload behaviour.
+    pub reload: ReloadOptions,
+    /// Health NOT_SERVING this long before the listener closes.
+    pub drain_delay: Duration,
+    /// Most time for in-flight Checks after that.
+    pub grace: Duration,
 }
 
 /// Values given on the command line (or in `HALLPASS_*` variables).
@@ -69,10 +136,46 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--cache-ttl`.
+    pub cache_ttl: Option<String>,
+    /// `--cache-max-entries`.
+    pub cache_max_entries: Option<u64>,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// `--reload-interval`.
+    pub reload_interval: Option<String>,
+    /// `--drain-delay`.
+    pub drain_delay: Option<String>,
+    /// `--shutdown-grace`.
+    pub shutdown_grace: Option<String>,
 }
 
 fn addr(what: &str, s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| format!("{what} `{s}` is not an address such as 127.0.0.1:9191"))
+}
+
+/// Parse a duration such as `250ms`, `5s`, `2m`.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
+    let bad = || format!("{what} `{s}` is not a duration such as 250ms, 5s or 2m");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = (t.get(..split).ok_or_else(bad)?, t.get(split..).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(bad()),
+    }
+}
+
+fn duration(what: &str, flag: Option<String>, file: Option<String>, default: Duration) -> Result<Duration, String> {
+    match flag.or(file) {
+        Some(s) => parse_duration(what, &s),
+        None => Ok(default),
+    }
 }
 
 impl ServerSettings {
@@ -98,12 +201,29 @@ impl ServerSettings {
         };
         let grpc = o.grpc_listen.or(file.grpc_listen).unwrap_or_else(|| DEFAULT_GRPC_LISTEN.into());
         let admin = o.admin_listen.or(file.admin_listen).unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
+        let defaults = CacheOptions::default();
+        let cache_on = !o.no_cache && file.cache.enabled.unwrap_or(true);
+        let ttl = duration("cache ttl", o.cache_ttl, file.cache.ttl, defaults.ttl)?;
+        let max_entries = o.cache_max_entries.or(file.cache.max_entries).unwrap_or(defaults.max_entries);
+        let cache =
+            if cache_on && !ttl.is_zero() && max_entries > 0 { Some(CacheOptions { ttl, max_entries }) } else { None };
+        let reload_defaults = ReloadOptions::default();
+        let interval = duration("reload interval", o.reload_interval, file.reload.interval, reload_defaults.interval)?;
+        if interval.is_zero() {
+            return Err("reload interval must be more than 0".into());
+        }
+        let debounce = duration("reload debounce", None, file.reload.debounce, reload_defaults.debounce)?;
         Ok(ServerSettings {
             policy,
             grpc_listen: addr("--grpc-listen", &grpc)?,
             admin_listen: addr("--admin-listen", &admin)?,
             log_format: o.log_format.or(file.log_format).unwrap_or(LogFormat::Json),
             log_level: o.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+            cache,
+            max_body_bytes: o.max_body_bytes.or(file.limits.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            reload: ReloadOptions { debounce, interval },
+            drain_delay: duration("drain delay", o.drain_delay, file.shutdown.drain_delay, Duration::from_secs(1))?,
+            grace: duration("shutdown grace", o.shutdown_grace, file.shutdown.grace, Duration::from_secs(10))?,
         })
     }
 }
@@ -121,22 +241,56 @@ mod tests {
         assert_eq!(s.grpc_listen.to_string(), "127.0.0.1:9191");
         assert_eq!(s.admin_listen.to_string(), "0.0.0.0:9192");
         assert_eq!(s.log_format, LogFormat::Json);
+        let c = s.cache.unwrap();
+        assert_eq!((c.ttl, c.max_entries), (Duration::from_secs(5), 10_000));
+        assert_eq!(s.max_body_bytes, 1 << 20);
+        assert_eq!(s.reload.interval, Duration::from_secs(10));
+        assert_eq!(s.reload.debounce, Duration::from_millis(100));
+        assert_eq!((s.drain_delay, s.grace), (Duration::from_secs(1), Duration::from_secs(10)));
         let s = ServerSettings::resolve(Overrides {
             config: Some(cfg),
             grpc_listen: Some("127.0.0.1:7000".into()),
             log_format: Some(LogFormat::Text),
+            no_cache: true,
+            shutdown_grace: Some("3s".into()),
             ..Default::default()
         })
         .unwrap();
         assert_eq!(s.grpc_listen.port(), 7000);
         assert_eq!(s.log_format, LogFormat::Text);
+        assert!(s.cache.is_none());
+        assert_eq!(s.grace, Duration::from_secs(3));
     }
 
     #[test]
     fn bad_settings_are_refused() {
         assert!(ServerSettings::resolve(Overrides::default()).is_err(), "no policy");
-        let bad =
-            Overrides { policy: Some("p.yaml".into()), grpc_listen: Some("localhost".into()), ..Default::default() };
+        let p = || Some(PathBuf::from("p.yaml"));
+        let bad = Overrides { policy: p(), grpc_listen: Some("localhost".into()), ..Default::default() };
         assert!(ServerSettings::resolve(bad).is_err());
+        let bad = Overrides { policy: p(), cache_ttl: Some("5 seconds".into()), ..Default::default() };
+        assert!(ServerSettings::resolve(bad).is_err());
+        let bad = Overrides { policy: p(), reload_interval: Some("0s".into()), ..Default::default() };
+        assert!(ServerSettings::resolve(bad).is_err());
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("hallpass-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("typo.yaml");
+        std::fs::write(&f, "policy: p.yaml\ncache:\n  ttl: 5s\n  max_entrys: 3\n").unwrap();
+        let err = ServerSettings::resolve(Overrides { config: Some(f), ..Default::default() }).unwrap_err();
+        assert!(err.contains("max_entrys"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("x", "250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("x", "5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("x", "2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "5", "5h", "-1s", "1.5s"] {
+            assert!(parse_duration("x", bad).is_err(), "{bad}");
+        }
     }
 }

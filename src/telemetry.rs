@@ -1,8 +1,9 @@
-//! Prometheus metrics of the decision path (a first set; see docs/metrics.md).
-//!
-//! Handles are created once at startup; recording a decision is a few atomic adds.
+//! Prometheus metrics (see docs/operations.md). Handles are created once at startup;
+//! recording a decision is a few atomic adds, never a lock on the Check path.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::policy::Decision;
 
@@ -12,8 +13,13 @@ pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
     check_seconds: HistogramVec,
-    /// Number of rules in the live policy.
-    pub policy_rules: IntGauge,
+    policy_rules: IntGauge,
+    policy_info: IntGaugeVec,
+    last_reload: Gauge,
+    reloads: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    /// Entries in the decision cache (set at scrape time).
+    pub cache_entries: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -42,10 +48,51 @@ impl Metrics {
             &["decision"],
         )?;
         let policy_rules = IntGauge::new("hallpass_policy_rules", "Rules in the policy in force.")?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new("hallpass_policy_info", "The policy revision in force (value 1)."),
+            &["revision"],
+        )?;
+        let last_reload = Gauge::new(
+            "hallpass_policy_last_reload_success_timestamp_seconds",
+            "Unix time the policy in force was loaded.",
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "hallpass_policy_reloads_total",
+                "Policy reload attempts by result (success, unchanged, failure).",
+            ),
+            &["result"],
+        )?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("hallpass_cache_lookups_total", "Decision cache lookups by result (hit, miss)."),
+            &["result"],
+        )?;
+        let cache_entries = IntGauge::new("hallpass_cache_entries", "Entries in the decision cache.")?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(check_seconds.clone()))?;
         registry.register(Box::new(policy_rules.clone()))?;
-        Ok(Metrics { registry, decisions, check_seconds, policy_rules })
+        registry.register(Box::new(policy_info.clone()))?;
+        registry.register(Box::new(last_reload.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(cache_lookups.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        for r in ["success", "unchanged", "failure"] {
+            reloads.with_label_values(&[r]);
+        }
+        for r in ["hit", "miss"] {
+            cache_lookups.with_label_values(&[r]);
+        }
+        Ok(Metrics {
+            registry,
+            decisions,
+            check_seconds,
+            policy_rules,
+            policy_info,
+            last_reload,
+            reloads,
+            cache_lookups,
+            cache_entries,
+        })
     }
 
     /// Count one decision and its latency.
@@ -53,6 +100,24 @@ impl Metrics {
         let decision = if d.allowed { "allow" } else { "deny" };
         self.decisions.with_label_values(&[decision, d.rule.as_str(), if d.dry_run { "true" } else { "false" }]).inc();
         self.check_seconds.with_label_values(&[decision]).observe(seconds);
+    }
+
+    /// Count a cache lookup.
+    pub fn cache_lookup(&self, hit: bool) {
+        self.cache_lookups.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
+    }
+
+    /// A policy is in force.
+    pub fn policy_loaded(&self, revision: &str, rules: usize, at: jiff::Timestamp) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[revision]).set(1);
+        self.policy_rules.set(i64::try_from(rules).unwrap_or(i64::MAX));
+        self.last_reload.set(at.as_millisecond() as f64 / 1000.0);
+    }
+
+    /// Count a reload attempt.
+    pub fn reload(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
     }
 
     /// The Prometheus text exposition.

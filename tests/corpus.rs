@@ -8,9 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use common::CorpusFile;
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -64,11 +62,12 @@ fn corpus_decisions() {
         };
         let policy = Policy::from_yaml(&text, &label)
             .unwrap_or_else(|e| panic!("{}: policy does not load:\n{e}", file.display()));
-        let authz = Authz::new(Arc::new(ArcSwap::from_pointee(policy)), None);
+        let authz = Authz::from_policy(policy);
         let fname = file.file_name().unwrap().to_string_lossy().to_string();
         for case in &corpus.cases {
             total += 1;
-            let (decision, _id, resp) = authz.decide(case.request.to_check_request(), case.request.now());
+            let checked = authz.decide(case.request.to_check_request(), case.request.now());
+            let (decision, resp) = (checked.decision, checked.response);
             let got_decision = if decision.allowed { "allow" } else { "deny" };
             let got = (got_decision.to_string(), decision.rule.as_str().to_string(), decision.dry_run);
             let want = (case.expect.decision.clone(), case.expect.rule.clone(), case.expect.dry_run);

@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderAppendAction, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::google::protobuf::value::Kind;
 use hallpass::policy::Policy;
 use hallpass::request::build::CheckRequestBuilder;
-use hallpass::service::{run, Authz};
+use hallpass::service::{run, Authz, Lifecycle};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -26,8 +23,8 @@ async fn start(policy_yaml: &str) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let authz = Authz::new(Arc::new(ArcSwap::from_pointee(policy)), None);
-    let task = tokio::spawn(run(listener, authz, async {
+    let authz = Authz::from_policy(policy);
+    let task = tokio::spawn(run(listener, authz, Lifecycle::default(), async {
         let _ = rx.await;
     }));
     Server { addr, stop: Some(tx), task }

@@ -2,9 +2,6 @@
 //! or turn into an allow.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use hallpass::policy::eval::MAX_BATCH;
 use hallpass::policy::Policy;
 use hallpass::request::build::CheckRequestBuilder;
@@ -31,11 +28,11 @@ rules:
 "#;
 
 fn authz() -> Authz {
-    Authz::new(Arc::new(ArcSwap::from_pointee(Policy::from_yaml(POLICY, "limits.yaml").unwrap())), None)
+    Authz::from_policy(Policy::from_yaml(POLICY, "limits.yaml").unwrap())
 }
 
 fn decide(a: &Authz, b: CheckRequestBuilder) -> (bool, String) {
-    let (d, _, _) = a.decide(b.build(), jiff::Timestamp::now());
+    let d = a.decide(b.build(), jiff::Timestamp::now()).decision;
     (d.allowed, d.rule.as_str().to_string())
 }
 

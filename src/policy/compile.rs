@@ -259,6 +259,82 @@ pub struct Policy {
     pub allow_index: RuleIndex,
     /// Where the policy came from (file name or label).
     pub source: String,
+    /// What of a request any rule reads beyond method, host, path and identity: the decision
+    /// cache keys on exactly this.
+    pub inputs: Inputs,
+}
+
+/// The request inputs a policy's decisions can depend on, besides method, host, path,
+/// identity and time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// Query parameter names tested or referenced, sorted, unique.
+    pub query: Vec<Box<str>>,
+    /// Header names tested or referenced, sorted, unique.
+    pub headers: Vec<Box<str>>,
+    /// Whether any rule reads the body (`body` or `mcp`).
+    pub body: bool,
+}
+
+fn collect_test_refs(t: &Test, out: &mut Vec<RefName>) {
+    let mut op = |o: &Operand| {
+        if let Operand::Ref(r) = o {
+            out.push(r.clone());
+        }
+    };
+    match t {
+        Test::Equals(o) | Test::Prefix(o) | Test::Suffix(o) | Test::Contains(o) => op(o),
+        Test::Lt(o) | Test::Lte(o) | Test::Gt(o) | Test::Gte(o) => op(o),
+        Test::In(l) | Test::NotIn(l) => l.iter().for_each(op),
+        Test::Each(t) | Test::Some(t) => collect_test_refs(t, out),
+        Test::Matches(_) | Test::MaxLen(_) | Test::Exists(_) => {}
+    }
+}
+
+fn collect_cond_refs(c: &Condition, out: &mut Vec<RefName>) {
+    match c {
+        Condition::All(p) | Condition::Any(p) => p.iter().for_each(|c| collect_cond_refs(c, out)),
+        Condition::Not(c) => collect_cond_refs(c, out),
+        Condition::Field { test, .. } => collect_test_refs(test, out),
+    }
+}
+
+impl Inputs {
+    fn of(rules: &[Rule]) -> Inputs {
+        let mut refs = Vec::new();
+        let mut query: Vec<Box<str>> = Vec::new();
+        let mut headers: Vec<Box<str>> = Vec::new();
+        let mut body = false;
+        for r in rules {
+            query.extend(r.query.iter().map(|(n, _)| n.clone()));
+            headers.extend(r.headers.iter().map(|(n, _)| n.clone()));
+            for (_, t) in r.captures.iter().map(|(n, t)| (n, t)) {
+                collect_test_refs(t, &mut refs);
+            }
+            for (_, t) in r.query.iter().chain(r.headers.iter()) {
+                collect_test_refs(t, &mut refs);
+            }
+            if let Some(b) = &r.body {
+                collect_cond_refs(b, &mut refs);
+            }
+            if let Some(a) = r.mcp.as_ref().and_then(|m| m.arguments.as_ref()) {
+                collect_cond_refs(a, &mut refs);
+            }
+            body |= r.reads_body;
+        }
+        for r in refs {
+            match r {
+                RefName::Query(q) => query.push(q),
+                RefName::Header(h) => headers.push(h),
+                RefName::Agent | RefName::OnBehalfOf | RefName::Capture(_) => {}
+            }
+        }
+        query.sort();
+        query.dedup();
+        headers.sort();
+        headers.dedup();
+        Inputs { query, headers, body }
+    }
 }
 
 impl Policy {
@@ -416,7 +492,8 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
     }
     let deny_index = RuleIndex::build(&rules, Effect::Deny);
     let allow_index = RuleIndex::build(&rules, Effect::Allow);
-    Ok(Policy { settings, identity, rules, deny_index, allow_index, source: file.to_string() })
+    let inputs = Inputs::of(&rules);
+    Ok(Policy { settings, identity, rules, deny_index, allow_index, source: file.to_string(), inputs })
 }
 
 fn yaml_brief(v: &Value) -> String {

@@ -565,6 +565,22 @@ pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
     }
 }
 
+/// Until when a decision for this request stays valid as far as time bounds go: the
+/// earliest time-window change among the rules that could have been consulted. `None`
+/// when no candidate rule has time bounds.
+pub fn valid_until(policy: &Policy, req: &Request, now: Timestamp) -> Option<Timestamp> {
+    let first = match &req.path {
+        Ok(p) => first_segment(p),
+        Err(_) => return None,
+    };
+    policy
+        .deny_index
+        .candidates(first)
+        .chain(policy.allow_index.candidates(first))
+        .filter_map(|i| policy.rules.get(i)?.when.as_ref()?.next_change(now))
+        .min()
+}
+
 /// One rule's result in an explanation.
 #[derive(Debug, Clone)]
 pub struct RuleTrace {

@@ -108,6 +108,35 @@ impl TimeWindow {
         Ok(TimeWindow { days, hours, tz, not_before, not_after })
     }
 
+    /// The earliest instant after `now` at which [`Self::contains`] may change, if any: the
+    /// next local minute when days or hours are set (both change only on whole local minutes),
+    /// `not_before` if it is still ahead, and just after `not_after`.
+    pub fn next_change(&self, now: Timestamp) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut consider = |t: Timestamp| {
+            if t > now && next.is_none_or(|n| t < n) {
+                next = Some(t);
+            }
+        };
+        if let Some(t) = self.not_before {
+            consider(t);
+        }
+        if let Some(t) = self.not_after {
+            if let Ok(after) = t.checked_add(jiff::SignedDuration::from_nanos(1)) {
+                consider(after);
+            }
+        }
+        if self.days.is_some() || self.hours.is_some() {
+            let local = self.tz.to_datetime(now);
+            let into_minute = jiff::SignedDuration::new(i64::from(local.second()), local.subsec_nanosecond());
+            let to_next = jiff::SignedDuration::from_secs(60).saturating_sub(into_minute);
+            if let Ok(t) = now.checked_add(to_next) {
+                consider(t);
+            }
+        }
+        next
+    }
+
     /// Whether `now` is inside the bounds.
     pub fn contains(&self, now: Timestamp) -> bool {
         if self.not_before.is_some_and(|t| now < t) || self.not_after.is_some_and(|t| now > t) {
@@ -176,6 +205,23 @@ mod tests {
         assert!(!w.contains(ts("2026-11-24T01:00:00Z")), "tuesday local");
         let end24 = window(None, Some("18:00-24:00"), None);
         assert!(end24.contains(ts("2026-11-23T23:59:59Z")));
+    }
+
+    #[test]
+    fn next_change_is_the_next_minute_or_bound() {
+        let w = window(None, Some("09:00-18:00"), Some("Asia/Kolkata"));
+        assert_eq!(w.next_change(ts("2026-11-23T10:15:42.5Z")), Some(ts("2026-11-23T10:16:00Z")));
+        let def = WhenDef {
+            days: None,
+            hours: None,
+            timezone: None,
+            not_before: Some("2026-11-23T09:00:00Z".into()),
+            not_after: Some("2026-11-23T09:30:00Z".into()),
+        };
+        let w = TimeWindow::compile(&def).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(w.next_change(ts("2026-11-23T08:00:00Z")), Some(ts("2026-11-23T09:00:00Z")));
+        assert_eq!(w.next_change(ts("2026-11-23T09:10:00Z")), Some(ts("2026-11-23T09:30:00.000000001Z")));
+        assert_eq!(w.next_change(ts("2026-11-23T10:00:00Z")), None);
     }
 
     #[test]
