@@ -43,7 +43,8 @@ impl LivePolicy {
 /// The handle every Check loads the policy from: an atomic pointer, no lock.
 pub type PolicyHandle = Arc<ArcSwap<LivePolicy>>;
 
-/// Wrap a policy in a fresh handle (generation 1), e.g. for tests and `check`.
+/// Wrap a policy in a fresh handle (generation 1), e.g. for tests and `check`; `text` is
+/// the source it was compiled from (its hash is the revision).
 pub fn handle_for(policy: Policy, text: &str) -> PolicyHandle {
     Arc::new(ArcSwap::from_pointee(LivePolicy::new(policy, text.as_bytes(), 1)))
 }

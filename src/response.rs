@@ -82,11 +82,14 @@ pub fn deny_message(d: &Decision) -> String {
 }
 
 /// The dynamic metadata Envoy exposes as `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`.
-pub fn metadata(d: &Decision, decision_id: &str) -> Struct {
-    let mut fields = HashMap::with_capacity(7);
+pub fn metadata(d: &Decision, decision_id: &str, revision: &str) -> Struct {
+    let mut fields = HashMap::with_capacity(8);
     fields.insert("decision".to_string(), s(if d.allowed { "allow" } else { "deny" }));
     fields.insert("rule".to_string(), s(d.rule.as_str()));
     fields.insert("decision_id".to_string(), s(decision_id));
+    if !revision.is_empty() {
+        fields.insert("policy_revision".to_string(), s(revision));
+    }
     if let Some(a) = &d.agent {
         fields.insert("agent".to_string(), s(a));
     }
@@ -123,8 +126,8 @@ pub fn deny_body(d: &Decision, decision_id: &str) -> String {
 }
 
 /// Build the CheckResponse for a decision.
-pub fn check_response(d: &Decision, decision_id: &str, deny_status: u16) -> CheckResponse {
-    let dynamic_metadata = Some(metadata(d, decision_id));
+pub fn check_response(d: &Decision, decision_id: &str, deny_status: u16, revision: &str) -> CheckResponse {
+    let dynamic_metadata = Some(metadata(d, decision_id, revision));
     if d.allowed {
         CheckResponse {
             status: Some(rpc::Status { code: GRPC_OK, message: String::new(), details: Vec::new() }),
