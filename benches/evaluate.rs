@@ -3,7 +3,11 @@
 //! (CheckRequest → normalize → evaluate → CheckResponse). See docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use hallpass::cache::{CacheOptions, DecisionCache};
 use hallpass::policy::{evaluate, Policy};
 use hallpass::request::build::CheckRequestBuilder;
 use hallpass::request::Request;
@@ -64,6 +68,36 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("check/json_body_1k", |b| {
         b.iter_batched(|| send_mail().build(), |r| black_box(authz.decide(r, now)), criterion::BatchSize::SmallInput)
+    });
+
+    // The same Checks with the decision cache on: a hit (the same request again) and a miss
+    // (every request different: key, lookup, evaluate, insert).
+    let cached = Authz::from_policy(policy()).with_cache(Arc::new(DecisionCache::new(CacheOptions {
+        ttl: Duration::from_secs(3600),
+        max_entries: 100_000,
+    })));
+    let _ = cached.decide(read_mail().build(), now);
+    let _ = cached.decide(send_mail().build(), now);
+    c.bench_function("check/bodyless cache hit", |b| {
+        b.iter_batched(|| read_mail().build(), |r| black_box(cached.decide(r, now)), criterion::BatchSize::SmallInput)
+    });
+    c.bench_function("check/json_body_1k cache hit", |b| {
+        b.iter_batched(|| send_mail().build(), |r| black_box(cached.decide(r, now)), criterion::BatchSize::SmallInput)
+    });
+    let mut n = 0u64;
+    c.bench_function("check/bodyless cache miss", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                CheckRequestBuilder::new("GET", &format!("/v1/users/alice/messages/m{n}"))
+                    .host("mail.example.com")
+                    .header("x-agent-id", "triage-bot")
+                    .header("x-on-behalf-of", "alice")
+                    .build()
+            },
+            |r| black_box(cached.decide(r, now)),
+            criterion::BatchSize::SmallInput,
+        )
     });
 }
 

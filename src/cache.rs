@@ -1,5 +1,8 @@
 //! A brief decision cache (moka), keyed on exactly what a decision reads.
 //!
+//! Only decisions that parse a request body go through it (see `service`): parsing is the
+//! expensive part of a decision; a body-less decision is cheaper to make than to look up.
+//!
 //! The key is the policy generation plus the method, host, normalized path, resolved
 //! identities, the values of the query parameters and headers the policy tests, and — when
 //! any rule reads the body — the content type, the truncation flag and a 128-bit keyed hash of

@@ -176,3 +176,80 @@ fn serve_answers_checks_probes_and_metrics_then_stops_on_sigterm() {
     assert!(status.success(), "exit {status:?}: {err}");
     assert!(err.contains("hallpass serving") && err.contains("shutting down"), "{err}");
 }
+
+fn wait_for_value(admin: SocketAddr, series: &str, at_least: f64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some((200, m)) = http_get(admin, "/metrics") {
+            let v = m.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok());
+            if v.is_some_and(|v| v >= at_least) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn wait_for_metric(admin: SocketAddr, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some((200, m)) = http_get(admin, "/metrics") {
+            if m.contains(needle) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sighup_reloads_and_policy_endpoint_reports_the_revision() {
+    let policy = temp_file("hup.yaml", "version: 1\nrules:\n  - { id: a, effect: allow }\n");
+    let grpc = free_port();
+    let admin = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--policy", policy.to_str().unwrap(), "--grpc-listen", &grpc.to_string()])
+        .args(["--admin-listen", &admin.to_string(), "--reload-interval", "60m", "--drain-delay", "0s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    assert!(wait_for_metric(admin, "hallpass_policy_rules 1"), "serving");
+    let (_, body) = http_get(admin, "/policy").unwrap();
+    let first: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let rev = first["revision"].as_str().unwrap().to_string();
+    assert_eq!(rev.len(), 12);
+    assert!(wait_for_metric(admin, &format!("hallpass_policy_info{{revision=\"{rev}\"}} 1")));
+
+    // SIGHUP with an unchanged file: re-read, nothing to swap.
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(wait_for_metric(admin, "hallpass_policy_reloads_total{result=\"unchanged\"} 1"));
+
+    // An invalid edit: reported, the old revision stays in force.
+    std::fs::write(&policy, "version: 1\nrules:\n  - { id: b, effect: allow, methods: [get] }\n").unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(wait_for_value(admin, "hallpass_policy_reloads_total{result=\"failure\"}", 1.0));
+    let (_, body) = http_get(admin, "/policy").unwrap();
+    let st: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(st["revision"], rev.as_str());
+    assert!(st["last_reload_error"].as_str().unwrap().contains("rule `b`"), "{st}");
+
+    // A valid edit: in force.
+    std::fs::write(&policy, "version: 1\nrules:\n  - { id: a, effect: allow }\n  - { id: c, effect: deny }\n").unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(wait_for_metric(admin, "hallpass_policy_rules 2"));
+    let (_, body) = http_get(admin, "/policy").unwrap();
+    let st: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_ne!(st["revision"], rev.as_str());
+    assert!(st["last_reload_error"].is_null());
+
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("policy reload failed") && err.contains("policy reloaded"), "{err}");
+}

@@ -474,13 +474,18 @@ enum Shape<'a> {
     Batch(&'a [Json]),
 }
 
-fn body_shape<'a>(policy: &Policy, req: &'a Request, first: &str) -> Shape<'a> {
-    let reads_body = policy
+/// Whether any rule that could decide a request on this (normalized) path reads the body.
+pub fn candidates_read_body(policy: &Policy, path: &str) -> bool {
+    let first = first_segment(path);
+    policy
         .deny_index
         .candidates(first)
         .chain(policy.allow_index.candidates(first))
-        .any(|i| policy.rules.get(i).is_some_and(|r| r.reads_body));
-    if !reads_body {
+        .any(|i| policy.rules.get(i).is_some_and(|r| r.reads_body))
+}
+
+fn body_shape<'a>(policy: &Policy, req: &'a Request, path: &str) -> Shape<'a> {
+    if !candidates_read_body(policy, path) {
         // No candidate reads the body: every element of a batch would be decided alike.
         return Shape::Single(BodyView::Unknown);
     }
@@ -515,7 +520,7 @@ pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
         Err(AmbiguousIdentity) => return Decision::builtin(RuleId::InvalidIdentity),
     };
     let cx = Cx { req, path, ident: &ident, now };
-    let outcome = match body_shape(policy, req, first_segment(path)) {
+    let outcome = match body_shape(policy, req, path) {
         Shape::Single(view) => decide_one(policy, &cx, view),
         Shape::Batch(items) => {
             let mut first_outcome: Option<Outcome> = None;

@@ -109,8 +109,9 @@ impl TimeWindow {
     }
 
     /// The earliest instant after `now` at which [`Self::contains`] may change, if any: the
-    /// next local minute when days or hours are set (both change only on whole local minutes),
-    /// `not_before` if it is still ahead, and just after `not_after`.
+    /// next local start or end of `hours`, the next local midnight when `days` is set, the
+    /// next UTC-offset transition of the zone (DST), `not_before` if still ahead, and just
+    /// after `not_after`. Used to bound how long a cached decision may live.
     pub fn next_change(&self, now: Timestamp) -> Option<Timestamp> {
         let mut next: Option<Timestamp> = None;
         let mut consider = |t: Timestamp| {
@@ -127,11 +128,45 @@ impl TimeWindow {
             }
         }
         if self.days.is_some() || self.hours.is_some() {
-            let local = self.tz.to_datetime(now);
-            let into_minute = jiff::SignedDuration::new(i64::from(local.second()), local.subsec_nanosecond());
-            let to_next = jiff::SignedDuration::from_secs(60).saturating_sub(into_minute);
-            if let Ok(t) = now.checked_add(to_next) {
-                consider(t);
+            let today = self.tz.to_datetime(now).date();
+            let Ok(tomorrow) = today.tomorrow() else {
+                return Some(now);
+            };
+            let mut local: Vec<jiff::civil::DateTime> = Vec::with_capacity(5);
+            if self.days.is_some() {
+                local.push(tomorrow.at(0, 0, 0, 0));
+            }
+            if let Some((start, end)) = self.hours {
+                for day in [today, tomorrow] {
+                    for m in [start, end] {
+                        let (h, min) = ((m / 60) as i8, (m % 60) as i8);
+                        if h == 24 {
+                            if let Ok(d) = day.tomorrow() {
+                                local.push(d.at(0, 0, 0, 0));
+                            }
+                        } else {
+                            local.push(day.at(h, min, 0, 0));
+                        }
+                    }
+                }
+            }
+            let mut converted = true;
+            for dt in local {
+                // `compatible`: the earlier instant in a fold, the later in a gap; a flip
+                // inside a gap happens at the transition itself, considered below.
+                match self.tz.to_ambiguous_timestamp(dt).compatible() {
+                    Ok(t) => consider(t),
+                    Err(_) => converted = false,
+                }
+            }
+            if let Some(tr) = self.tz.following(now).next() {
+                consider(tr.timestamp());
+            }
+            if !converted {
+                // Could not place a boundary: fall back to the next whole minute.
+                if let Ok(t) = now.checked_add(jiff::SignedDuration::from_secs(60)) {
+                    consider(t);
+                }
             }
         }
         next
@@ -208,9 +243,27 @@ mod tests {
     }
 
     #[test]
-    fn next_change_is_the_next_minute_or_bound() {
+    fn next_change_is_the_next_boundary() {
+        // Kolkata is UTC+05:30: 09:00 local is 03:30Z, 18:00 local is 12:30Z.
         let w = window(None, Some("09:00-18:00"), Some("Asia/Kolkata"));
-        assert_eq!(w.next_change(ts("2026-11-23T10:15:42.5Z")), Some(ts("2026-11-23T10:16:00Z")));
+        assert_eq!(w.next_change(ts("2026-11-23T10:15:42.5Z")), Some(ts("2026-11-23T12:30:00Z")));
+        assert_eq!(w.next_change(ts("2026-11-23T12:30:00Z")), Some(ts("2026-11-24T03:30:00Z")));
+        let w = window(Some(&["mon"]), None, Some("Europe/Berlin"));
+        assert_eq!(w.next_change(ts("2026-11-23T10:00:00Z")), Some(ts("2026-11-23T23:00:00Z")));
+        // Berlin leaves summer time on 2026-10-25 at 01:00Z: a boundary.
+        let w = window(None, Some("00:00-24:00"), Some("Europe/Berlin"));
+        assert_eq!(w.next_change(ts("2026-10-24T23:30:00Z")), Some(ts("2026-10-25T01:00:00Z")));
+        for probe in ["2026-03-29T00:30:00Z", "2026-03-29T01:00:00Z", "2026-10-25T00:30:00Z", "2026-11-23T22:59:59Z"] {
+            // contains() never changes strictly between now and next_change.
+            let w = window(Some(&["sun", "mon"]), Some("02:15-03:00"), Some("Europe/Berlin"));
+            let now = ts(probe);
+            let next = w.next_change(now).unwrap_or_else(|| unreachable!());
+            let mut t = now;
+            while t < next {
+                assert_eq!(w.contains(t), w.contains(now), "{probe}: changed at {t} before {next}");
+                t = t.checked_add(jiff::SignedDuration::from_secs(60)).unwrap_or_else(|_| unreachable!());
+            }
+        }
         let def = WhenDef {
             days: None,
             hours: None,
