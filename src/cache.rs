@@ -2,6 +2,8 @@
 //!
 //! Only decisions that parse a request body go through it (see `service`): parsing is the
 //! expensive part of a decision; a body-less decision is cheaper to make than to look up.
+//! A decision is stored the second time its key is seen within a short while, so traffic of
+//! one-off requests does not pay for inserts.
 //!
 //! The key is the policy generation plus the method, host, normalized path, resolved
 //! identities, the values of the query parameters and headers the policy tests, and — when
@@ -14,6 +16,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,11 +48,18 @@ struct Entry {
     expires_at: Timestamp,
 }
 
+/// Slots of the admission filter (a power of two).
+const DOORKEEPER_SLOTS: usize = 4096;
+
 /// The decision cache.
 pub struct DecisionCache {
     cache: moka::sync::Cache<Box<[u8]>, Arc<Entry>>,
     ttl: jiff::SignedDuration,
     body_keys: (RandomState, RandomState),
+    // Admission on second sight: a request is inserted only if its key's fingerprint was
+    // seen recently, so one-off requests (unique bodies) never pay for an insert.
+    doorkeeper: Box<[AtomicU64]>,
+    fingerprint_key: RandomState,
 }
 
 impl std::fmt::Debug for DecisionCache {
@@ -75,6 +85,18 @@ impl DecisionCache {
             cache: moka::sync::Cache::builder().max_capacity(opts.max_entries).time_to_live(opts.ttl).build(),
             ttl: jiff::SignedDuration::try_from(opts.ttl).unwrap_or(jiff::SignedDuration::from_secs(5)),
             body_keys: (RandomState::new(), RandomState::new()),
+            doorkeeper: (0..DOORKEEPER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            fingerprint_key: RandomState::new(),
+        }
+    }
+
+    /// Whether this key was seen recently (and remember it if not).
+    fn admit(&self, key: &[u8]) -> bool {
+        let fp = self.fingerprint_key.hash_one(key) | 1;
+        let slot = (fp as usize) & (DOORKEEPER_SLOTS - 1);
+        match self.doorkeeper.get(slot) {
+            Some(s) => s.swap(fp, Ordering::Relaxed) == fp,
+            None => true,
         }
     }
 
@@ -137,7 +159,7 @@ impl DecisionCache {
             Some(t) if t < by_ttl => t,
             _ => by_ttl,
         };
-        if expires_at <= now {
+        if expires_at <= now || !self.admit(&key) {
             return;
         }
         self.cache.insert(key, Arc::new(Entry { decision: decision.clone(), expires_at }));

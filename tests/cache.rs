@@ -205,14 +205,20 @@ fn a_hit_gets_a_fresh_decision_id_and_is_marked() {
             .body(format!(r#"{{"amount":{amount}}}"#))
             .build()
     };
+    // Stored on second sight, served from the third.
     let first = a.decide(pay("bot-a", 5), now);
+    assert!(!first.cache_hit);
+    assert_eq!(cache.entry_count(), 0, "a one-off request is not stored");
+    assert!(!a.decide(pay("bot-a", 5), now).cache_hit);
     let second = a.decide(pay("bot-a", 5), now);
-    assert!(!first.cache_hit && second.cache_hit);
+    assert!(second.cache_hit);
     assert!(first.decision.allowed);
     assert_eq!(first.decision, second.decision);
     assert_ne!(first.decision_id, second.decision_id);
     assert_eq!(cache.entry_count(), 1);
     // The body is part of the key.
+    let big = a.decide(pay("bot-a", 5000), now);
+    assert!(!big.cache_hit && !big.decision.allowed);
     let big = a.decide(pay("bot-a", 5000), now);
     assert!(!big.cache_hit && !big.decision.allowed);
     // Body-less decisions are not cached at all.
@@ -236,6 +242,7 @@ fn entries_do_not_outlive_a_time_window_boundary() {
     // 16:59:59 in Berlin on a Monday: allowed; one second later the 08:00-18:00 window has closed.
     let before: jiff::Timestamp = "2026-11-23T16:59:59Z".parse().unwrap();
     let after: jiff::Timestamp = "2026-11-23T17:00:00Z".parse().unwrap();
+    assert!(a.decide(req(), before).decision.allowed);
     assert!(a.decide(req(), before).decision.allowed);
     assert!(a.decide(req(), before).cache_hit);
     let d = a.decide(req(), after);
