@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod decision_log;
 pub mod explain;
 pub mod policy;
 pub mod reload;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use hallpass::cache::DecisionCache;
+use hallpass::decision_log::{DecisionLog, Sink};
 use hallpass::policy::{explain, Policy};
 use hallpass::reload::{self, PolicyStore};
 use hallpass::request::build::CheckRequestBuilder;
 use hallpass::request::Request;
-use hallpass::settings::{LogFormat, Overrides, ServerSettings};
+use hallpass::settings::{LogFormat, LogSink, Overrides, ServerSettings};
 use hallpass::telemetry::Metrics;
 use hallpass::{admin, explain as report, service};
 
@@ -65,6 +66,9 @@ enum Command {
         /// Then give in-flight Checks at most this long [default: 10s].
         #[arg(long, env = "HALLPASS_SHUTDOWN_GRACE")]
         shutdown_grace: Option<String>,
+        /// Decision records: stdout, stderr, off, or a file path [default: stdout].
+        #[arg(long, env = "HALLPASS_DECISION_LOG")]
+        decision_log: Option<String>,
     },
     /// Check a policy file; exit 0 if valid, 1 with located errors otherwise.
     Validate {
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             reload_interval,
             drain_delay,
             shutdown_grace,
+            decision_log,
         } => serve(Overrides {
             policy,
             config,
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
             reload_interval,
             drain_delay,
             shutdown_grace,
+            decision_log,
         }),
     }
 }
@@ -340,10 +346,30 @@ async fn serve_async(
         let _ = admin_stop.changed().await;
     }));
     let reload_task = tokio::spawn(reload::watch(store.clone(), s.reload, stop_rx.clone()));
-    let mut authz = service::Authz::new(store.handle(), Some(metrics)).with_max_body_bytes(s.max_body_bytes);
+    let mut authz = service::Authz::new(store.handle(), Some(metrics.clone())).with_max_body_bytes(s.max_body_bytes);
     if let Some(c) = &cache {
         authz = authz.with_cache(c.clone());
     }
+    let sink = match &s.decision_log {
+        LogSink::Off => None,
+        LogSink::Stdout => Some(Sink::Stdout),
+        LogSink::Stderr => Some(Sink::Stderr),
+        LogSink::File(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open the decision log {}: {e}", p.display()))?;
+            Some(Sink::Writer(Box::new(f)))
+        }
+    };
+    let log_writer = sink.map(|sink| {
+        let m = metrics.clone();
+        let (log, writer) =
+            DecisionLog::start(sink, s.decision_log_buffer, Some(Arc::new(move || m.decision_log_dropped())));
+        authz = authz.clone().with_decision_log(log, s.decision_log_query);
+        writer
+    });
     let (grpc_stop_tx, grpc_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let lifecycle = service::Lifecycle { drain_delay: s.drain_delay };
     let mut grpc_task = tokio::spawn(service::run(grpc, authz, lifecycle, async move {
@@ -370,6 +396,11 @@ async fn serve_async(
     let drained = tokio::time::timeout(s.drain_delay + s.grace, grpc_task).await;
     admin_task.abort();
     reload_task.abort();
+    if let Some(w) = log_writer {
+        // The server (and with it every sender) is gone: let the writer flush what is queued.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::task::spawn_blocking(move || w.join()))
+            .await;
+    }
     match drained {
         Ok(Ok(Ok(()))) => {
             tracing::info!("stopped");

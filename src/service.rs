@@ -19,11 +19,12 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use tonic_health::ServingStatus;
 
 use crate::cache::DecisionCache;
+use crate::decision_log::{DecisionLog, DecisionRecord, McpSummary, SCHEMA};
 use crate::policy::eval::{candidates_read_body, resolve_identity, valid_until};
-use crate::policy::{evaluate, Decision, Policy};
+use crate::policy::{evaluate, Decision, Effect, Policy};
 use crate::reload::{handle_for, LivePolicy, PolicyHandle};
-use crate::request::Request;
-use crate::response::{check_response, DecisionIds};
+use crate::request::{Parsed, PathError, Request};
+use crate::response::{check_response, deny_message, DecisionIds};
 use crate::telemetry::Metrics;
 
 /// Default largest body hallpass parses; a longer one is treated as truncated (unknown).
@@ -38,6 +39,70 @@ pub struct Authz {
     cache: Option<Arc<DecisionCache>>,
     max_body_bytes: usize,
     check_delay: Option<Duration>,
+    log: Option<DecisionLog>,
+    include_query: bool,
+}
+
+/// What a decision record says about the request (moved out of the normalized request, not
+/// copied). Never the body, never header values but `x-request-id`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestSummary {
+    /// Method.
+    pub method: String,
+    /// Normalized host.
+    pub host: String,
+    /// Normalized path, if valid.
+    pub path: Option<String>,
+    /// Why the path was refused.
+    pub path_error: Option<PathError>,
+    /// Decoded query parameters (only kept when the log asks for them).
+    pub query: Option<Vec<(String, String)>>,
+    /// Envoy's `x-request-id`.
+    pub request_id: Option<String>,
+    /// The MCP call, if the body was read and is JSON-RPC.
+    pub mcp: Option<McpSummary>,
+    /// How the body was read.
+    pub body: &'static str,
+}
+
+fn mcp_summary(req: &Request) -> Option<McpSummary> {
+    let Some(Parsed::Json(v)) = req.body.parsed_if_read() else { return None };
+    let one = |o: &serde_json::Value| -> Option<McpSummary> {
+        if o.get("jsonrpc").is_none_or(|j| j != "2.0") {
+            return None;
+        }
+        let method = o.get("method").and_then(|m| m.as_str()).map(String::from);
+        let tool = o.get("params").and_then(|p| p.get("name")).and_then(|n| n.as_str()).map(String::from);
+        Some(McpSummary { method, tool, batch: None })
+    };
+    match v {
+        serde_json::Value::Array(items) => {
+            let mut first = one(items.first()?)?;
+            first.batch = Some(items.len());
+            Some(first)
+        }
+        o => one(o),
+    }
+}
+
+fn summarize(req: Request, include_query: bool) -> RequestSummary {
+    let mcp = mcp_summary(&req);
+    let body = req.body.outcome();
+    let request_id = req.headers.get("x-request-id").cloned();
+    let (path, path_error) = match req.path {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e)),
+    };
+    RequestSummary {
+        method: req.method,
+        host: req.host,
+        path,
+        path_error,
+        query: include_query.then_some(req.query),
+        request_id,
+        mcp,
+        body,
+    }
 }
 
 /// The outcome of one Check.
@@ -51,8 +116,12 @@ pub struct Checked {
     pub response: CheckResponse,
     /// Whether the decision came from the cache.
     pub cache_hit: bool,
+    /// Whether the cache was consulted at all (only body-reading decisions go through it).
+    pub cache_used: bool,
     /// The policy revision that decided.
     pub revision: String,
+    /// What the decision record says about the request.
+    pub summary: RequestSummary,
 }
 
 impl Authz {
@@ -65,7 +134,17 @@ impl Authz {
             cache: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             check_delay: None,
+            log: None,
+            include_query: false,
         }
+    }
+
+    /// Write a decision record for every Check to `log`; `include_query` adds the decoded
+    /// query parameters (off by default: queries may carry tokens).
+    pub fn with_decision_log(mut self, log: DecisionLog, include_query: bool) -> Authz {
+        self.log = Some(log);
+        self.include_query = include_query;
+        self
     }
 
     /// A service over a fixed policy (tests, benchmarks).
@@ -97,47 +176,83 @@ impl Authz {
         &self.policy
     }
 
-    fn decide_request(&self, live: &LivePolicy, req: &Request, now: Timestamp) -> (Decision, bool) {
+    /// Decide, through the cache where it applies: (decision, cache consulted, hit).
+    fn decide_request(&self, live: &LivePolicy, req: &Request, now: Timestamp) -> (Decision, bool, bool) {
         let Some(cache) = &self.cache else {
-            return (evaluate(&live.policy, req, now), false);
+            return (evaluate(&live.policy, req, now), false, false);
         };
         // invalid_path and invalid_identity are decided before any cache. Only decisions
         // that parse a body are cached: without one, evaluating (~0.4 µs) costs less than a
         // cache lookup plus, on a miss, an insert (docs/benchmarks.md).
         let Ok(path) = &req.path else {
-            return (evaluate(&live.policy, req, now), false);
+            return (evaluate(&live.policy, req, now), false, false);
         };
         if req.body.bytes.is_empty() || !candidates_read_body(&live.policy, path) {
-            return (evaluate(&live.policy, req, now), false);
+            return (evaluate(&live.policy, req, now), false, false);
         }
         let Ok(ident) = resolve_identity(&live.policy, req) else {
-            return (evaluate(&live.policy, req, now), false);
+            return (evaluate(&live.policy, req, now), false, false);
         };
         let key = cache.key(live, req, path, &ident);
         if let Some(d) = cache.get(&key, now) {
-            return (d, true);
+            return (d, true, true);
         }
         let d = evaluate(&live.policy, req, now);
         cache.insert(key, &d, now, valid_until(&live.policy, req, now));
-        (d, false)
+        (d, true, false)
     }
 
     /// Decide one CheckRequest at `now`.
     pub fn decide(&self, req: CheckRequest, now: Timestamp) -> Checked {
         let live = self.policy.load();
         let decision_id = self.ids.next_id();
-        let (decision, cache_hit) = catch_unwind(AssertUnwindSafe(|| match Request::from_check_request(req) {
-            Ok(mut r) => {
-                if r.body.bytes.len() > self.max_body_bytes {
-                    r.body.truncated = true;
+        let include_query = self.include_query;
+        let empty = || RequestSummary { body: "absent", ..Default::default() };
+        let (decision, cache_used, cache_hit, summary) =
+            catch_unwind(AssertUnwindSafe(|| match Request::from_check_request(req) {
+                Ok(mut r) => {
+                    if r.body.bytes.len() > self.max_body_bytes {
+                        r.body.truncated = true;
+                    }
+                    let (d, used, hit) = self.decide_request(&live, &r, now);
+                    (d, used, hit, summarize(r, include_query))
                 }
-                self.decide_request(&live, &r, now)
-            }
-            Err(_) => (Decision::invalid_request(), false),
-        }))
-        .unwrap_or_else(|_| (Decision::internal_error(), false));
+                Err(_) => (Decision::invalid_request(), false, false, empty()),
+            }))
+            .unwrap_or_else(|_| (Decision::internal_error(), false, false, empty()));
         let response = check_response(&decision, &decision_id, live.policy.settings.deny_status, &live.revision);
-        Checked { decision, decision_id, response, cache_hit, revision: live.revision.clone() }
+        Checked { decision, decision_id, response, cache_hit, cache_used, revision: live.revision.clone(), summary }
+    }
+
+    fn record(&self, c: Checked, latency: Duration) -> (CheckResponse, Option<DecisionRecord>) {
+        let Some(_) = &self.log else { return (c.response, None) };
+        let d = c.decision;
+        let message = if d.policy_effect == Effect::Deny { Some(deny_message(&d)) } else { None };
+        let rec = DecisionRecord {
+            schema: SCHEMA,
+            time: Timestamp::now().to_string(),
+            decision_id: c.decision_id,
+            request_id: c.summary.request_id,
+            agent: d.agent,
+            on_behalf_of: d.on_behalf_of,
+            method: c.summary.method,
+            host: c.summary.host,
+            path: c.summary.path,
+            path_error: c.summary.path_error.map(|e| e.label().to_string()),
+            query: c.summary.query,
+            mcp: c.summary.mcp,
+            decision: if d.allowed { "allow" } else { "deny" },
+            policy_effect: d.policy_effect.as_str(),
+            rule: d.rule.as_str().to_string(),
+            message,
+            dry_run: d.dry_run,
+            dry_run_rules: d.dry_run_rules.iter().map(|r| r.to_string()).collect(),
+            policy_revision: c.revision,
+            cache_hit: c.cache_hit,
+            body: c.summary.body,
+            latency_us: latency.as_secs_f64() * 1e6,
+        };
+        (c.response, Some(rec))
     }
 }
 
@@ -149,27 +264,22 @@ impl Authorization for Authz {
         }
         let start = Instant::now();
         let c = self.decide(request.into_inner(), Timestamp::now());
-        let elapsed = start.elapsed().as_secs_f64();
+        let elapsed = start.elapsed();
         if let Some(m) = &self.metrics {
-            m.record(&c.decision, elapsed);
-            if self.cache.is_some() {
+            m.record(&c.decision, elapsed.as_secs_f64());
+            m.body(c.summary.body);
+            if let Some(e) = c.summary.path_error {
+                m.invalid_path(e.label());
+            }
+            if c.cache_used {
                 m.cache_lookup(c.cache_hit);
             }
         }
-        let d = &c.decision;
-        tracing::debug!(
-            target: "hallpass::decision",
-            decision_id = %c.decision_id,
-            decision = if d.allowed { "allow" } else { "deny" },
-            rule = d.rule.as_str(),
-            dry_run = d.dry_run,
-            agent = d.agent.as_deref().unwrap_or(""),
-            on_behalf_of = d.on_behalf_of.as_deref().unwrap_or(""),
-            revision = %c.revision,
-            cache_hit = c.cache_hit,
-            "decision"
-        );
-        Ok(GrpcResponse::new(c.response))
+        let (response, rec) = self.record(c, elapsed);
+        if let (Some(log), Some(rec)) = (&self.log, rec) {
+            log.send(rec);
+        }
+        Ok(GrpcResponse::new(response))
     }
 }
 

@@ -68,6 +68,42 @@ pub struct ShutdownSection {
     pub grace: Option<String>,
 }
 
+/// `decision_log:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogSection {
+    /// `stdout` (default), `stderr`, `off`, or a file path (appended to).
+    pub sink: Option<String>,
+    /// Records queued before new ones are dropped (default 8192).
+    pub buffer: Option<usize>,
+    /// Add the decoded query parameters to records (default false: queries may carry tokens).
+    pub include_query: Option<bool>,
+}
+
+/// Where decision records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSink {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Nowhere.
+    Off,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+impl LogSink {
+    fn parse(s: &str) -> LogSink {
+        match s {
+            "stdout" | "-" => LogSink::Stdout,
+            "stderr" => LogSink::Stderr,
+            "off" | "none" => LogSink::Off,
+            path => LogSink::File(PathBuf::from(path)),
+        }
+    }
+}
+
 /// The config file (`--config FILE`); every key optional, unknown keys rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +130,9 @@ pub struct ConfigFile {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownSection,
+    /// Decision records.
+    #[serde(default)]
+    pub decision_log: DecisionLogSection,
 }
 
 /// The settings `serve` runs with.
@@ -119,6 +158,12 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// Most time for in-flight Checks after that.
     pub grace: Duration,
+    /// Where decision records go.
+    pub decision_log: LogSink,
+    /// Queue length of the decision log.
+    pub decision_log_buffer: usize,
+    /// Whether records include the query.
+    pub decision_log_query: bool,
 }
 
 /// Values given on the command line (or in `HALLPASS_*` variables).
@@ -150,6 +195,8 @@ pub struct Overrides {
     pub drain_delay: Option<String>,
     /// `--shutdown-grace`.
     pub shutdown_grace: Option<String>,
+    /// `--decision-log`.
+    pub decision_log: Option<String>,
 }
 
 fn addr(what: &str, s: &str) -> Result<SocketAddr, String> {
@@ -224,6 +271,9 @@ impl ServerSettings {
             reload: ReloadOptions { debounce, interval },
             drain_delay: duration("drain delay", o.drain_delay, file.shutdown.drain_delay, Duration::from_secs(1))?,
             grace: duration("shutdown grace", o.shutdown_grace, file.shutdown.grace, Duration::from_secs(10))?,
+            decision_log: LogSink::parse(o.decision_log.or(file.decision_log.sink).as_deref().unwrap_or("stdout")),
+            decision_log_buffer: file.decision_log.buffer.unwrap_or(8192).max(1),
+            decision_log_query: file.decision_log.include_query.unwrap_or(false),
         })
     }
 }
@@ -247,12 +297,15 @@ mod tests {
         assert_eq!(s.reload.interval, Duration::from_secs(10));
         assert_eq!(s.reload.debounce, Duration::from_millis(100));
         assert_eq!((s.drain_delay, s.grace), (Duration::from_secs(1), Duration::from_secs(10)));
+        assert_eq!(s.decision_log, LogSink::Stdout);
+        assert_eq!((s.decision_log_buffer, s.decision_log_query), (8192, false));
         let s = ServerSettings::resolve(Overrides {
             config: Some(cfg),
             grpc_listen: Some("127.0.0.1:7000".into()),
             log_format: Some(LogFormat::Text),
             no_cache: true,
             shutdown_grace: Some("3s".into()),
+            decision_log: Some("/var/log/hallpass/decisions.jsonl".into()),
             ..Default::default()
         })
         .unwrap();
@@ -260,6 +313,7 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Text);
         assert!(s.cache.is_none());
         assert_eq!(s.grace, Duration::from_secs(3));
+        assert_eq!(s.decision_log, LogSink::File("/var/log/hallpass/decisions.jsonl".into()));
     }
 
     #[test]

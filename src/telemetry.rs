@@ -1,8 +1,11 @@
 //! Prometheus metrics (see docs/operations.md). Handles are created once at startup;
 //! recording a decision is a few atomic adds, never a lock on the Check path.
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::policy::Decision;
@@ -20,7 +23,16 @@ pub struct Metrics {
     cache_lookups: IntCounterVec,
     /// Entries in the decision cache (set at scrape time).
     pub cache_entries: IntGauge,
+    bodies: IntCounterVec,
+    invalid_paths: IntCounterVec,
+    log_dropped: IntCounter,
 }
+
+/// Body outcomes, all pre-registered so dashboards see zeros.
+pub const BODY_OUTCOMES: [&str; 7] = ["json", "form", "absent", "not_read", "truncated", "other_type", "unparseable"];
+/// `invalid_path` reasons (bounded; see `request::PathError::label`).
+pub const INVALID_PATH_REASONS: [&str; 8] =
+    ["empty", "not_absolute", "encoded_slash", "backslash", "bad_escape", "control_char", "bad_utf8", "above_root"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,6 +80,35 @@ impl Metrics {
             &["result"],
         )?;
         let cache_entries = IntGauge::new("hallpass_cache_entries", "Entries in the decision cache.")?;
+        let bodies = IntCounterVec::new(
+            Opts::new(
+                "hallpass_request_bodies_total",
+                "Checks by how the body was read: json, form, absent, not_read, truncated, other_type, unparseable.",
+            ),
+            &["outcome"],
+        )?;
+        let invalid_paths = IntCounterVec::new(
+            Opts::new("hallpass_invalid_path_total", "Checks denied as invalid_path, by reason."),
+            &["reason"],
+        )?;
+        let log_dropped = IntCounter::new(
+            "hallpass_decision_log_dropped_total",
+            "Decision records dropped because the log sink could not keep up.",
+        )?;
+        let build_info =
+            IntGaugeVec::new(Opts::new("hallpass_build_info", "The running hallpass build (value 1)."), &["version"])?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(bodies.clone()))?;
+        registry.register(Box::new(invalid_paths.clone()))?;
+        registry.register(Box::new(log_dropped.clone()))?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(ProcessCollector::new()?))?;
+        for o in BODY_OUTCOMES {
+            bodies.with_label_values(&[o]);
+        }
+        for r in INVALID_PATH_REASONS {
+            invalid_paths.with_label_values(&[r]);
+        }
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(check_seconds.clone()))?;
         registry.register(Box::new(policy_rules.clone()))?;
@@ -92,7 +133,25 @@ impl Metrics {
             reloads,
             cache_lookups,
             cache_entries,
+            bodies,
+            invalid_paths,
+            log_dropped,
         })
+    }
+
+    /// Count how a Check's body was read.
+    pub fn body(&self, outcome: &str) {
+        self.bodies.with_label_values(&[outcome]).inc();
+    }
+
+    /// Count an `invalid_path` denial.
+    pub fn invalid_path(&self, reason: &str) {
+        self.invalid_paths.with_label_values(&[reason]).inc();
+    }
+
+    /// Count a dropped decision record.
+    pub fn decision_log_dropped(&self) {
+        self.log_dropped.inc();
     }
 
     /// Count one decision and its latency.
@@ -125,5 +184,93 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Standard `process_*` metrics read from /proc at scrape time (Linux; absent elsewhere).
+struct ProcessCollector {
+    descs: Vec<Desc>,
+    cpu: prometheus::Counter,
+    rss: IntGauge,
+    vsize: IntGauge,
+    fds: IntGauge,
+    start: Gauge,
+    threads: IntGauge,
+}
+
+impl ProcessCollector {
+    fn new() -> Result<ProcessCollector, prometheus::Error> {
+        let cpu =
+            prometheus::Counter::new("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.")?;
+        let rss = IntGauge::new("process_resident_memory_bytes", "Resident memory size in bytes.")?;
+        let vsize = IntGauge::new("process_virtual_memory_bytes", "Virtual memory size in bytes.")?;
+        let fds = IntGauge::new("process_open_fds", "Number of open file descriptors.")?;
+        let start = Gauge::new("process_start_time_seconds", "Start time of the process since unix epoch in seconds.")?;
+        let threads = IntGauge::new("process_threads", "Number of OS threads in the process.")?;
+        let mut descs = Vec::new();
+        for c in [&cpu as &dyn Collector, &rss, &vsize, &fds, &start, &threads] {
+            descs.extend(c.desc().into_iter().cloned());
+        }
+        Ok(ProcessCollector { descs, cpu, rss, vsize, fds, start, threads })
+    }
+}
+
+/// Clock ticks per second in /proc (USER_HZ, fixed at 100 in the Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+fn proc_stat() -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let after = stat.rsplit_once(')')?.1;
+    Some(after.split_whitespace().map(String::from).collect())
+}
+
+fn boot_time() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    s.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()
+}
+
+impl Collector for ProcessCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // Fields after the command: state is index 0, so field N of proc(5) is index N-3.
+        if let Some(f) = proc_stat() {
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(u), Some(s)) = (num(11), num(12)) {
+                let total = (u + s) / USER_HZ;
+                let cur = self.cpu.get();
+                if total > cur {
+                    self.cpu.inc_by(total - cur);
+                }
+            }
+            if let Some(t) = num(17) {
+                self.threads.set(t as i64);
+            }
+            if let (Some(start_ticks), Some(btime)) = (num(19), boot_time()) {
+                self.start.set(btime + start_ticks / USER_HZ);
+            }
+            if let Some(v) = num(20) {
+                self.vsize.set(v as i64);
+            }
+        }
+        // VmRSS is in kB, independent of the page size.
+        if let Some(kb) = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        }) {
+            self.rss.set(kb * 1024);
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.fds.set(dir.count() as i64);
+        }
+        let mut out = Vec::new();
+        for c in [&self.cpu as &dyn Collector, &self.rss, &self.vsize, &self.fds, &self.start, &self.threads] {
+            out.extend(c.collect());
+        }
+        out
     }
 }

@@ -61,6 +61,26 @@ impl Body {
         Body { bytes, media_type, truncated, parsed: OnceCell::new() }
     }
 
+    /// The parse result if the body was parsed (by a rule that read it), without parsing.
+    pub fn parsed_if_read(&self) -> Option<&Parsed> {
+        self.parsed.get()
+    }
+
+    /// How the body was read, for logs and metrics: `json`, `form`, `absent`, `not_read`
+    /// (present but no rule needed it), `truncated`, `other_type`, `unparseable`.
+    pub fn outcome(&self) -> &'static str {
+        match self.parsed.get() {
+            None if self.bytes.is_empty() => "absent",
+            None => "not_read",
+            Some(Parsed::Json(_)) => "json",
+            Some(Parsed::Form(_)) => "form",
+            Some(Parsed::Unknown(UnknownBody::Absent)) => "absent",
+            Some(Parsed::Unknown(UnknownBody::Truncated)) => "truncated",
+            Some(Parsed::Unknown(UnknownBody::OtherType)) => "other_type",
+            Some(Parsed::Unknown(UnknownBody::Unparseable)) => "unparseable",
+        }
+    }
+
     /// Parse (once) and return the body.
     pub fn parsed(&self) -> &Parsed {
         self.parsed.get_or_init(|| parse(&self.bytes, self.media_type.as_deref(), self.truncated))

@@ -29,6 +29,22 @@ pub enum PathError {
     AboveRoot,
 }
 
+impl PathError {
+    /// A short, bounded label (metrics, logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            PathError::Empty => "empty",
+            PathError::NotAbsolute => "not_absolute",
+            PathError::EncodedSlash => "encoded_slash",
+            PathError::Backslash => "backslash",
+            PathError::BadEscape => "bad_escape",
+            PathError::ControlChar => "control_char",
+            PathError::BadUtf8 => "bad_utf8",
+            PathError::AboveRoot => "above_root",
+        }
+    }
+}
+
 impl fmt::Display for PathError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
