@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# External tools the tests use; installed here so a fresh machine needs nothing else.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing promtool (Debian package: prometheus)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+# Tests that need these tools fail (instead of skipping) when they are missing.
+export HALLPASS_REQUIRE_TOOLS=1
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

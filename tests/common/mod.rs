@@ -86,3 +86,18 @@ impl FixtureRequest {
         b.build()
     }
 }
+
+/// An external tool on PATH. Missing: a skip message, unless HALLPASS_REQUIRE_TOOLS=1 (set
+/// by scripts/test.sh, which installs the tools), where it is a failure.
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
+    if found.is_none() {
+        assert!(
+            std::env::var("HALLPASS_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "`{name}` is required (HALLPASS_REQUIRE_TOOLS=1) but not on PATH"
+        );
+        eprintln!("SKIPPED: `{name}` not on PATH (scripts/test.sh installs it)");
+    }
+    found
+}
