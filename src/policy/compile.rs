@@ -98,7 +98,7 @@ pub enum AgentSet {
     /// `*`: any identified agent.
     AnyIdentified,
     /// These ids (groups already expanded).
-    Ids(HashSet<Box<str>>),
+    Ids(HashSet<Box<str>, FnvBuild>),
 }
 
 /// A host pattern.
@@ -168,11 +168,38 @@ pub struct Rule {
     pub line: Option<usize>,
 }
 
+/// FNV-1a: a fast hasher for the policy's own read-only tables (rule index, agent sets). Their
+/// keys come from the policy, not from requests, so flooding attacks on insertion do not apply;
+/// request-built maps keep std's SipHash.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Build FNV hashers.
+pub type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+
 /// Rules of one effect, indexed by the literal first segment of their path patterns.
 // INVARIANT: every list holds rule indexes in ascending (file) order, without duplicates.
 #[derive(Debug, Clone, Default)]
 pub struct RuleIndex {
-    by_first: HashMap<Box<str>, Vec<u32>>,
+    by_first: HashMap<Box<str>, Vec<u32>, FnvBuild>,
     generic: Vec<u32>,
 }
 
@@ -216,6 +243,7 @@ impl RuleIndex {
 }
 
 /// A merge of two ascending index lists.
+#[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
     a: &'a [u32],
     b: &'a [u32],
@@ -661,7 +689,7 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
         if list.iter().any(|a| a == "*") {
             return AgentSet::AnyIdentified;
         }
-        let mut ids = HashSet::new();
+        let mut ids: HashSet<Box<str>, FnvBuild> = HashSet::default();
         for a in list {
             if let Some(g) = a.strip_prefix('@') {
                 match groups.get(g) {

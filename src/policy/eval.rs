@@ -11,7 +11,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde_json::Value as Json;
 
-use super::compile::{AgentSet, Effect, IdentitySource, McpMatch, Mode, Policy, Rule};
+use super::compile::{AgentSet, Candidates, Effect, IdentitySource, McpMatch, Mode, Policy, Rule};
 use super::condition::{Doc, RefName, RefValue, Resolve, Subject, Tri};
 use super::pattern::Captures;
 use crate::request::{Parsed, PathError, Request};
@@ -241,7 +241,7 @@ struct Cx<'r> {
 
 struct Refs<'a, 'r> {
     cx: &'a Cx<'r>,
-    caps: &'a Captures<'r>,
+    caps: &'a Captures<'a>,
 }
 
 impl Resolve for Refs<'_, '_> {
@@ -249,7 +249,7 @@ impl Resolve for Refs<'_, '_> {
         match r {
             RefName::Agent => self.cx.ident.agent.as_deref().map(RefValue::Ident),
             RefName::OnBehalfOf => self.cx.ident.on_behalf_of.as_deref().map(RefValue::Ident),
-            RefName::Capture(name) => self.caps.iter().find(|(n, _)| n == name).map(|(_, v)| RefValue::Text(v)),
+            RefName::Capture(name) => self.caps.get(name).map(RefValue::Text),
             RefName::Header(name) => {
                 let v = self.cx.req.header(name)?;
                 if v.contains(',') {
@@ -362,7 +362,7 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
         fold(&mut m, Part::Agents, Tri::False);
         return m;
     }
-    let mut caps: Captures<'r> = Vec::new();
+    let mut caps = Captures::new();
     if let Some(paths) = &rule.paths {
         if !paths.iter().any(|p| p.matches(cx.path, &mut caps)) {
             fold(&mut m, Part::Paths, Tri::False);
@@ -377,8 +377,8 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
     }
     let refs = Refs { cx, caps: &caps };
     for (name, test) in &rule.captures {
-        let r = match caps.iter().find(|(n, _)| n == name) {
-            Some((_, v)) => test.eval(Subject::Text(v), &refs),
+        let r = match caps.get(name) {
+            Some(v) => test.eval(Subject::Text(v), &refs),
             None => test.on_missing(&refs),
         };
         if !fold(&mut m, Part::Captures, r) {
@@ -433,10 +433,23 @@ fn first_segment(path: &str) -> &str {
     rest.split('/').next().unwrap_or("")
 }
 
-fn decide_one(policy: &Policy, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
-    let first = first_segment(cx.path);
+/// The candidate rules for one path, looked up once per request.
+#[derive(Clone, Copy)]
+struct Cands<'a> {
+    deny: Candidates<'a>,
+    allow: Candidates<'a>,
+}
+
+impl<'a> Cands<'a> {
+    fn of(policy: &'a Policy, path: &str) -> Cands<'a> {
+        let first = first_segment(path);
+        Cands { deny: policy.deny_index.candidates(first), allow: policy.allow_index.candidates(first) }
+    }
+}
+
+fn decide_one(policy: &Policy, cands: Cands<'_>, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
     let mut dry_run_rules = Vec::new();
-    for i in policy.deny_index.candidates(first) {
+    for i in cands.deny {
         let Some(rule) = policy.rules.get(i) else { continue };
         if applies(rule, match_rule(rule, cx, body)) {
             if rule.dry_run {
@@ -451,7 +464,7 @@ fn decide_one(policy: &Policy, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
             };
         }
     }
-    for i in policy.allow_index.candidates(first) {
+    for i in cands.allow {
         let Some(rule) = policy.rules.get(i) else { continue };
         if applies(rule, match_rule(rule, cx, body)) {
             return Outcome {
@@ -476,16 +489,15 @@ enum Shape<'a> {
 
 /// Whether any rule that could decide a request on this (normalized) path reads the body.
 pub fn candidates_read_body(policy: &Policy, path: &str) -> bool {
-    let first = first_segment(path);
-    policy
-        .deny_index
-        .candidates(first)
-        .chain(policy.allow_index.candidates(first))
-        .any(|i| policy.rules.get(i).is_some_and(|r| r.reads_body))
+    reads_body(policy, Cands::of(policy, path))
 }
 
-fn body_shape<'a>(policy: &Policy, req: &'a Request, path: &str) -> Shape<'a> {
-    if !candidates_read_body(policy, path) {
+fn reads_body(policy: &Policy, cands: Cands<'_>) -> bool {
+    cands.deny.chain(cands.allow).any(|i| policy.rules.get(i).is_some_and(|r| r.reads_body))
+}
+
+fn body_shape<'a>(policy: &Policy, req: &'a Request, cands: Cands<'_>) -> Shape<'a> {
+    if !reads_body(policy, cands) {
         // No candidate reads the body: every element of a batch would be decided alike.
         return Shape::Single(BodyView::Unknown);
     }
@@ -520,14 +532,15 @@ pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
         Err(AmbiguousIdentity) => return Decision::builtin(RuleId::InvalidIdentity),
     };
     let cx = Cx { req, path, ident: &ident, now };
-    let outcome = match body_shape(policy, req, path) {
-        Shape::Single(view) => decide_one(policy, &cx, view),
+    let cands = Cands::of(policy, path);
+    let outcome = match body_shape(policy, req, cands) {
+        Shape::Single(view) => decide_one(policy, cands, &cx, view),
         Shape::Batch(items) => {
             let mut first_outcome: Option<Outcome> = None;
             let mut dry_run_rules: Vec<Arc<str>> = Vec::new();
             let mut denied: Option<Outcome> = None;
             for item in items {
-                let o = decide_one(policy, &cx, BodyView::Json(item));
+                let o = decide_one(policy, cands, &cx, BodyView::Json(item));
                 for r in &o.dry_run_rules {
                     if !dry_run_rules.contains(r) {
                         dry_run_rules.push(r.clone());

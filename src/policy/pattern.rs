@@ -25,8 +25,55 @@ pub struct PathPattern {
     tail: Vec<Seg>,
 }
 
-/// Captured segments of a matched path, in pattern order (borrowed from the path).
-pub type Captures<'p> = Vec<(Arc<str>, &'p str)>;
+/// Most captures one pattern may have (a load error beyond).
+pub const MAX_CAPTURES: usize = 8;
+
+/// Captured segments of a matched path: (name from the pattern, value from the path). A fixed
+/// buffer on the stack: matching a path never allocates.
+#[derive(Debug, Clone, Copy)]
+pub struct Captures<'a> {
+    items: [(&'a str, &'a str); MAX_CAPTURES],
+    len: usize,
+}
+
+impl Default for Captures<'_> {
+    fn default() -> Self {
+        Captures { items: [("", ""); MAX_CAPTURES], len: 0 }
+    }
+}
+
+impl<'a> Captures<'a> {
+    /// No captures.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&mut self, name: &'a str, value: &'a str) -> bool {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = (name, value);
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The value captured as `name`.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        self.items.iter().take(self.len).find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// How many captures.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No captures at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 
 impl PathPattern {
     /// Parse a pattern, or say what is wrong with it.
@@ -73,6 +120,9 @@ impl PathPattern {
                     return Err(format!("path pattern `{src}` captures `{name}` twice"));
                 }
                 names.push(name);
+                if names.len() > MAX_CAPTURES {
+                    return Err(format!("path pattern `{src}` has more than {MAX_CAPTURES} captures"));
+                }
                 Seg::Capture(Arc::from(name))
             } else {
                 if part.contains(['*', '{', '}']) {
@@ -126,21 +176,21 @@ impl PathPattern {
     }
 
     /// Match a normalized path (starting with `/`); on success push the captures.
-    pub fn matches<'p>(&self, path: &'p str, caps: &mut Captures<'p>) -> bool {
+    pub fn matches<'a>(&'a self, path: &'a str, caps: &mut Captures<'a>) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };
-        let start = caps.len();
+        let start = caps.len;
         let ok = self.match_rest(rest, caps);
         if !ok {
-            caps.truncate(start);
+            caps.len = start;
         }
         ok
     }
 
-    fn match_rest<'p>(&self, rest: &'p str, caps: &mut Captures<'p>) -> bool {
+    fn match_rest<'a>(&'a self, rest: &'a str, caps: &mut Captures<'a>) -> bool {
         // `left` is what is still unmatched; None once every segment is consumed.
-        let mut left: Option<&'p str> = Some(rest);
+        let mut left: Option<&'a str> = Some(rest);
         for seg in &self.head {
             let Some(r) = left else { return false };
             let s = match r.split_once('/') {
@@ -177,7 +227,7 @@ impl PathPattern {
     }
 }
 
-fn seg_matches<'p>(seg: &Seg, s: &'p str, caps: &mut Captures<'p>) -> bool {
+fn seg_matches<'a>(seg: &'a Seg, s: &'a str, caps: &mut Captures<'a>) -> bool {
     match seg {
         Seg::Literal(l) => **l == *s,
         Seg::Star => !s.is_empty(),
@@ -185,8 +235,8 @@ fn seg_matches<'p>(seg: &Seg, s: &'p str, caps: &mut Captures<'p>) -> bool {
             if s.is_empty() {
                 return false;
             }
-            caps.push((name.clone(), s));
-            true
+            // INVARIANT: parse() refuses patterns with more than MAX_CAPTURES captures.
+            caps.push(name, s)
         }
     }
 }
@@ -197,7 +247,7 @@ mod tests {
 
     fn m(p: &str, path: &str) -> bool {
         let pat = PathPattern::parse(p).unwrap_or_else(|e| unreachable!("{e}"));
-        let mut caps = Vec::new();
+        let mut caps = Captures::new();
         pat.matches(path, &mut caps)
     }
 
@@ -229,12 +279,12 @@ mod tests {
     #[test]
     fn captures_are_recorded() {
         let pat = PathPattern::parse("/users/{user}/messages/{id}").unwrap_or_else(|e| unreachable!("{e}"));
-        let mut caps = Vec::new();
+        let mut caps = Captures::new();
         assert!(pat.matches("/users/alice/messages/42", &mut caps));
         assert_eq!(caps.len(), 2);
-        assert_eq!((&*caps[0].0, caps[0].1), ("user", "alice"));
-        assert_eq!((&*caps[1].0, caps[1].1), ("id", "42"));
-        let mut caps = Vec::new();
+        assert_eq!(caps.get("user"), Some("alice"));
+        assert_eq!(caps.get("id"), Some("42"));
+        let mut caps = Captures::new();
         assert!(!pat.matches("/users//messages/42", &mut caps));
         assert!(caps.is_empty());
     }

@@ -65,10 +65,17 @@ impl Request {
         let attrs = req.attributes.ok_or(MissingHttpAttributes)?;
         let http = attrs.request.and_then(|r| r.http).ok_or(MissingHttpAttributes)?;
 
-        let mut headers: HashMap<String, String> = HashMap::with_capacity(http.headers.len() + 4);
-        for (k, v) in http.headers {
-            add_header(&mut headers, k, v);
-        }
+        // Envoy sends lowercase names: then its map is ours as it is (no re-hashing).
+        let mut headers: HashMap<String, String> =
+            if http.headers.keys().all(|k| !k.bytes().any(|b| b.is_ascii_uppercase())) {
+                http.headers
+            } else {
+                let mut h = HashMap::with_capacity(http.headers.len());
+                for (k, v) in http.headers {
+                    add_header(&mut h, k, v);
+                }
+                h
+            };
         if let Some(map) = http.header_map {
             for hv in map.headers {
                 let value = if hv.raw_value.is_empty() {
