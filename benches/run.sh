@@ -54,6 +54,7 @@ python3 - "$ROOT" <<'PY' &
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def _ok(self):
         n = int(self.headers.get("content-length") or 0)
         if n: self.rfile.read(n)
@@ -65,7 +66,7 @@ PY
 PIDS+=($!)
 wait_port 8081
 mkdir -p "$OUT/envoy"
-echo '{"keys":[{"kty":"oct","alg":"HS256","kid":"x","k":"eA"}]}' > "$OUT/envoy/jwks.json"
+python3 -c 'import base64,json; print(json.dumps({"keys":[{"kty":"oct","alg":"HS256","kid":"x","k":base64.urlsafe_b64encode(b"bench-secret-bench-secret-bench!").rstrip(b"=").decode()}]}))' > "$OUT/envoy/jwks.json"
 make_cfg() { # $1 = name, $2 = ext_authz port or "none", $3 = listener port
   sed -e "s#/etc/hallpass/jwks.json#$OUT/envoy/jwks.json#" -e "s/port_value: 9191/port_value: $2/" \
       -e "s/port_value: 8080/port_value: $3/" -e "s/port_value: 9901/port_value: $(( $3 + 1000 ))/" envoy/envoy.yaml > "$OUT/envoy/$1.yaml"
@@ -87,11 +88,20 @@ for n in none null hallpass; do
   taskset -c 1 .venv/bin/envoy -c "$OUT/envoy/$n.yaml" --concurrency 1 --disable-hot-restart --base-id $((RANDOM % 1000 + 100)) -l error >/dev/null 2>&1 & PIDS+=($!)
   wait_port "$port"
 done
-cat > "$OUT/envoy/post.lua" <<'LUA'
+# An agent token for jwt_authn (HS256 with the test key below): sub=triage-bot, act.sub=alice.
+JWT=$(python3 - <<'PY'
+import base64, hmac, hashlib, json
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+h = b(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "x"}).encode())
+p = b(json.dumps({"iss": "https://idp.example.com", "aud": "hallpass-demo", "sub": "triage-bot", "act": {"sub": "alice"}, "exp": 4102444800}).encode())
+print(f"{h}.{p}." + b(hmac.new(b"bench-secret-bench-secret-bench!", f"{h}.{p}".encode(), hashlib.sha256).digest()))
+PY
+)
+cat > "$OUT/envoy/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
-wrk.headers["host"] = "mail.example.com"
-wrk.headers["x-agent-id"] = "triage-bot"
+wrk.headers["Host"] = "mail.example.com"  -- capital H replaces wrk's own Host (two would be refused)
+wrk.headers["authorization"] = "Bearer $JWT"
 wrk.body = '{"to":["bob@example.com","carol@example.com"],"subject":"weekly report","body":"' .. string.rep("lorem ipsum ", 70) .. '"}'
 LUA
 : > "$OUT/envoy.txt"

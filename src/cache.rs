@@ -48,8 +48,8 @@ struct Entry {
     expires_at: Timestamp,
 }
 
-/// Slots of the admission filter (a power of two).
-const DOORKEEPER_SLOTS: usize = 4096;
+/// Fewest slots of the admission filter (a power of two).
+const DOORKEEPER_MIN_SLOTS: usize = 4096;
 
 /// The decision cache.
 pub struct DecisionCache {
@@ -85,7 +85,15 @@ impl DecisionCache {
             cache: moka::sync::Cache::builder().max_capacity(opts.max_entries).time_to_live(opts.ttl).build(),
             ttl: jiff::SignedDuration::try_from(opts.ttl).unwrap_or(jiff::SignedDuration::from_secs(5)),
             body_keys: (RandomState::new(), RandomState::new()),
-            doorkeeper: (0..DOORKEEPER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            // Twice the cache size (a power of two): a working set that fits the cache is
+            // admitted on its second round.
+            doorkeeper: {
+                let slots = usize::try_from(opts.max_entries.saturating_mul(2))
+                    .unwrap_or(usize::MAX)
+                    .clamp(DOORKEEPER_MIN_SLOTS, 1 << 24)
+                    .next_power_of_two();
+                (0..slots).map(|_| AtomicU64::new(0)).collect()
+            },
             fingerprint_key: RandomState::new(),
         }
     }
@@ -93,7 +101,7 @@ impl DecisionCache {
     /// Whether this key was seen recently (and remember it if not).
     fn admit(&self, key: &[u8]) -> bool {
         let fp = self.fingerprint_key.hash_one(key) | 1;
-        let slot = (fp as usize) & (DOORKEEPER_SLOTS - 1);
+        let slot = (fp as usize) & (self.doorkeeper.len() - 1);
         match self.doorkeeper.get(slot) {
             Some(s) => s.swap(fp, Ordering::Relaxed) == fp,
             None => true,

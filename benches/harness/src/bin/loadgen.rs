@@ -37,8 +37,8 @@ fn scenario(name: &str, n: u64) -> CheckRequest {
             .build(),
         "json" => {
             let to: Vec<String> = (0..8).map(|i| format!("\"user{i}@example.com\"")).collect();
-            let body = format!(r#"{{"to":[{}],"subject":"weekly report","body":"{}"}}"#, to.join(","), "lorem ipsum ".repeat(62));
-            assert!((1000..1100).contains(&body.len()), "1 KB body");
+            let body = format!(r#"{{"to":[{}],"subject":"weekly report","body":"{}"}}"#, to.join(","), "lorem ipsum ".repeat(67));
+            assert!((1000..1100).contains(&body.len()), "1 KB body, got {}", body.len());
             CheckRequestBuilder::new("POST", "/v1/users/alice/messages/send")
                 .host("mail.example.com")
                 .header("x-agent-id", "triage-bot")
@@ -100,7 +100,16 @@ async fn main() {
                         if at > end {
                             break;
                         }
-                        tokio::time::sleep_until(at.into()).await;
+                        // tokio's timer has 1 ms granularity: sleep to just before the slot,
+                        // then yield until it (the load generator has its own core).
+                        if let Some(early) = at.checked_sub(Duration::from_millis(2)) {
+                            if early > Instant::now() {
+                                tokio::time::sleep_until(early.into()).await;
+                            }
+                        }
+                        while Instant::now() < at {
+                            tokio::task::yield_now().await;
+                        }
                         at
                     }
                     None => Instant::now(),
