@@ -26,50 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve ext_authz v3 gRPC and the admin endpoints (/metrics, /healthz, /readyz).
-    Serve {
-        /// The policy file.
-        #[arg(long, env = "HALLPASS_POLICY")]
-        policy: Option<PathBuf>,
-        /// A server config file (YAML); flags override it.
-        #[arg(long, env = "HALLPASS_CONFIG")]
-        config: Option<PathBuf>,
-        /// ext_authz gRPC listen address [default: 127.0.0.1:9191].
-        #[arg(long, env = "HALLPASS_GRPC_LISTEN")]
-        grpc_listen: Option<String>,
-        /// Admin HTTP listen address [default: 0.0.0.0:9192].
-        #[arg(long, env = "HALLPASS_ADMIN_LISTEN")]
-        admin_listen: Option<String>,
-        /// Log format [default: json].
-        #[arg(long, env = "HALLPASS_LOG_FORMAT", value_enum)]
-        log_format: Option<LogFormat>,
-        /// Log filter, e.g. `info` or `hallpass::decision=debug` [default: info].
-        #[arg(long, env = "HALLPASS_LOG_LEVEL")]
-        log_level: Option<String>,
-        /// Turn the decision cache off.
-        #[arg(long, env = "HALLPASS_NO_CACHE")]
-        no_cache: bool,
-        /// How long a decision is reused, e.g. 5s [default: 5s].
-        #[arg(long, env = "HALLPASS_CACHE_TTL")]
-        cache_ttl: Option<String>,
-        /// Most cached decisions [default: 10000].
-        #[arg(long, env = "HALLPASS_CACHE_MAX_ENTRIES")]
-        cache_max_entries: Option<u64>,
-        /// Longest body parsed; longer is treated as truncated [default: 1048576].
-        #[arg(long, env = "HALLPASS_MAX_BODY_BYTES")]
-        max_body_bytes: Option<usize>,
-        /// Re-hash the policy file this often even without file events [default: 10s].
-        #[arg(long, env = "HALLPASS_RELOAD_INTERVAL")]
-        reload_interval: Option<String>,
-        /// On SIGTERM, report NOT_SERVING this long before closing the listener [default: 1s].
-        #[arg(long, env = "HALLPASS_DRAIN_DELAY")]
-        drain_delay: Option<String>,
-        /// Then give in-flight Checks at most this long [default: 10s].
-        #[arg(long, env = "HALLPASS_SHUTDOWN_GRACE")]
-        shutdown_grace: Option<String>,
-        /// Decision records: stdout, stderr, off, or a file path [default: stdout].
-        #[arg(long, env = "HALLPASS_DECISION_LOG")]
-        decision_log: Option<String>,
-    },
+    Serve(Overrides),
     /// Check a policy file; exit 0 if valid, 1 with located errors otherwise.
     Validate {
         /// The policy file.
@@ -120,37 +77,7 @@ fn main() -> ExitCode {
         Command::Check { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json } => {
             check(CheckArgs { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json })
         }
-        Command::Serve {
-            policy,
-            config,
-            grpc_listen,
-            admin_listen,
-            log_format,
-            log_level,
-            no_cache,
-            cache_ttl,
-            cache_max_entries,
-            max_body_bytes,
-            reload_interval,
-            drain_delay,
-            shutdown_grace,
-            decision_log,
-        } => serve(Overrides {
-            policy,
-            config,
-            grpc_listen,
-            admin_listen,
-            log_format,
-            log_level,
-            no_cache,
-            cache_ttl,
-            cache_max_entries,
-            max_body_bytes,
-            reload_interval,
-            drain_delay,
-            shutdown_grace,
-            decision_log,
-        }),
+        Command::Serve(o) => serve(o),
     }
 }
 

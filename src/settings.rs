@@ -166,36 +166,50 @@ pub struct ServerSettings {
     pub decision_log_query: bool,
 }
 
-/// Values given on the command line (or in `HALLPASS_*` variables).
-#[derive(Debug, Default, Clone)]
+/// `hallpass serve` flags (each also a `HALLPASS_*` variable); they override the config file.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    /// `--policy`.
+    /// The policy file.
+    #[arg(long, env = "HALLPASS_POLICY")]
     pub policy: Option<PathBuf>,
-    /// `--config`.
+    /// A server config file (YAML); flags override it.
+    #[arg(long, env = "HALLPASS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// `--grpc-listen`.
+    /// ext_authz gRPC listen address [default: 127.0.0.1:9191].
+    #[arg(long, env = "HALLPASS_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
-    /// `--admin-listen`.
+    /// Admin HTTP listen address [default: 0.0.0.0:9192].
+    #[arg(long, env = "HALLPASS_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
-    /// `--log-format`.
+    /// Log format [default: json].
+    #[arg(long, env = "HALLPASS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// `--log-level`.
+    /// Log filter, e.g. `info` or `hallpass=debug` [default: info].
+    #[arg(long, env = "HALLPASS_LOG_LEVEL")]
     pub log_level: Option<String>,
-    /// `--no-cache`.
+    /// Turn the decision cache off.
+    #[arg(long, env = "HALLPASS_NO_CACHE")]
     pub no_cache: bool,
-    /// `--cache-ttl`.
+    /// How long a decision is reused, e.g. 5s [default: 5s].
+    #[arg(long, env = "HALLPASS_CACHE_TTL")]
     pub cache_ttl: Option<String>,
-    /// `--cache-max-entries`.
+    /// Most cached decisions [default: 10000].
+    #[arg(long, env = "HALLPASS_CACHE_MAX_ENTRIES")]
     pub cache_max_entries: Option<u64>,
-    /// `--max-body-bytes`.
+    /// Longest body parsed; longer is treated as truncated [default: 1048576].
+    #[arg(long, env = "HALLPASS_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// `--reload-interval`.
+    /// Re-hash the policy file this often even without file events [default: 10s].
+    #[arg(long, env = "HALLPASS_RELOAD_INTERVAL")]
     pub reload_interval: Option<String>,
-    /// `--drain-delay`.
+    /// On SIGTERM, report NOT_SERVING this long before closing the listener [default: 1s].
+    #[arg(long, env = "HALLPASS_DRAIN_DELAY")]
     pub drain_delay: Option<String>,
-    /// `--shutdown-grace`.
+    /// Then give in-flight Checks at most this long [default: 10s].
+    #[arg(long, env = "HALLPASS_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
-    /// `--decision-log`.
+    /// Decision records: stdout, stderr, off, or a file path [default: stdout].
+    #[arg(long, env = "HALLPASS_DECISION_LOG")]
     pub decision_log: Option<String>,
 }
 
