@@ -95,5 +95,63 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A policy of `n` path-scoped rules (distinct first segments, a body condition on every
+/// tenth), plus five rules that apply to every path, as real policies have.
+fn generated_policy(n: usize) -> Policy {
+    let mut y = String::from("version: 1\nrules:\n");
+    y.push_str("  - { id: g-no-delete, effect: deny, methods: [DELETE] }\n");
+    y.push_str("  - { id: g-no-admin, effect: deny, paths: [\"/admin/**\"] }\n");
+    y.push_str("  - { id: g-night, effect: deny, methods: [PUT], when: { hours: \"22:00-06:00\" } }\n");
+    y.push_str("  - { id: g-debug, effect: deny, query: { debug: { exists: true } } }\n");
+    y.push_str("  - { id: g-env, effect: deny, headers: { x-env: { equals: staging } } }\n");
+    for i in 0..n {
+        let body = if i % 10 == 0 { ", body: { field: /amount, lte: 1000 }" } else { "" };
+        y.push_str(&format!(
+            "  - {{ id: r{i}, effect: allow, agents: [\"agent-{}\", \"@all\"], methods: [GET, POST], paths: [\"/svc{i}/{{id}}/**\"]{body} }}\n",
+            i % 7
+        ));
+    }
+    y.push_str("groups:\n  all: [bot-a, bot-b]\n");
+    Policy::from_yaml(&y, "generated.yaml").unwrap()
+}
+
+fn scaling(c: &mut Criterion) {
+    let now = jiff::Timestamp::now();
+    let body = format!(r#"{{"amount":500,"note":"{}"}}"#, "x".repeat(990));
+    for n in [10usize, 100, 1000] {
+        let p = generated_policy(n);
+        let target = n - 1;
+        let req = Request::from_check_request(
+            CheckRequestBuilder::new("GET", &format!("/svc{target}/42/items")).header("x-agent-id", "bot-a").build(),
+        )
+        .unwrap();
+        assert_eq!(
+            evaluate(&p, &req, now).rule.as_str(),
+            format!("r{target}"),
+            "the benchmark decides by the intended rule"
+        );
+        c.bench_function(&format!("scale/bodyless/{n} rules"), |b| {
+            b.iter(|| black_box(evaluate(&p, black_box(&req), now)))
+        });
+        // The rule at index n-10 has a body condition; 1 KB JSON body, parse included.
+        let body_target = n - 10;
+        let breq = CheckRequestBuilder::new("POST", &format!("/svc{body_target}/42/items"))
+            .header("x-agent-id", "bot-a")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .build();
+        let d = evaluate(&p, &Request::from_check_request(breq.clone()).unwrap(), now);
+        assert_eq!(d.rule.as_str(), format!("r{body_target}"));
+        assert!(d.allowed);
+        c.bench_function(&format!("scale/json_body_1k/{n} rules"), |b| {
+            b.iter_batched(
+                || Request::from_check_request(breq.clone()).unwrap(),
+                |r| black_box(evaluate(&p, &r, now)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(benches, bench, scaling);
 criterion_main!(benches);
