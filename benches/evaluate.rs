@@ -9,6 +9,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use hallpass::cache::{CacheOptions, DecisionCache};
 use hallpass::policy::{evaluate, Policy};
+use hallpass::request::build::samples::{self, read_mail};
 use hallpass::request::build::CheckRequestBuilder;
 use hallpass::request::Request;
 use hallpass::service::Authz;
@@ -17,26 +18,8 @@ fn policy() -> Policy {
     Policy::from_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml"))).unwrap()
 }
 
-fn read_mail() -> CheckRequestBuilder {
-    CheckRequestBuilder::new("GET", "/v1/users/alice/messages/m1")
-        .host("mail.example.com")
-        .header("x-agent-id", "triage-bot")
-        .header("x-on-behalf-of", "alice")
-}
-
 fn send_mail() -> CheckRequestBuilder {
-    let to: Vec<String> = (0..8).map(|i| format!("\"user{i}@example.com\"")).collect();
-    let body = format!(
-        r#"{{"to":[{}],"subject":"weekly report","body":"{}","attachments":[]}}"#,
-        to.join(","),
-        "lorem ipsum ".repeat(60)
-    );
-    CheckRequestBuilder::new("POST", "/v1/users/alice/messages/send")
-        .host("mail.example.com")
-        .header("x-agent-id", "triage-bot")
-        .header("x-on-behalf-of", "alice")
-        .header("content-type", "application/json")
-        .body(body)
+    samples::send_mail(samples::mail_body_1k())
 }
 
 fn bench(c: &mut Criterion) {

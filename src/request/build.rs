@@ -129,3 +129,63 @@ impl CheckRequestBuilder {
         }
     }
 }
+
+/// Sample requests against the shipped `config/policy.yaml`, shared by the criterion benches
+/// and the load generator so both measure the same thing. All three are allowed by it.
+pub mod samples {
+    use super::CheckRequestBuilder;
+
+    /// GET of one message of the user the agent acts for (rule `mail-read`).
+    pub fn read_mail() -> CheckRequestBuilder {
+        CheckRequestBuilder::new("GET", "/v1/users/alice/messages/m1")
+            .host("mail.example.com")
+            .header("x-agent-id", "triage-bot")
+            .header("x-on-behalf-of", "alice")
+    }
+
+    /// The JSON body of [`send_mail`]: 8 internal recipients, about 1 KB.
+    pub fn mail_body_1k() -> String {
+        let to: Vec<String> = (0..8).map(|i| format!("\"user{i}@example.com\"")).collect();
+        format!(r#"{{"to":[{}],"subject":"weekly report","body":"{}"}}"#, to.join(","), "lorem ipsum ".repeat(67))
+    }
+
+    /// POST of a 1 KB JSON mail the body rules read (rule `mail-send`).
+    pub fn send_mail(body: String) -> CheckRequestBuilder {
+        CheckRequestBuilder::new("POST", "/v1/users/alice/messages/send")
+            .host("mail.example.com")
+            .header("x-agent-id", "triage-bot")
+            .header("x-on-behalf-of", "alice")
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
+    /// An MCP `tools/call` with argument conditions (rule `mcp-search`).
+    pub fn mcp_search() -> CheckRequestBuilder {
+        CheckRequestBuilder::new("POST", "/mcp")
+            .host("tools.example.com")
+            .header("x-agent-id", "research-bot")
+            .header("content-type", "application/json")
+            .body(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs","arguments":{"query":"refund policy for enterprise customers","limit":10}}}"#)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::policy::{evaluate, Policy};
+        use crate::request::Request;
+
+        #[test]
+        fn samples_are_allowed_by_the_example_policy() {
+            let p = Policy::from_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml")))
+                .unwrap();
+            assert!((1000..1100).contains(&mail_body_1k().len()));
+            for (b, rule) in
+                [(read_mail(), "mail-read"), (send_mail(mail_body_1k()), "mail-send"), (mcp_search(), "mcp-search")]
+            {
+                let d = evaluate(&p, &Request::from_check_request(b.build()).unwrap(), jiff::Timestamp::now());
+                assert!(d.allowed);
+                assert_eq!(d.rule.as_str(), rule);
+            }
+        }
+    }
+}

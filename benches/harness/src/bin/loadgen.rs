@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use hallpass::request::build::CheckRequestBuilder;
+use hallpass::request::build::{samples, CheckRequestBuilder};
 use hdrhistogram::Histogram;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -30,29 +30,9 @@ fn scenario(name: &str, n: u64) -> CheckRequest {
                 .body(format!(r#"{{"amount":{},"note":"{}"}}"#, k % 5000, "x".repeat(200)))
                 .build()
         }
-        "get" => CheckRequestBuilder::new("GET", "/v1/users/alice/messages/m1")
-            .host("mail.example.com")
-            .header("x-agent-id", "triage-bot")
-            .header("x-on-behalf-of", "alice")
-            .build(),
-        "json" => {
-            let to: Vec<String> = (0..8).map(|i| format!("\"user{i}@example.com\"")).collect();
-            let body = format!(r#"{{"to":[{}],"subject":"weekly report","body":"{}"}}"#, to.join(","), "lorem ipsum ".repeat(67));
-            assert!((1000..1100).contains(&body.len()), "1 KB body, got {}", body.len());
-            CheckRequestBuilder::new("POST", "/v1/users/alice/messages/send")
-                .host("mail.example.com")
-                .header("x-agent-id", "triage-bot")
-                .header("x-on-behalf-of", "alice")
-                .header("content-type", "application/json")
-                .body(body)
-                .build()
-        }
-        "mcp" => CheckRequestBuilder::new("POST", "/mcp")
-            .host("tools.example.com")
-            .header("x-agent-id", "research-bot")
-            .header("content-type", "application/json")
-            .body(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs","arguments":{"query":"refund policy for enterprise customers","limit":10}}}"#)
-            .build(),
+        "get" => samples::read_mail().build(),
+        "json" => samples::send_mail(samples::mail_body_1k()).build(),
+        "mcp" => samples::mcp_search().build(),
         other => panic!("unknown scenario {other}"),
     }
 }
