@@ -37,6 +37,26 @@ fn bench(c: &mut Criterion) {
         )
     });
 
+    c.bench_function("evaluate/json_body_1k (body already parsed)", |b| {
+        b.iter_batched_ref(
+            || {
+                let r = Request::from_check_request(body_req.clone()).unwrap();
+                let _ = r.body.parsed();
+                r
+            },
+            |r| black_box(evaluate(&p, r, now)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // Where the body time goes: hallpass's strict parse against plain serde_json.
+    let mail = samples::mail_body_1k();
+    c.bench_function("parse/json_body_1k strict", |b| {
+        b.iter(|| black_box(hallpass::request::body::parse_json(black_box(mail.as_bytes()))))
+    });
+    c.bench_function("parse/json_body_1k serde_json::Value (baseline)", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(mail.as_bytes())).ok()))
+    });
+
     c.bench_function("extract/bodyless", |b| {
         b.iter_batched(
             || read_mail().build(),

@@ -2,6 +2,7 @@
 # Benchmarks, side by side with baselines measured in the same run (docs/benchmarks.md).
 #   benches/run.sh            full run (~6 minutes)
 #   QUICK=1 benches/run.sh    shorter measurements
+#   SOAK=1 benches/run.sh     adds the 10-minute RSS soak (benches/soak.sh)
 # Server on CPU 1, load generator on CPU 0 (taskset), Envoy --concurrency 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,13 +35,34 @@ taskset -c 1 "$BIN/hallpass" serve --policy config/policy.yaml --grpc-listen 127
   --no-cache --decision-log off --log-level warn & PIDS+=($!)
 wait_port 9291; wait_port 9292; wait_port 9191
 : > "$OUT/grpc.jsonl"
-for scen in get json mcp; do
-  for target in "null:127.0.0.1:9291" "null-parse-body:127.0.0.1:9292" "hallpass:127.0.0.1:9191"; do
-    label=${target%%:*}; addr=${target#*:}
-    [ "$scen" = get ] && [ "$label" = null-parse-body ] && continue
-    taskset -c 0 "$BIN/loadgen" --addr "$addr" --scenario "$scen" --concurrency 4 --duration "$DUR" --warmup "$WARM" --label "$label" | tee -a "$OUT/grpc.jsonl"
+# Rounds interleave the servers, so a noisy minute of the machine hits both; the ratios are
+# read per round and summarized by their median.
+for round in $(seq "${ROUNDS:-3}"); do
+  for scen in get json mcp; do
+    for target in "null:127.0.0.1:9291" "null-parse-body:127.0.0.1:9292" "hallpass:127.0.0.1:9191"; do
+      label=${target%%:*}; addr=${target#*:}
+      [ "$scen" = get ] && [ "$label" = null-parse-body ] && continue
+      [ "$scen" != get ] && [ "$label" = null ] && continue
+      taskset -c 0 "$BIN/loadgen" --addr "$addr" --scenario "$scen" --concurrency 4 --duration "$DUR" --warmup "$WARM" --label "$label#$round" | tee -a "$OUT/grpc.jsonl"
+    done
   done
 done
+python3 - "$OUT/grpc.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for scen in ("get", "json", "mcp"):
+    per = {}
+    for r in rows:
+        if r["scenario"] == scen:
+            label, rnd = r["label"].split("#")
+            per.setdefault(rnd, {})["base" if label.startswith("null") else "hp"] = r
+    rps = [v["hp"]["rps"] / v["base"]["rps"] for v in per.values() if len(v) == 2]
+    p99 = [v["hp"]["p99_us"] / v["base"]["p99_us"] for v in per.values() if len(v) == 2]
+    p50 = [v["hp"]["p50_us"] / v["base"]["p50_us"] for v in per.values() if len(v) == 2]
+    f = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
+    print(f"{scen}: hallpass/baseline over {len(rps)} rounds: throughput median {statistics.median(rps):.2f}x ({f(rps)}); "
+          f"p50 median {statistics.median(p50):.2f}x; p99 median {statistics.median(p99):.2f}x ({f(p99)})")
+PY
 
 echo "== 3. gRPC Check at a fixed rate (coordinated-omission corrected)"
 : > "$OUT/grpc-rate.jsonl"
@@ -50,20 +72,8 @@ for target in "null:127.0.0.1:9291" "hallpass:127.0.0.1:9191"; do
 done
 
 echo "== 4. end to end: wrk -> Envoy (--concurrency 1) -> upstream, with and without ext_authz"
-python3 - "$ROOT" <<'PY' &
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def _ok(self):
-        n = int(self.headers.get("content-length") or 0)
-        if n: self.rfile.read(n)
-        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
-    do_GET = do_POST = _ok
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 8081), H).serve_forever()
-PY
-PIDS+=($!)
+# The upstream: a small Rust HTTP/1.1 server answering 200 (same core as Envoy and hallpass).
+taskset -c 1 "$BIN/nullserver" --http-listen 127.0.0.1:8081 2>/dev/null & PIDS+=($!)
 wait_port 8081
 mkdir -p "$OUT/envoy"
 python3 -c 'import base64,json; print(json.dumps({"keys":[{"kty":"oct","alg":"HS256","kid":"x","k":base64.urlsafe_b64encode(b"bench-secret-bench-secret-bench!").rstrip(b"=").decode()}]}))' > "$OUT/envoy/jwks.json"
@@ -112,6 +122,37 @@ for n in none null hallpass; do
     | grep -E "Requests/sec|50%|90%|99%|Non-2xx|Socket errors" | tee -a "$OUT/envoy.txt"
 done
 
+echo "== 4b. end to end at fixed rates (loadgen --http: keep-alive connections, latency from each scheduled start)"
+python3 - "$OUT/envoy/post.http" "$JWT" <<'PY'
+import sys
+body = ('{"to":["bob@example.com","carol@example.com"],"subject":"weekly report","body":"' + "lorem ipsum " * 70 + '"}').encode()
+head = ("POST /v1/users/alice/messages/send HTTP/1.1\r\nhost: mail.example.com\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {sys.argv[2]}\r\ncontent-length: {len(body)}\r\n\r\n").encode()
+open(sys.argv[1], "wb").write(head + body)
+PY
+: > "$OUT/envoy-rate.jsonl"
+for rate in ${E2E_RATES:-500 1000 2000}; do
+  for n in none null hallpass; do
+    port=$(grep -o "port_value: 18[0-9]*" "$OUT/envoy/$n.yaml" | head -1 | cut -d' ' -f2)
+    taskset -c 0 "$BIN/loadgen" --http "127.0.0.1:$port" --request-file "$OUT/envoy/post.http" --rate "$rate" --concurrency 16 \
+      --duration "$DUR" --warmup "$WARM" --label "envoy-$n" | tee -a "$OUT/envoy-rate.jsonl"
+  done
+done
+python3 - "$OUT/envoy-rate.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {(r["label"], r["target_rate"]): r for r in rows}
+for rate in sorted({r["target_rate"] for r in rows}):
+    n, z, h = (by.get((f"envoy-{x}", rate)) for x in ("none", "null", "hallpass"))
+    if not (n and z and h):
+        continue
+    for q in ("p50_us", "p90_us", "p99_us"):
+        add_null, add_hp = z[q] - n[q], h[q] - n[q]
+        ratio = add_hp / add_null if add_null > 0 else float("nan")
+        print(f"rate {rate:.0f}/s {q[:-3]}: Envoy alone {n[q]:.0f} us, +null {add_null:+.0f} us, +hallpass {add_hp:+.0f} us ({ratio:.2f}x of null's)")
+    print(f"rate {rate:.0f}/s errors/non-2xx: none {n['errors']}/{n['denied']}, null {z['errors']}/{z['denied']}, hallpass {h['errors']}/{h['denied']}")
+PY
+
 echo "== 5. RSS with a 1000-rule policy and a full cache"
 python3 - "$OUT/policy-1000.yaml" <<'PY'
 import sys
@@ -129,5 +170,9 @@ curl -s 127.0.0.1:9392/metrics | grep -E "^hallpass_(cache_entries|policy_rules)
 echo "== 6. engines side by side: hallpass, Cedar (cedar-policy), Rego (regorus) on the same decisions"
 (cd benches/harness && cargo bench -q --bench engines -- --warm-up-time 1 --measurement-time "$([ "${QUICK:-0}" = 1 ] && echo 2 || echo 5)" 2>&1) \
   | grep -E "agree|^engines/|time:" | paste -s -d' ' | sed 's/  */ /g; s/engines\//\nengines\//g' | tee "$OUT/engines.txt"
+if [ "${SOAK:-0}" = 1 ]; then
+  echo "== 7. RSS soak: ${SOAK_SECS:-600} s at a fixed rate, full cache, a reload every 30 s"
+  OUT=$OUT BIN=$BIN benches/soak.sh
+fi
 echo
 echo "== results in $OUT"

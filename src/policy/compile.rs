@@ -368,7 +368,7 @@ impl Inputs {
 impl Policy {
     /// Parse, validate and compile policy text. `file` names the source in errors.
     pub fn from_yaml(src: &str, file: &str) -> Result<Policy, PolicyErrors> {
-        let (def, _raw) = parse(src, file)?;
+        let def = parse(src, file)?;
         compile(def, src, file)
     }
 

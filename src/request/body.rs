@@ -179,16 +179,22 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut folded: std::collections::HashSet<String> = std::collections::HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
             let Strict(v) = map.next_value()?;
-            let collides = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+            let folds = if k.bytes().any(|b| b.is_ascii_uppercase()) {
                 let lower = k.to_ascii_lowercase();
-                out.contains_key(&k) || out.contains_key(&lower) || !folded.insert(lower)
+                out.contains_key(&lower) || !folded.insert(lower)
             } else {
-                out.contains_key(&k) || folded.contains(&k)
+                folded.contains(&k)
             };
-            if collides {
+            if folds {
                 return Err(de::Error::custom("duplicate key"));
             }
-            out.insert(k, v);
+            // One search for the exact duplicate and the insert.
+            match out.entry(k) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(v);
+                }
+                serde_json::map::Entry::Occupied(_) => return Err(de::Error::custom("duplicate key")),
+            }
         }
         Ok(Json::Object(out))
     }

@@ -9,7 +9,9 @@
 //!   routed from the path) with a context; Cedar does no path matching itself.
 use std::str::FromStr;
 
-use cedar_policy::{Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicySet, Request as CedarRequest};
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicySet, Request as CedarRequest,
+};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use hallpass::policy::{evaluate, Policy};
 use hallpass::request::build::CheckRequestBuilder;
@@ -113,17 +115,86 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let call = |tool: &str, args: &str| -> &'static str {
-        Box::leak(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#).into_boxed_str())
+        Box::leak(
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#
+            )
+            .into_boxed_str(),
+        )
     };
     vec![
-        Case { name: "read own mail", method: "GET", path: "/v1/users/alice/messages/m1", agent: "triage-bot", obo: Some("alice"), body: None, allow: true },
-        Case { name: "read other mail", method: "GET", path: "/v1/users/bob/messages/m1", agent: "triage-bot", obo: Some("alice"), body: None, allow: false },
-        Case { name: "delete", method: "DELETE", path: "/v1/users/alice/messages/m1", agent: "triage-bot", obo: Some("alice"), body: None, allow: false },
-        Case { name: "unknown agent", method: "GET", path: "/v1/users/alice/messages/m1", agent: "stranger", obo: Some("alice"), body: None, allow: false },
-        Case { name: "search, limit 5", method: "POST", path: "/mcp", agent: "research-bot", obo: None, body: Some(call("search_docs", r#"{"query":"refunds","limit":5}"#)), allow: true },
-        Case { name: "search, limit 50", method: "POST", path: "/mcp", agent: "research-bot", obo: None, body: Some(call("search_docs", r#"{"query":"refunds","limit":50}"#)), allow: false },
-        Case { name: "shell", method: "POST", path: "/mcp", agent: "research-bot", obo: None, body: Some(call("run_shell", r#"{"cmd":"id"}"#)), allow: false },
-        Case { name: "search, no limit, via group", method: "POST", path: "/mcp", agent: "triage-bot", obo: None, body: Some(call("search_email", r#"{"query":"invoice"}"#)), allow: true },
+        Case {
+            name: "read own mail",
+            method: "GET",
+            path: "/v1/users/alice/messages/m1",
+            agent: "triage-bot",
+            obo: Some("alice"),
+            body: None,
+            allow: true,
+        },
+        Case {
+            name: "read other mail",
+            method: "GET",
+            path: "/v1/users/bob/messages/m1",
+            agent: "triage-bot",
+            obo: Some("alice"),
+            body: None,
+            allow: false,
+        },
+        Case {
+            name: "delete",
+            method: "DELETE",
+            path: "/v1/users/alice/messages/m1",
+            agent: "triage-bot",
+            obo: Some("alice"),
+            body: None,
+            allow: false,
+        },
+        Case {
+            name: "unknown agent",
+            method: "GET",
+            path: "/v1/users/alice/messages/m1",
+            agent: "stranger",
+            obo: Some("alice"),
+            body: None,
+            allow: false,
+        },
+        Case {
+            name: "search, limit 5",
+            method: "POST",
+            path: "/mcp",
+            agent: "research-bot",
+            obo: None,
+            body: Some(call("search_docs", r#"{"query":"refunds","limit":5}"#)),
+            allow: true,
+        },
+        Case {
+            name: "search, limit 50",
+            method: "POST",
+            path: "/mcp",
+            agent: "research-bot",
+            obo: None,
+            body: Some(call("search_docs", r#"{"query":"refunds","limit":50}"#)),
+            allow: false,
+        },
+        Case {
+            name: "shell",
+            method: "POST",
+            path: "/mcp",
+            agent: "research-bot",
+            obo: None,
+            body: Some(call("run_shell", r#"{"cmd":"id"}"#)),
+            allow: false,
+        },
+        Case {
+            name: "search, no limit, via group",
+            method: "POST",
+            path: "/mcp",
+            agent: "triage-bot",
+            obo: None,
+            body: Some(call("search_email", r#"{"query":"invoice"}"#)),
+            allow: true,
+        },
     ]
 }
 
@@ -166,7 +237,8 @@ fn cedar_requests(cases: &[Case]) -> Vec<CedarRequest> {
         .map(|c| {
             let segs: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
             // The caller routes the path to a resource; Cedar has no path patterns.
-            let (resource, user) = if segs.first() == Some(&"mcp") { ("mcp", None) } else { ("mail-message", segs.get(2).copied()) };
+            let (resource, user) =
+                if segs.first() == Some(&"mcp") { ("mcp", None) } else { ("mail-message", segs.get(2).copied()) };
             let mut ctx = serde_json::json!({"call": false});
             if let Some(u) = user {
                 ctx["user"] = u.into();

@@ -1,7 +1,10 @@
 //! The physical baseline: an ext_authz v3 server that does nothing but answer OK (with
 //! `--parse-body`, it first parses the request body with serde_json, the floor for body
-//! requests). Same tonic stack and TCP_NODELAY as hallpass.
-use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse};
+//! requests). Same tonic stack and TCP_NODELAY as hallpass. With `--http-listen ADDR` it is
+//! instead a plain HTTP/1.1 upstream answering `200 ok` (for the end-to-end runs).
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
+};
 use envoy_types::pb::google::rpc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
@@ -14,7 +17,14 @@ struct Null {
 impl Authorization for Null {
     async fn check(&self, req: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         if self.parse_body {
-            let body = req.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()).map(|h| h.raw_body.as_slice()).unwrap_or(&[]);
+            let body = req
+                .get_ref()
+                .attributes
+                .as_ref()
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref())
+                .map(|h| h.raw_body.as_slice())
+                .unwrap_or(&[]);
             let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
             std::hint::black_box(v);
         }
@@ -29,8 +39,18 @@ impl Authorization for Null {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let addr = args.iter().position(|a| a == "--listen").and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| "127.0.0.1:9291".into());
+    let addr = args
+        .iter()
+        .position(|a| a == "--listen")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:9291".into());
     let parse_body = args.iter().any(|a| a == "--parse-body");
+    if let Some(http) = args.iter().position(|a| a == "--http-listen").and_then(|i| args.get(i + 1)) {
+        eprintln!("nullserver: HTTP/1.1 upstream on {http}");
+        hallpass_bench_harness::http1::serve_ok(http).await.expect("serve");
+        return;
+    }
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     eprintln!("nullserver on {addr} (parse_body={parse_body})");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|c| {
