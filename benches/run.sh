@@ -28,7 +28,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 
 echo "== 1. criterion (in-process)"
 cargo bench --bench evaluate -q -- --warm-up-time 1 --measurement-time "$([ "${QUICK:-0}" = 1 ] && echo 2 || echo 5)" 2>&1 \
-  | grep -E "^(evaluate|extract|check)|time:" | paste - - | sed 's/  */ /g' | tee "$OUT/criterion.txt"
+  | grep -E "^(evaluate|extract|check|parse|scale)|time:" | paste - - | sed 's/  */ /g' | tee "$OUT/criterion.txt"
 
 echo "== 1b. heap allocations per step (dhat)"
 "$BIN/allocs" | tee "$OUT/allocs.jsonl"
