@@ -41,6 +41,9 @@ for cpu in 0 1; do chrt -i 0 taskset -c "$cpu" sh -c 'while :; do :; done' & PID
 echo "== 2. gRPC Check on loopback: null server vs hallpass (closed loop, 4 in flight)"
 taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9291 2>/dev/null & PIDS+=($!)
 taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9292 --parse-body 2>/dev/null & PIDS+=($!)
+# Answers like a hallpass allow (metadata, upstream header) without deciding: what Envoy
+# spends applying hallpass's answer, told apart from what hallpass spends (section 4b).
+taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9293 --mimic 2>/dev/null & PIDS+=($!)
 taskset -c 1 "$BIN/hallpass" serve --policy config/policy.yaml --grpc-listen 127.0.0.1:9191 --admin-listen 127.0.0.1:9192 \
   --no-cache --decision-log off --log-level warn & PIDS+=($!)
 wait_port 9291; wait_port 9292; wait_port 9191
@@ -102,8 +105,8 @@ open(p, "w").write(s)
 PY
   fi
 }
-make_cfg none none 18080; make_cfg null 9291 18090; make_cfg hallpass 9191 18100
-for n in none null hallpass; do
+make_cfg none none 18080; make_cfg null 9291 18090; make_cfg hallpass 9191 18100; make_cfg mimic 9293 18110
+for n in none null mimic hallpass; do
   port=$(grep -m1 -A2 "name: ingress" -n "$OUT/envoy/$n.yaml" >/dev/null; grep -o "port_value: 18[0-9]*" "$OUT/envoy/$n.yaml" | head -1 | cut -d' ' -f2)
   taskset -c 1 .venv/bin/envoy -c "$OUT/envoy/$n.yaml" --concurrency 1 --disable-hot-restart --base-id $((RANDOM % 1000 + 100)) -l error >/dev/null 2>&1 & PIDS+=($!)
   wait_port "$port"
@@ -143,7 +146,7 @@ PY
 : > "$OUT/envoy-rate.jsonl"
 for round in $(seq "${ROUNDS:-3}"); do
   for rate in ${E2E_RATES:-500 1000 2000}; do
-    for n in none null hallpass; do
+    for n in none null mimic hallpass; do
       port=$(grep -o "port_value: 18[0-9]*" "$OUT/envoy/$n.yaml" | head -1 | cut -d' ' -f2)
       taskset -c 0 "$BIN/loadgen" --http "127.0.0.1:$port" --request-file "$OUT/envoy/post.http" --rate "$rate" --concurrency 16 \
         --duration "$DUR" --warmup "$WARM" --label "envoy-$n#$round" | tee -a "$OUT/envoy-rate.jsonl"
@@ -158,17 +161,16 @@ for r in rows:
     label, rnd = r["label"].split("#")
     by[(label, r["target_rate"], rnd)] = r
 med = statistics.median
+names = ("none", "null", "mimic", "hallpass")
 for rate in sorted({r["target_rate"] for r in rows}):
     rounds = sorted({k[2] for k in by if k[1] == rate})
-    trip = [tuple(by[(f"envoy-{x}", rate, rnd)] for x in ("none", "null", "hallpass")) for rnd in rounds]
+    runs = [{x: by[(f"envoy-{x}", rate, rnd)] for x in names} for rnd in rounds]
     for q in ("p50_us", "p90_us", "p99_us"):
-        alone = [n[q] for n, z, h in trip]
-        add_null = [z[q] - n[q] for n, z, h in trip]
-        add_hp = [h[q] - n[q] for n, z, h in trip]
-        print(f"rate {rate:.0f}/s {q[:-3]} (median of {len(trip)} rounds): Envoy alone {med(alone):.0f} us, "
-              f"null adds {med(add_null):+.0f} us, hallpass adds {med(add_hp):+.0f} us "
-              f"(per round: {', '.join(f'{a:+.0f}/{b:+.0f}' for a, b in zip(add_null, add_hp))})")
-    errs = sum(h["errors"] + h["denied"] for n, z, h in trip) + sum(z["errors"] + z["denied"] + n["errors"] + n["denied"] for n, z, h in trip)
+        alone = med([r["none"][q] for r in runs])
+        adds = {x: [r[x][q] - r["none"][q] for r in runs] for x in names[1:]}
+        print(f"rate {rate:.0f}/s {q[:-3]} (median of {len(runs)} rounds): Envoy alone {alone:.0f} us; adds: "
+              + "; ".join(f"{x} {med(v):+.0f} us ({', '.join(f'{a:+.0f}' for a in v)})" for x, v in adds.items()))
+    errs = sum(r[x]["errors"] + r[x]["denied"] for r in runs for x in names)
     print(f"rate {rate:.0f}/s: {errs} errors or non-2xx in all rounds")
 PY
 
