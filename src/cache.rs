@@ -144,8 +144,8 @@ impl DecisionCache {
         put(&mut key, Some(req.method.as_bytes()));
         put(&mut key, Some(req.host.as_bytes()));
         put(&mut key, Some(path.as_bytes()));
-        put(&mut key, ident.agent.as_deref().map(str::as_bytes));
-        put(&mut key, ident.on_behalf_of.as_deref().map(str::as_bytes));
+        put(&mut key, ident.agent.map(str::as_bytes));
+        put(&mut key, ident.on_behalf_of.map(str::as_bytes));
         let inputs = &live.policy.inputs;
         for name in &inputs.query {
             let values = req.query.iter().filter(|(n, _)| **n == **name);

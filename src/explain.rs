@@ -4,12 +4,12 @@
 use std::fmt::Write;
 
 use crate::policy::condition::Tri;
-use crate::policy::eval::RuleTrace;
+use crate::policy::eval::{Identity, RuleTrace};
 use crate::policy::{Decision, Effect, Policy};
 use crate::response::deny_message;
 
 /// Render a decision and its rule traces as text.
-pub fn render_text(policy: &Policy, d: &Decision, traces: &[RuleTrace]) -> String {
+pub fn render_text(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> String {
     let mut out = String::new();
     let decision = if d.allowed { "allow" } else { "deny" };
     let _ = writeln!(out, "decision: {decision}");
@@ -24,8 +24,8 @@ pub fn render_text(policy: &Policy, d: &Decision, traces: &[RuleTrace]) -> Strin
     if !d.allowed || d.policy_effect == Effect::Deny {
         let _ = writeln!(out, "message: {}", deny_message(d));
     }
-    let _ = writeln!(out, "agent: {}", d.agent.as_deref().unwrap_or("-"));
-    let _ = writeln!(out, "on_behalf_of: {}", d.on_behalf_of.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "agent: {}", ident.agent.unwrap_or("-"));
+    let _ = writeln!(out, "on_behalf_of: {}", ident.on_behalf_of.unwrap_or("-"));
     if let Some(e) = d.path_error {
         let _ = writeln!(out, "path_error: {e}");
     }
@@ -59,7 +59,7 @@ pub fn render_text(policy: &Policy, d: &Decision, traces: &[RuleTrace]) -> Strin
 }
 
 /// Render a decision and its rule traces as JSON.
-pub fn render_json(d: &Decision, traces: &[RuleTrace]) -> serde_json::Value {
+pub fn render_json(d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> serde_json::Value {
     let rules: Vec<serde_json::Value> = traces
         .iter()
         .map(|t| {
@@ -79,8 +79,8 @@ pub fn render_json(d: &Decision, traces: &[RuleTrace]) -> serde_json::Value {
         "dry_run": d.dry_run,
         "dry_run_rules": d.dry_run_rules.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
         "message": if d.allowed && !d.dry_run { None } else { Some(deny_message(d)) },
-        "agent": d.agent,
-        "on_behalf_of": d.on_behalf_of,
+        "agent": ident.agent,
+        "on_behalf_of": ident.on_behalf_of,
         "rules": rules,
     })
 }

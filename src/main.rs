@@ -154,10 +154,15 @@ fn check(a: CheckArgs) -> ExitCode {
     req.agent_override = a.agent;
     req.on_behalf_of_override = a.on_behalf_of;
     let (decision, traces) = explain(&policy, &req, now);
+    // Shown as `-` where the decision did not get to identities (invalid path, ambiguous).
+    let ident = match &req.path {
+        Ok(_) => hallpass::policy::eval::resolve_identity(&policy, &req).unwrap_or_default(),
+        Err(_) => Default::default(),
+    };
     if a.json {
-        println!("{}", report::render_json(&decision, &traces));
+        println!("{}", report::render_json(&decision, ident, &traces));
     } else {
-        print!("{}", report::render_text(&policy, &decision, &traces));
+        print!("{}", report::render_text(&policy, &decision, ident, &traces));
     }
     ExitCode::SUCCESS
 }

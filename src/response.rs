@@ -16,6 +16,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use envoy_types::pb::google::rpc;
 
+use crate::policy::eval::Identity;
 use crate::policy::{Decision, RuleId};
 
 /// The upstream request header carrying the decision id on allow.
@@ -82,13 +83,13 @@ pub fn deny_message(d: &Decision) -> String {
 }
 
 /// The dynamic metadata Envoy exposes as `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`.
-pub fn metadata(d: &Decision, decision_id: &str, revision: &str) -> Struct {
+pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: &str) -> Struct {
     // Sized to what is inserted: room for 8 made a ~1 KB table, and glibc serves requests
     // that size by first consolidating its small-chunk bins (malloc_consolidate), which
     // showed up at an eighth of a whole body-less Check's time.
     let n = 4
-        + usize::from(d.agent.is_some())
-        + usize::from(d.on_behalf_of.is_some())
+        + usize::from(ident.agent.is_some())
+        + usize::from(ident.on_behalf_of.is_some())
         + usize::from(d.dry_run)
         + usize::from(!d.dry_run_rules.is_empty());
     let mut fields = HashMap::with_capacity(n);
@@ -98,10 +99,10 @@ pub fn metadata(d: &Decision, decision_id: &str, revision: &str) -> Struct {
     if !revision.is_empty() {
         fields.insert("policy_revision".to_string(), s(revision));
     }
-    if let Some(a) = &d.agent {
+    if let Some(a) = ident.agent {
         fields.insert("agent".to_string(), s(a));
     }
-    if let Some(o) = &d.on_behalf_of {
+    if let Some(o) = ident.on_behalf_of {
         fields.insert("on_behalf_of".to_string(), s(o));
     }
     if d.dry_run {
@@ -134,8 +135,14 @@ pub fn deny_body(d: &Decision, decision_id: &str) -> String {
 }
 
 /// Build the CheckResponse for a decision.
-pub fn check_response(d: &Decision, decision_id: &str, deny_status: u16, revision: &str) -> CheckResponse {
-    let dynamic_metadata = Some(metadata(d, decision_id, revision));
+pub fn check_response(
+    d: &Decision,
+    ident: Identity<'_>,
+    decision_id: &str,
+    deny_status: u16,
+    revision: &str,
+) -> CheckResponse {
+    let dynamic_metadata = Some(metadata(d, ident, decision_id, revision));
     if d.allowed {
         CheckResponse {
             status: Some(rpc::Status { code: GRPC_OK, message: String::new(), details: Vec::new() }),

@@ -20,8 +20,10 @@ use tonic_health::ServingStatus;
 
 use crate::cache::DecisionCache;
 use crate::decision_log::{DecisionLog, DecisionRecord, McpSummary, SCHEMA};
-use crate::policy::eval::{candidates_read_body, resolve_identity, valid_until};
-use crate::policy::{evaluate, Decision, Effect, Policy};
+use crate::policy::eval::{
+    candidates_read_body, evaluate_identified, resolve_identity, valid_until, AmbiguousIdentity, Identity,
+};
+use crate::policy::{Decision, Effect, Policy};
 use crate::reload::{handle_for, LivePolicy, PolicyHandle};
 use crate::request::{Parsed, PathError, Request};
 use crate::response::{check_response, deny_message, DecisionIds};
@@ -63,6 +65,10 @@ pub struct RequestSummary {
     pub mcp: Option<McpSummary>,
     /// How the body was read.
     pub body: &'static str,
+    /// The agent, when known (kept only when there is a decision log).
+    pub agent: Option<String>,
+    /// The user the agent acts for, when known (kept only when there is a decision log).
+    pub on_behalf_of: Option<String>,
 }
 
 fn mcp_summary(req: &Request) -> Option<McpSummary> {
@@ -102,6 +108,8 @@ fn summarize(req: Request, include_query: bool) -> RequestSummary {
         request_id,
         mcp,
         body,
+        agent: None,
+        on_behalf_of: None,
     }
 }
 
@@ -177,27 +185,34 @@ impl Authz {
     }
 
     /// Decide, through the cache where it applies: (decision, cache consulted, hit).
-    fn decide_request(&self, live: &LivePolicy, req: &Request, now: Timestamp) -> (Decision, bool, bool) {
+    fn decide_request(
+        &self,
+        live: &LivePolicy,
+        req: &Request,
+        ident: Result<Identity<'_>, AmbiguousIdentity>,
+        now: Timestamp,
+    ) -> (Decision, bool, bool) {
+        let evaluate = || evaluate_identified(&live.policy, req, ident, now);
         let Some(cache) = &self.cache else {
-            return (evaluate(&live.policy, req, now), false, false);
+            return (evaluate(), false, false);
         };
         // invalid_path and invalid_identity are decided before any cache. Only decisions
         // that parse a body are cached: without one, evaluating (~0.4 µs) costs less than a
         // cache lookup plus, on a miss, an insert (docs/benchmarks.md).
         let Ok(path) = &req.path else {
-            return (evaluate(&live.policy, req, now), false, false);
+            return (evaluate(), false, false);
         };
         if req.body.bytes.is_empty() || !candidates_read_body(&live.policy, path) {
-            return (evaluate(&live.policy, req, now), false, false);
+            return (evaluate(), false, false);
         }
-        let Ok(ident) = resolve_identity(&live.policy, req) else {
-            return (evaluate(&live.policy, req, now), false, false);
+        let Ok(id) = ident else {
+            return (evaluate(), false, false);
         };
-        let key = cache.key(live, req, path, &ident);
+        let key = cache.key(live, req, path, &id);
         if let Some(d) = cache.get(&key, now) {
             return (d, true, true);
         }
-        let d = evaluate(&live.policy, req, now);
+        let d = evaluate();
         cache.insert(key, &d, now, valid_until(&live.policy, req, now));
         (d, true, false)
     }
@@ -208,19 +223,38 @@ impl Authz {
         let decision_id = self.ids.next_id();
         let include_query = self.include_query;
         let empty = || RequestSummary { body: "absent", ..Default::default() };
-        let (decision, cache_used, cache_hit, summary) =
+        let deny_status = live.policy.settings.deny_status;
+        let logged = self.log.is_some();
+        let (decision, cache_used, cache_hit, summary, response) =
             catch_unwind(AssertUnwindSafe(|| match Request::from_check_request(req) {
                 Ok(mut r) => {
                     if r.body.bytes.len() > self.max_body_bytes {
                         r.body.truncated = true;
                     }
-                    let (d, used, hit) = self.decide_request(&live, &r, now);
-                    (d, used, hit, summarize(r, include_query))
+                    // Resolved once, borrowed from the request: the cache key, the decision
+                    // and Envoy's metadata all use it.
+                    let ident = resolve_identity(&live.policy, &r);
+                    let (d, used, hit) = self.decide_request(&live, &r, ident, now);
+                    // Identities are reported only where deciding got to them (not for an
+                    // invalid path or an ambiguous identity).
+                    let shown = match (&r.path, ident) {
+                        (Ok(_), Ok(i)) => i,
+                        _ => Identity::default(),
+                    };
+                    let response = check_response(&d, shown, &decision_id, deny_status, &live.revision);
+                    let owned = |v: Option<&str>| if logged { v.map(str::to_owned) } else { None };
+                    let (agent, on_behalf_of) = (owned(shown.agent), owned(shown.on_behalf_of));
+                    let mut summary = summarize(r, include_query);
+                    summary.agent = agent;
+                    summary.on_behalf_of = on_behalf_of;
+                    (d, used, hit, summary, Some(response))
                 }
-                Err(_) => (Decision::invalid_request(), false, false, empty()),
+                Err(_) => (Decision::invalid_request(), false, false, empty(), None),
             }))
-            .unwrap_or_else(|_| (Decision::internal_error(), false, false, empty()));
-        let response = check_response(&decision, &decision_id, live.policy.settings.deny_status, &live.revision);
+            .unwrap_or_else(|_| (Decision::internal_error(), false, false, empty(), None));
+        let response = response.unwrap_or_else(|| {
+            check_response(&decision, Identity::default(), &decision_id, deny_status, &live.revision)
+        });
         Checked { decision, decision_id, response, cache_hit, cache_used, revision: live.revision.clone(), summary }
     }
 
@@ -233,8 +267,8 @@ impl Authz {
             time: Timestamp::now().to_string(),
             decision_id: c.decision_id,
             request_id: c.summary.request_id,
-            agent: d.agent,
-            on_behalf_of: d.on_behalf_of,
+            agent: c.summary.agent,
+            on_behalf_of: c.summary.on_behalf_of,
             method: c.summary.method,
             host: c.summary.host,
             path: c.summary.path,

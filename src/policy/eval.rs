@@ -64,10 +64,6 @@ pub struct Decision {
     pub dry_run: bool,
     /// Deny rules in per-rule dry run that matched (their would-be denials), file order.
     pub dry_run_rules: Vec<Arc<str>>,
-    /// The caller's agent id, when known.
-    pub agent: Option<String>,
-    /// The user the agent acts for, when known.
-    pub on_behalf_of: Option<String>,
     /// Why the path was refused, for `invalid_path`.
     pub path_error: Option<PathError>,
 }
@@ -81,8 +77,6 @@ impl Decision {
             message: None,
             dry_run: false,
             dry_run_rules: Vec::new(),
-            agent: None,
-            on_behalf_of: None,
             path_error: None,
         }
     }
@@ -150,30 +144,30 @@ pub struct RuleMatch {
     pub part: Option<Part>,
 }
 
-/// Resolved identities of the caller.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
+/// Resolved identities of the caller, borrowed from the request (deciding copies nothing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Identity<'a> {
     /// Agent id.
-    pub agent: Option<String>,
+    pub agent: Option<&'a str>,
     /// On-behalf-of id.
-    pub on_behalf_of: Option<String>,
+    pub on_behalf_of: Option<&'a str>,
 }
 
 /// A header identity source carried more than one comma-separated part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AmbiguousIdentity;
 
-fn resolve_sources(sources: &[IdentitySource], req: &Request) -> Result<Option<String>, AmbiguousIdentity> {
+fn resolve_sources<'a>(sources: &[IdentitySource], req: &'a Request) -> Result<Option<&'a str>, AmbiguousIdentity> {
     for s in sources {
         match s {
             IdentitySource::Principal => {
                 if let Some(p) = &req.principal {
-                    return Ok(Some(p.clone()));
+                    return Ok(Some(p.as_str()));
                 }
             }
             IdentitySource::Jwt { provider, claim } => {
                 if let Some(v) = req.jwt_claim(provider, claim) {
-                    return Ok(Some(v.to_string()));
+                    return Ok(Some(v));
                 }
             }
             IdentitySource::Header(name) => {
@@ -183,7 +177,7 @@ fn resolve_sources(sources: &[IdentitySource], req: &Request) -> Result<Option<S
                     }
                     let v = v.trim();
                     if !v.is_empty() {
-                        return Ok(Some(v.to_string()));
+                        return Ok(Some(v));
                     }
                 }
             }
@@ -193,13 +187,13 @@ fn resolve_sources(sources: &[IdentitySource], req: &Request) -> Result<Option<S
 }
 
 /// Resolve the agent and on-behalf-of identities by the policy's sources.
-pub fn resolve_identity(policy: &Policy, req: &Request) -> Result<Identity, AmbiguousIdentity> {
+pub fn resolve_identity<'a>(policy: &Policy, req: &'a Request) -> Result<Identity<'a>, AmbiguousIdentity> {
     let agent = match &req.agent_override {
-        Some(a) => Some(a.clone()),
+        Some(a) => Some(a.as_str()),
         None => resolve_sources(&policy.identity.agent, req)?,
     };
     let on_behalf_of = match &req.on_behalf_of_override {
-        Some(o) => Some(o.clone()),
+        Some(o) => Some(o.as_str()),
         None => resolve_sources(&policy.identity.on_behalf_of, req)?,
     };
     Ok(Identity { agent, on_behalf_of })
@@ -235,7 +229,7 @@ fn is_rpc(v: &Json) -> bool {
 struct Cx<'r> {
     req: &'r Request,
     path: &'r str,
-    ident: &'r Identity,
+    ident: Identity<'r>,
     now: Timestamp,
 }
 
@@ -247,8 +241,8 @@ struct Refs<'a, 'r> {
 impl Resolve for Refs<'_, '_> {
     fn resolve(&self, r: &RefName) -> Option<RefValue<'_>> {
         match r {
-            RefName::Agent => self.cx.ident.agent.as_deref().map(RefValue::Ident),
-            RefName::OnBehalfOf => self.cx.ident.on_behalf_of.as_deref().map(RefValue::Ident),
+            RefName::Agent => self.cx.ident.agent.map(RefValue::Ident),
+            RefName::OnBehalfOf => self.cx.ident.on_behalf_of.map(RefValue::Ident),
             RefName::Capture(name) => self.caps.get(name).map(RefValue::Text),
             RefName::Header(name) => {
                 let v = self.cx.req.header(name)?;
@@ -352,7 +346,7 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
             return m;
         }
     }
-    let agent_ok = match (&rule.agents, cx.ident.agent.as_deref()) {
+    let agent_ok = match (&rule.agents, cx.ident.agent) {
         (None, _) => true,
         (Some(AgentSet::AnyIdentified), Some(_)) => true,
         (Some(AgentSet::Ids(ids)), Some(a)) => ids.contains(a),
@@ -519,6 +513,18 @@ fn body_shape<'a>(policy: &Policy, req: &'a Request, cands: Cands<'_>) -> Shape<
 
 /// Decide a request against a policy at instant `now`.
 pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
+    evaluate_identified(policy, req, resolve_identity(policy, req), now)
+}
+
+/// [`evaluate`] with the identity already resolved (by [`resolve_identity`] on the same
+/// policy and request): the service resolves it once for the cache key, the decision and
+/// Envoy's metadata.
+pub fn evaluate_identified(
+    policy: &Policy,
+    req: &Request,
+    ident: Result<Identity<'_>, AmbiguousIdentity>,
+    now: Timestamp,
+) -> Decision {
     let path = match &req.path {
         Ok(p) => p.as_str(),
         Err(e) => {
@@ -527,11 +533,11 @@ pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
             return d;
         }
     };
-    let ident = match resolve_identity(policy, req) {
+    let ident = match ident {
         Ok(i) => i,
         Err(AmbiguousIdentity) => return Decision::builtin(RuleId::InvalidIdentity),
     };
-    let cx = Cx { req, path, ident: &ident, now };
+    let cx = Cx { req, path, ident, now };
     let cands = Cands::of(policy, path);
     let outcome = match body_shape(policy, req, cands) {
         Shape::Single(view) => decide_one(policy, cands, &cx, view),
@@ -577,8 +583,6 @@ pub fn evaluate(policy: &Policy, req: &Request, now: Timestamp) -> Decision {
         message: outcome.message,
         dry_run,
         dry_run_rules: outcome.dry_run_rules,
-        agent: ident.agent,
-        on_behalf_of: ident.on_behalf_of,
         path_error: None,
     }
 }
@@ -622,7 +626,7 @@ pub fn explain(policy: &Policy, req: &Request, now: Timestamp) -> (Decision, Vec
     let (Ok(path), Ok(ident)) = (&req.path, resolve_identity(policy, req)) else {
         return (decision, traces);
     };
-    let cx = Cx { req, path, ident: &ident, now };
+    let cx = Cx { req, path, ident, now };
     let views: Vec<(Option<usize>, BodyView<'_>)> = match req.body.parsed() {
         Parsed::Unknown(_) => vec![(None, BodyView::Unknown)],
         Parsed::Form(v) => vec![(None, BodyView::Form(v))],
