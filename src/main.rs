@@ -155,7 +155,7 @@ fn check(a: CheckArgs) -> ExitCode {
     req.on_behalf_of_override = a.on_behalf_of;
     let (decision, traces) = explain(&policy, &req, now);
     // Shown as `-` where the decision did not get to identities (invalid path, ambiguous).
-    let ident = match &req.path {
+    let ident = match hallpass::policy::eval::checked_path(&policy, &req) {
         Ok(_) => hallpass::policy::eval::resolve_identity(&policy, &req).unwrap_or_default(),
         Err(_) => Default::default(),
     };

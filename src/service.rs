@@ -21,7 +21,7 @@ use tonic_health::ServingStatus;
 use crate::cache::DecisionCache;
 use crate::decision_log::{DecisionLog, DecisionRecord, McpSummary, SCHEMA};
 use crate::policy::eval::{
-    candidates_read_body, evaluate_identified, resolve_identity, valid_until, AmbiguousIdentity, Identity,
+    candidates_read_body, checked_path, evaluate_identified, resolve_identity, valid_until, AmbiguousIdentity, Identity,
 };
 use crate::policy::{Decision, Effect, Policy};
 use crate::reload::{handle_for, LivePolicy, PolicyHandle};
@@ -199,7 +199,7 @@ impl Authz {
         // invalid_path and invalid_identity are decided before any cache. Only decisions
         // that parse a body are cached: without one, evaluating (~0.4 µs) costs less than a
         // cache lookup plus, on a miss, an insert (docs/benchmarks.md).
-        let Ok(path) = &req.path else {
+        let Ok(path) = checked_path(&live.policy, req) else {
             return (evaluate(), false, false);
         };
         if req.body.bytes.is_empty() || !candidates_read_body(&live.policy, path) {
@@ -237,7 +237,7 @@ impl Authz {
                     let (d, used, hit) = self.decide_request(&live, &r, ident, now);
                     // Identities are reported only where deciding got to them (not for an
                     // invalid path or an ambiguous identity).
-                    let shown = match (&r.path, ident) {
+                    let shown = match (checked_path(&live.policy, &r), ident) {
                         (Ok(_), Ok(i)) => i,
                         _ => Identity::default(),
                     };
@@ -245,6 +245,11 @@ impl Authz {
                     let owned = |v: Option<&str>| if logged { v.map(str::to_owned) } else { None };
                     let (agent, on_behalf_of) = (owned(shown.agent), owned(shown.on_behalf_of));
                     let mut summary = summarize(r, include_query);
+                    // A path refused by the policy's reading (`;` parameters) is reported
+                    // like one refused by normalization.
+                    if summary.path_error.is_none() {
+                        summary.path_error = d.path_error;
+                    }
                     summary.agent = agent;
                     summary.on_behalf_of = on_behalf_of;
                     (d, used, hit, summary, Some(response))

@@ -29,10 +29,21 @@ pub struct Metrics {
 }
 
 /// Body outcomes, all pre-registered so dashboards see zeros.
-pub const BODY_OUTCOMES: [&str; 7] = ["json", "form", "absent", "not_read", "truncated", "other_type", "unparseable"];
+pub const BODY_OUTCOMES: [&str; 10] =
+    ["json", "form", "absent", "not_read", "truncated", "other_type", "unparseable", "charset", "encoded", "ambiguous"];
 /// `invalid_path` reasons (bounded; see `request::PathError::label`).
-pub const INVALID_PATH_REASONS: [&str; 8] =
-    ["empty", "not_absolute", "encoded_slash", "backslash", "bad_escape", "control_char", "bad_utf8", "above_root"];
+pub const INVALID_PATH_REASONS: [&str; 10] = [
+    "empty",
+    "not_absolute",
+    "encoded_slash",
+    "backslash",
+    "bad_escape",
+    "control_char",
+    "bad_utf8",
+    "above_root",
+    "semicolon",
+    "dot_segment_param",
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,7 +94,7 @@ impl Metrics {
         let bodies = IntCounterVec::new(
             Opts::new(
                 "hallpass_request_bodies_total",
-                "Checks by how the body was read: json, form, absent, not_read, truncated, other_type, unparseable.",
+                "Checks by how the body was read: json, form, absent, not_read, truncated, other_type, unparseable, charset, encoded, ambiguous.",
             ),
             &["outcome"],
         )?;

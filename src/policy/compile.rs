@@ -56,6 +56,8 @@ pub struct Settings {
     pub mode: Mode,
     /// HTTP status of a deny.
     pub deny_status: u16,
+    /// `;` in a path is an ordinary character instead of `invalid_path`.
+    pub allow_path_semicolons: bool,
 }
 
 /// Where an identity comes from.
@@ -84,11 +86,11 @@ pub struct IdentityConfig {
 }
 
 impl Default for IdentityConfig {
+    /// The agent from the mTLS principal only; no on-behalf-of source. A header is a source
+    /// only where the policy names it: a client can send any header, and only the operator
+    /// knows whether Envoy strips and sets it (policy-language.md, revised 2026-12-04).
     fn default() -> Self {
-        IdentityConfig {
-            agent: vec![IdentitySource::Principal, IdentitySource::Header("x-agent-id".into())],
-            on_behalf_of: vec![IdentitySource::Header("x-on-behalf-of".into())],
-        }
+        IdentityConfig { agent: vec![IdentitySource::Principal], on_behalf_of: Vec::new() }
     }
 }
 
@@ -197,15 +199,22 @@ pub type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
 
 /// Rules of one effect, indexed by the literal first segment of their path patterns.
 // INVARIANT: every list holds rule indexes in ascending (file) order, without duplicates.
+// INVARIANT: with `fold_case`, every key is ASCII lowercase.
 #[derive(Debug, Clone, Default)]
 pub struct RuleIndex {
     by_first: HashMap<Box<str>, Vec<u32>, FnvBuild>,
     generic: Vec<u32>,
+    fold_case: bool,
 }
 
 impl RuleIndex {
+    /// Whether keys are lowercase (the deny index: deny rules match paths in any ASCII case).
+    pub fn folds_case(&self) -> bool {
+        self.fold_case
+    }
+
     fn build(rules: &[Rule], effect: Effect) -> RuleIndex {
-        let mut idx = RuleIndex::default();
+        let mut idx = RuleIndex { fold_case: effect == Effect::Deny, ..RuleIndex::default() };
         for (i, r) in rules.iter().enumerate() {
             if r.effect != effect {
                 continue;
@@ -218,7 +227,8 @@ impl RuleIndex {
                     for p in pats {
                         match p.first_literal() {
                             Some(lit) => {
-                                let list = idx.by_first.entry(Box::from(lit)).or_default();
+                                let key = if idx.fold_case { lit.to_ascii_lowercase() } else { lit.to_string() };
+                                let list = idx.by_first.entry(Box::from(key.as_str())).or_default();
                                 if list.last() != Some(&i) {
                                     list.push(i);
                                 }
@@ -357,6 +367,11 @@ impl Inputs {
                 RefName::Agent | RefName::OnBehalfOf | RefName::Capture(_) => {}
             }
         }
+        // A `methods` test reads the method overrides too.
+        if rules.iter().any(|r| r.methods.is_some()) {
+            headers.extend(crate::request::METHOD_OVERRIDE_HEADERS.iter().map(|h| Box::from(*h)));
+            query.push(Box::from(crate::request::METHOD_OVERRIDE_PARAM));
+        }
         query.sort();
         query.dedup();
         headers.sort();
@@ -464,6 +479,7 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
             _ => Mode::Enforce,
         },
         deny_status,
+        allow_path_semicolons: def.settings.allow_path_semicolons.unwrap_or(false),
     };
 
     let identity = match &def.identity {
@@ -781,6 +797,13 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
     let mut query = Vec::new();
     if let Some(map) = &rd.query {
         for (name, v) in map {
+            if name.contains(['[', ']']) {
+                msgs.push(format!(
+                    "`query.{name}`: write the parameter's name without brackets (`{}`); its bracket forms (`a[]`, `a[0]`) are read as it",
+                    name.split('[').next().unwrap_or(name)
+                ));
+                continue;
+            }
             match op_map(v, &scope, &format!("query.{name}"), false) {
                 Ok(t) => query.push((Box::from(name.as_str()), t)),
                 Err(m) => msgs.push(m),
@@ -796,6 +819,13 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
             }
             if !valid_header_name(name) {
                 msgs.push(format!("`headers.{name}`: not an HTTP header name"));
+                continue;
+            }
+            if name == "host" {
+                msgs.push(
+                    "`headers.host`: Envoy sends the host as `:authority`, never as `host`; match it with `hosts`"
+                        .into(),
+                );
                 continue;
             }
             match op_map(v, &scope, &format!("headers.{name}"), false) {
@@ -1091,6 +1121,16 @@ fn operand(v: &Value, scope: &Scope<'_>, at: &str) -> Result<Operand, String> {
             if let RefName::Header(h) = &parsed {
                 if !valid_header_name(h) {
                     return Err(format!("`{at}`: `{h}` is not an HTTP header name"));
+                }
+                if &**h == "host" {
+                    return Err(format!(
+                        "`{at}`: Envoy sends the host as `:authority`, never as `host`; use `header.:authority` or `hosts`"
+                    ));
+                }
+            }
+            if let RefName::Query(q) = &parsed {
+                if q.contains(['[', ']']) {
+                    return Err(format!("`{at}`: write the query parameter's name without brackets"));
                 }
             }
             if let RefName::Capture(c) = &parsed {

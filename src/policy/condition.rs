@@ -11,6 +11,8 @@ use std::sync::Arc;
 use regex::Regex;
 use serde_json::Value as Json;
 
+use crate::request::body::{lookup_key, KeyLookup};
+
 /// A three-valued truth value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tri {
@@ -267,7 +269,18 @@ impl Num {
     pub fn cmp3(self, other: Num) -> Option<std::cmp::Ordering> {
         use std::cmp::Ordering;
         match (self, other) {
-            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
+            (Num::Int(a), Num::Int(b)) => {
+                let exact = a.cmp(&b);
+                // Past 2^53 a JavaScript or Go `float64` upstream reads both as the nearest
+                // f64: where that reading orders them otherwise, the order is unknown.
+                if a.unsigned_abs() > F64_EXACT || b.unsigned_abs() > F64_EXACT {
+                    let rounded = (a as f64).partial_cmp(&(b as f64));
+                    if rounded != Some(exact) {
+                        return None;
+                    }
+                }
+                Some(exact)
+            }
             (Num::Float(a), Num::Float(b)) => a.partial_cmp(&b),
             (Num::Int(a), Num::Float(b)) => int_float(a, b),
             (Num::Float(a), Num::Int(b)) => int_float(b, a).map(Ordering::reverse),
@@ -299,6 +312,9 @@ fn num_eq(a: Option<Num>, b: Option<Num>) -> Tri {
 }
 
 /// JSON equality with numbers compared by value (1 equals 1.0; large integers exactly).
+/// Values of different JSON types are neither equal nor unequal: upstreams coerce
+/// (`["admin"] == "admin"` in JavaScript, `"42"` binds to an int field in many binders), so
+/// the result is unknown.
 pub fn json_eq(a: &Json, b: &Json) -> Tri {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => num_eq(Num::from_json(x), Num::from_json(y)),
@@ -317,7 +333,10 @@ pub fn json_eq(a: &Json, b: &Json) -> Tri {
                 None => Tri::False,
             })
         }
-        _ => Tri::from_bool(a == b),
+        (Json::String(x), Json::String(y)) => Tri::from_bool(x == y),
+        (Json::Bool(x), Json::Bool(y)) => Tri::from_bool(x == y),
+        (Json::Null, Json::Null) => Tri::True,
+        _ => Tri::Unknown,
     }
 }
 
@@ -332,9 +351,11 @@ fn lookup<'a>(root: &'a Json, pointer: &[Box<str>]) -> Found<'a> {
     let mut cur = root;
     for tok in pointer {
         cur = match cur {
-            Json::Object(map) => match map.get(&**tok) {
-                Some(v) => v,
-                None => return Found::Missing,
+            Json::Object(map) => match lookup_key(map, tok) {
+                KeyLookup::Found(v) => v,
+                // Only a key equal under case folding: Go's encoding/json binds it.
+                KeyLookup::Folded => return Found::Unknown,
+                KeyLookup::Missing => return Found::Missing,
             },
             Json::Array(items) => {
                 if &**tok == "-" {
@@ -526,7 +547,9 @@ fn equals(v: Subject<'_>, o: &Operand, refs: &dyn Resolve) -> Tri {
             Subject::Text(s) => match lit {
                 Json::Number(n) => num_eq(Num::from_text(s), Num::from_json(n)),
                 Json::String(l) => Tri::from_bool(s == l),
-                _ => Tri::False,
+                // INVARIANT: the compiler refuses other literals in text tests; different
+                // types would be unknown anyway.
+                _ => Tri::Unknown,
             },
         },
         Operand::Ref(r) => {
@@ -536,7 +559,9 @@ fn equals(v: Subject<'_>, o: &Operand, refs: &dyn Resolve) -> Tri {
             match (v, rv) {
                 (Subject::Json(Json::Number(n)), RefValue::Text(t)) => num_eq(Num::from_json(n), Num::from_text(t)),
                 (Subject::Json(Json::String(s)), rv) => Tri::from_bool(s == rv.text()),
-                (Subject::Json(_), _) => Tri::False,
+                // An identity is a string; a boolean, null, array or object against a
+                // string is a comparison between types: unknown.
+                (Subject::Json(_), _) => Tri::Unknown,
                 (Subject::Text(s), rv) => Tri::from_bool(s == rv.text()),
             }
         }
@@ -618,21 +643,46 @@ mod tests {
         assert_eq!(t.eval(Subject::Text("+5000"), &NoRefs), Tri::True);
         assert_eq!(t.eval(Subject::Text("lots"), &NoRefs), Tri::Unknown);
         assert_eq!(Test::Equals(Operand::Lit(json!(1))).eval(Subject::Json(&json!(1.0)), &NoRefs), Tri::True);
-        assert_eq!(Test::Equals(Operand::Lit(json!(42))).eval(Subject::Json(&json!("42")), &NoRefs), Tri::False);
+        assert_eq!(Test::Equals(Operand::Lit(json!(42))).eval(Subject::Json(&json!("42")), &NoRefs), Tri::Unknown);
+        let admin = Test::Equals(Operand::Lit(json!("admin")));
+        assert_eq!(admin.eval(Subject::Json(&json!(["admin"])), &NoRefs), Tri::Unknown);
+        assert_eq!(admin.eval(Subject::Json(&json!(true)), &NoRefs), Tri::Unknown);
+        assert_eq!(admin.eval(Subject::Json(&json!(null)), &NoRefs), Tri::Unknown);
+        assert_eq!(admin.eval(Subject::Json(&json!("user")), &NoRefs), Tri::False);
+        let null = Test::Equals(Operand::Lit(json!(null)));
+        assert_eq!(null.eval(Subject::Json(&json!(null)), &NoRefs), Tri::True);
+        assert_eq!(null.eval(Subject::Json(&json!(0)), &NoRefs), Tri::Unknown);
+        let list = Test::NotIn(vec![Operand::Lit(json!("a")), Operand::Lit(json!("b"))]);
+        assert_eq!(list.eval(Subject::Json(&json!(["a"])), &NoRefs), Tri::Unknown);
+        assert_eq!(list.eval(Subject::Json(&json!("c")), &NoRefs), Tri::True);
+        assert_eq!(
+            Test::Equals(Operand::Lit(json!([1, "x"]))).eval(Subject::Json(&json!([1.0, "x"])), &NoRefs),
+            Tri::True
+        );
+        assert_eq!(Test::Equals(Operand::Lit(json!([1]))).eval(Subject::Json(&json!(["1"])), &NoRefs), Tri::Unknown);
     }
 
     #[test]
     fn large_integers_compare_exactly() {
         let id = Test::In(vec![Operand::Lit(json!(1234567890123456789u64))]);
-        assert_eq!(id.eval(Subject::Text("1234567890123456790"), &NoRefs), Tri::False);
+        // Different integers never compare equal; but these two are one f64 to a JavaScript
+        // upstream, so they are not unequal either: unknown.
+        assert_eq!(id.eval(Subject::Text("1234567890123456790"), &NoRefs), Tri::Unknown);
         assert_eq!(id.eval(Subject::Text("1234567890123456789"), &NoRefs), Tri::True);
         assert_eq!(id.eval(Subject::Text("+01234567890123456789"), &NoRefs), Tri::True);
-        assert_eq!(id.eval(Subject::Json(&json!(1234567890123456790u64)), &NoRefs), Tri::False);
+        assert_eq!(id.eval(Subject::Json(&json!(1234567890123456790u64)), &NoRefs), Tri::Unknown);
+        assert_eq!(id.eval(Subject::Json(&json!(1234567890123457000u64)), &NoRefs), Tri::False);
         // A float that the large id rounds to: cannot tell.
         assert_eq!(id.eval(Subject::Text("1.2345678901234568e18"), &NoRefs), Tri::Unknown);
         let gt = Test::Gt(Operand::Lit(json!(9007199254740993u64)));
         assert_eq!(gt.eval(Subject::Text("9007199254740994"), &NoRefs), Tri::True);
         assert_eq!(gt.eval(Subject::Text("9007199254740993"), &NoRefs), Tri::False);
+        assert_eq!(gt.eval(Subject::Text("9007199254740996"), &NoRefs), Tri::True);
+        // Equal once read as f64 (as JavaScript and Go's float64 read them): unknown.
+        let eq = Test::Equals(Operand::Lit(json!(9007199254740992u64)));
+        assert_eq!(eq.eval(Subject::Json(&json!(9007199254740993u64)), &NoRefs), Tri::Unknown);
+        assert_eq!(eq.eval(Subject::Json(&json!(9007199254740992u64)), &NoRefs), Tri::True);
+        assert_eq!(eq.eval(Subject::Json(&json!(9007199254740994u64)), &NoRefs), Tri::False);
         assert_eq!(Test::Equals(Operand::Lit(json!(2))).eval(Subject::Text("2.0"), &NoRefs), Tri::True);
     }
 
@@ -656,5 +706,8 @@ mod tests {
         assert_eq!(f(&["a", "01"], Test::Exists(true)), Tri::Unknown);
         assert_eq!(f(&["s", "x"], Test::Exists(false)), Tri::Unknown);
         assert_eq!(f(&["nope"], Test::NotIn(vec![Operand::Lit(json!(1))])), Tri::False);
+        // Only a key equal under case folding: unknown (Go binds it), not missing.
+        assert_eq!(f(&["S"], Test::Exists(false)), Tri::Unknown);
+        assert_eq!(f(&["\u{17f}"], Test::Exists(true)), Tri::Unknown);
     }
 }

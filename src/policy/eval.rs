@@ -14,7 +14,8 @@ use serde_json::Value as Json;
 use super::compile::{AgentSet, Candidates, Effect, IdentitySource, McpMatch, Mode, Policy, Rule};
 use super::condition::{Doc, RefName, RefValue, Resolve, Subject, Tri};
 use super::pattern::Captures;
-use crate::request::{Parsed, PathError, Request};
+use crate::request::body::{lookup_key, KeyLookup};
+use crate::request::{path, Parsed, PathError, Request};
 
 /// The id of the rule (or built-in reason) that decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,8 +187,22 @@ fn resolve_sources<'a>(sources: &[IdentitySource], req: &'a Request) -> Result<O
     Ok(None)
 }
 
+/// Whether a header the policy takes an identity from also arrives under another spelling
+/// (`x_on_behalf_of` for `x-on-behalf-of`): CGI/WSGI upstreams read both as one variable, so
+/// which one the upstream acts on is anyone's guess.
+fn identity_header_spoofed(policy: &Policy, req: &Request) -> bool {
+    req.underscore_headers
+        && policy.identity.agent.iter().chain(&policy.identity.on_behalf_of).any(|s| match s {
+            IdentitySource::Header(name) => req.header_has_variant(name),
+            _ => false,
+        })
+}
+
 /// Resolve the agent and on-behalf-of identities by the policy's sources.
 pub fn resolve_identity<'a>(policy: &Policy, req: &'a Request) -> Result<Identity<'a>, AmbiguousIdentity> {
+    if identity_header_spoofed(policy, req) {
+        return Err(AmbiguousIdentity);
+    }
     let agent = match &req.agent_override {
         Some(a) => Some(a.as_str()),
         None => resolve_sources(&policy.identity.agent, req)?,
@@ -221,8 +236,25 @@ impl<'a> BodyView<'a> {
     }
 }
 
-fn is_rpc(v: &Json) -> bool {
-    v.as_object().and_then(|o| o.get("jsonrpc")).is_some_and(|j| j == "2.0")
+/// Whether a JSON value is a JSON-RPC call, in every upstream's reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rpc {
+    /// An object with `"jsonrpc": "2.0"`.
+    Yes,
+    /// Not an object, or an object without a `jsonrpc` member.
+    No,
+    /// An object whose `jsonrpc` member is only there under case folding (Go binds
+    /// `"JSONRPC"`).
+    Unknown,
+}
+
+fn rpc_kind(v: &Json) -> Rpc {
+    let Json::Object(o) = v else { return Rpc::No };
+    match lookup_key(o, "jsonrpc") {
+        KeyLookup::Found(Json::String(s)) if s == "2.0" => Rpc::Yes,
+        KeyLookup::Found(_) | KeyLookup::Missing => Rpc::No,
+        KeyLookup::Folded => Rpc::Unknown,
+    }
 }
 
 /// The evaluation context of one request.
@@ -245,16 +277,19 @@ impl Resolve for Refs<'_, '_> {
             RefName::OnBehalfOf => self.cx.ident.on_behalf_of.map(RefValue::Ident),
             RefName::Capture(name) => self.caps.get(name).map(RefValue::Text),
             RefName::Header(name) => {
-                let v = self.cx.req.header(name)?;
-                if v.contains(',') {
-                    return None;
+                let mut it = self.cx.req.header_values(name);
+                match (it.next(), it.next()) {
+                    (Some(v), None) if !v.contains(',') => Some(RefValue::Text(v.trim())),
+                    _ => None,
                 }
-                Some(RefValue::Text(v.trim()))
             }
             RefName::Query(name) => {
-                let mut it = self.cx.req.query.iter().filter(|(n, _)| **n == **name);
+                if self.cx.req.query_overflow {
+                    return None;
+                }
+                let mut it = self.cx.req.query_values(name);
                 match (it.next(), it.next()) {
-                    (Some((_, v)), None) => Some(RefValue::Text(v)),
+                    (Some(v), None) if !v.contains(',') => Some(RefValue::Text(v)),
                     _ => None,
                 }
             }
@@ -281,34 +316,50 @@ fn fold(acc: &mut RuleMatch, part: Part, r: Tri) -> bool {
     }
 }
 
+/// A member of a JSON-RPC object as a test sees it: exact key, else unknown when only a
+/// case-folded key exists.
+fn rpc_member<'a>(o: &'a serde_json::Map<String, Json>, key: &str) -> Result<Option<&'a Json>, ()> {
+    match lookup_key(o, key) {
+        KeyLookup::Found(v) => Ok(Some(v)),
+        KeyLookup::Missing => Ok(None),
+        KeyLookup::Folded => Err(()),
+    }
+}
+
 fn match_mcp(m: &McpMatch, body: BodyView<'_>, refs: &dyn Resolve) -> Tri {
     let call = match body {
         BodyView::Unknown | BodyView::MixedRpcArray(_) => return Tri::Unknown,
         BodyView::Form(_) => return Tri::False,
-        BodyView::Json(v) if is_rpc(v) => v,
-        BodyView::Json(_) => return Tri::False,
+        BodyView::Json(v) => match (rpc_kind(v), v) {
+            (Rpc::Yes, Json::Object(o)) => o,
+            (Rpc::Unknown, _) => return Tri::Unknown,
+            _ => return Tri::False,
+        },
     };
     let mut acc = Tri::True;
     if let Some(methods) = &m.methods {
-        acc = acc.and(match call.get("method") {
-            None => Tri::False,
-            Some(Json::String(s)) => Tri::from_bool(methods.iter().any(|x| **x == **s)),
-            Some(_) => Tri::Unknown,
+        acc = acc.and(match rpc_member(call, "method") {
+            Err(()) => Tri::Unknown,
+            Ok(None) => Tri::False,
+            Ok(Some(Json::String(s))) => Tri::from_bool(methods.iter().any(|x| **x == **s)),
+            Ok(Some(_)) => Tri::Unknown,
         });
         if acc == Tri::False {
             return acc;
         }
     }
-    let params = call.get("params");
+    let params = rpc_member(call, "params");
     if let Some(tools) = &m.tools {
         acc = acc.and(match params {
-            None => Tri::False,
-            Some(Json::Object(p)) => match p.get("name") {
-                None => Tri::False,
-                Some(Json::String(s)) => Tri::from_bool(tools.iter().any(|x| **x == **s)),
-                Some(_) => Tri::Unknown,
+            Err(()) => Tri::Unknown,
+            Ok(None) => Tri::False,
+            Ok(Some(Json::Object(p))) => match rpc_member(p, "name") {
+                Err(()) => Tri::Unknown,
+                Ok(None) => Tri::False,
+                Ok(Some(Json::String(s))) => Tri::from_bool(tools.iter().any(|x| **x == **s)),
+                Ok(Some(_)) => Tri::Unknown,
             },
-            Some(_) => Tri::Unknown,
+            Ok(Some(_)) => Tri::Unknown,
         });
         if acc == Tri::False {
             return acc;
@@ -316,16 +367,54 @@ fn match_mcp(m: &McpMatch, body: BodyView<'_>, refs: &dyn Resolve) -> Tri {
     }
     if let Some(cond) = &m.arguments {
         let doc = match params {
-            None => Doc::Missing,
-            Some(Json::Object(p)) => match p.get("arguments") {
-                Some(a) => Doc::Value(a),
-                None => Doc::Missing,
+            Err(()) => Doc::Unknown,
+            Ok(None) => Doc::Missing,
+            Ok(Some(Json::Object(p))) => match rpc_member(p, "arguments") {
+                Ok(Some(a)) => Doc::Value(a),
+                Ok(None) => Doc::Missing,
+                Err(()) => Doc::Unknown,
             },
-            Some(_) => Doc::Unknown,
+            Ok(Some(_)) => Doc::Unknown,
         };
         acc = acc.and(cond.eval(doc, refs));
     }
     acc
+}
+
+/// A `methods` test over every reading of the method (policy-language.md "Method"): the
+/// method as sent, its ASCII uppercase, and each method override. True when every reading
+/// is in the list, false when none is, unknown otherwise.
+fn match_methods(methods: &[Box<str>], req: &Request) -> Tri {
+    let m = req.method.as_str();
+    let sent_in = methods.iter().any(|x| **x == *m);
+    if !req.method_override && !m.bytes().any(|b| b.is_ascii_lowercase()) {
+        // One reading (the common case).
+        return Tri::from_bool(sent_in);
+    }
+    // Policy methods are uppercase: the uppercase reading is in the list iff a method
+    // equals it ignoring ASCII case.
+    let upper_in = methods.iter().any(|x| x.eq_ignore_ascii_case(m));
+    let mut any_in = sent_in || upper_in;
+    let mut any_out = !sent_in || !upper_in;
+    let known = req.method_overrides(|v| {
+        if methods.iter().any(|x| x.eq_ignore_ascii_case(v)) {
+            any_in = true;
+        } else {
+            any_out = true;
+        }
+    });
+    match (known, any_in, any_out) {
+        (false, _, _) | (true, true, true) => Tri::Unknown,
+        (true, true, false) => Tri::True,
+        (true, false, _) => Tri::False,
+    }
+}
+
+/// A query value's readings: the value whole and, when it has commas, each part (trimmed;
+/// empty parts skipped): `?fields=name,ssn` is also `name` and `ssn` to upstreams that split.
+fn with_parts(v: &str) -> impl Iterator<Item = &str> + Clone {
+    let parts = v.contains(',').then(|| v.split(',').map(str::trim).filter(|p| !p.is_empty())).into_iter().flatten();
+    std::iter::once(v).chain(parts)
 }
 
 /// Match one rule. Cheap parts first; stops at the first false part.
@@ -333,8 +422,7 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
     let mut m = RuleMatch { result: Tri::True, part: None };
     let req = cx.req;
     if let Some(methods) = &rule.methods {
-        if !methods.iter().any(|x| **x == *req.method) {
-            fold(&mut m, Part::Methods, Tri::False);
+        if !fold(&mut m, Part::Methods, match_methods(methods, req)) {
             return m;
         }
     }
@@ -358,7 +446,15 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
     }
     let mut caps = Captures::new();
     if let Some(paths) = &rule.paths {
-        if !paths.iter().any(|p| p.matches(cx.path, &mut caps)) {
+        // Deny rules also match a path that differs only in ASCII case or by one trailing
+        // slash (Express, ASP.NET and older Spring route `/MCP` and `/mcp/` to `/mcp`).
+        let loose = rule.effect == Effect::Deny;
+        let hit = if loose {
+            paths.iter().any(|p| p.matches_loose(cx.path, &mut caps))
+        } else {
+            paths.iter().any(|p| p.matches(cx.path, &mut caps))
+        };
+        if !hit {
             fold(&mut m, Part::Paths, Tri::False);
             return m;
         }
@@ -380,17 +476,19 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
         }
     }
     for (name, test) in &rule.query {
-        let values = req.query.iter().filter(|(n, _)| **n == **name).map(|(_, v)| v.as_str());
-        if !fold(&mut m, Part::Query, test.eval_values(values, &refs)) {
+        let r = if req.query_overflow {
+            // More parameters than `qs` reads: it may never see the one tested here.
+            Tri::Unknown
+        } else {
+            test.eval_values(req.query_values(name).flat_map(with_parts), &refs)
+        };
+        if !fold(&mut m, Part::Query, r) {
             return m;
         }
     }
     for (name, test) in &rule.headers {
-        let r = match req.header(name) {
-            Some(v) => test.eval_values(v.split(',').map(str::trim), &refs),
-            None => test.on_missing(&refs),
-        };
-        if !fold(&mut m, Part::Headers, r) {
+        let values = req.header_values(name).flat_map(|v| v.split(',').map(str::trim));
+        if !fold(&mut m, Part::Headers, test.eval_values(values, &refs)) {
             return m;
         }
     }
@@ -437,7 +535,30 @@ struct Cands<'a> {
 impl<'a> Cands<'a> {
     fn of(policy: &'a Policy, path: &str) -> Cands<'a> {
         let first = first_segment(path);
-        Cands { deny: policy.deny_index.candidates(first), allow: policy.allow_index.candidates(first) }
+        Cands { deny: policy.deny_index.candidates_for(first), allow: policy.allow_index.candidates_for(first) }
+    }
+}
+
+/// The deny index is keyed on lowercase first segments (deny rules match paths in any ASCII
+/// case): `candidates` of it lowercases the request's first segment, on the stack.
+impl super::compile::RuleIndex {
+    /// Candidates for a first path segment (lowercased when the index folds case).
+    pub fn candidates_for<'a>(&'a self, first: &str) -> Candidates<'a> {
+        if !self.folds_case() || !first.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.candidates(first);
+        }
+        let mut buf = [0u8; 64];
+        match buf.get_mut(..first.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(first.as_bytes());
+                dst.make_ascii_lowercase();
+                match std::str::from_utf8(dst) {
+                    Ok(lower) => self.candidates(lower),
+                    Err(_) => self.candidates(&first.to_ascii_lowercase()),
+                }
+            }
+            None => self.candidates(&first.to_ascii_lowercase()),
+        }
     }
 }
 
@@ -495,20 +616,48 @@ fn body_shape<'a>(policy: &Policy, req: &'a Request, cands: Cands<'_>) -> Shape<
         // No candidate reads the body: every element of a batch would be decided alike.
         return Shape::Single(BodyView::Unknown);
     }
-    match req.body.parsed() {
+    shape(req.body.parsed())
+}
+
+/// How a parsed body is decided: whole, or element by element (a batch).
+fn shape(parsed: &Parsed) -> Shape<'_> {
+    match parsed {
         Parsed::Unknown(_) => Shape::Single(BodyView::Unknown),
         Parsed::Form(v) => Shape::Single(BodyView::Form(v)),
         Parsed::Json(v) => match v {
-            // A batch longer than any real client sends would cost elements x rules to
-            // decide: it is unknown instead (deny rules that read the body match it).
-            Json::Array(items) if items.len() > MAX_BATCH && items.iter().any(is_rpc) => {
-                Shape::Single(BodyView::Unknown)
+            Json::Array(items) => {
+                let (mut yes, mut maybe) = (0usize, false);
+                for item in items {
+                    match rpc_kind(item) {
+                        Rpc::Yes => yes += 1,
+                        Rpc::Unknown => maybe = true,
+                        Rpc::No => {}
+                    }
+                }
+                if yes == 0 && !maybe {
+                    Shape::Single(BodyView::Json(v))
+                } else if items.len() > MAX_BATCH {
+                    // A batch longer than any real client sends would cost elements x rules
+                    // to decide: it is unknown instead (deny rules that read the body match).
+                    Shape::Single(BodyView::Unknown)
+                } else if yes == items.len() {
+                    Shape::Batch(items)
+                } else {
+                    // Some elements are (or may be) calls an upstream runs: `mcp` is unknown.
+                    Shape::Single(BodyView::MixedRpcArray(v))
+                }
             }
-            Json::Array(items) if !items.is_empty() && items.iter().all(is_rpc) => Shape::Batch(items),
-            Json::Array(items) if items.iter().any(is_rpc) => Shape::Single(BodyView::MixedRpcArray(v)),
             _ => Shape::Single(BodyView::Json(v)),
         },
     }
+}
+
+/// The normalized path, or why it is `invalid_path` under this policy (normalization, then
+/// `;` path parameters unless `settings.allow_path_semicolons`).
+pub fn checked_path<'r>(policy: &Policy, req: &'r Request) -> Result<&'r str, PathError> {
+    let p = req.path.as_deref().map_err(|e| *e)?;
+    path::check_semicolons(p, policy.settings.allow_path_semicolons)?;
+    Ok(p)
 }
 
 /// Decide a request against a policy at instant `now`.
@@ -525,11 +674,11 @@ pub fn evaluate_identified(
     ident: Result<Identity<'_>, AmbiguousIdentity>,
     now: Timestamp,
 ) -> Decision {
-    let path = match &req.path {
-        Ok(p) => p.as_str(),
+    let path = match checked_path(policy, req) {
+        Ok(p) => p,
         Err(e) => {
             let mut d = Decision::builtin(RuleId::InvalidPath);
-            d.path_error = Some(*e);
+            d.path_error = Some(e);
             return d;
         }
     };
@@ -597,8 +746,8 @@ pub fn valid_until(policy: &Policy, req: &Request, now: Timestamp) -> Option<Tim
     };
     policy
         .deny_index
-        .candidates(first)
-        .chain(policy.allow_index.candidates(first))
+        .candidates_for(first)
+        .chain(policy.allow_index.candidates_for(first))
         .filter_map(|i| policy.rules.get(i)?.when.as_ref()?.next_change(now))
         .min()
 }
@@ -623,20 +772,15 @@ pub struct RuleTrace {
 pub fn explain(policy: &Policy, req: &Request, now: Timestamp) -> (Decision, Vec<RuleTrace>) {
     let decision = evaluate(policy, req, now);
     let mut traces = Vec::new();
-    let (Ok(path), Ok(ident)) = (&req.path, resolve_identity(policy, req)) else {
+    let (Ok(path), Ok(ident)) = (checked_path(policy, req), resolve_identity(policy, req)) else {
         return (decision, traces);
     };
     let cx = Cx { req, path, ident, now };
-    let views: Vec<(Option<usize>, BodyView<'_>)> = match req.body.parsed() {
-        Parsed::Unknown(_) => vec![(None, BodyView::Unknown)],
-        Parsed::Form(v) => vec![(None, BodyView::Form(v))],
-        Parsed::Json(v) => match v {
-            Json::Array(items) if !items.is_empty() && items.iter().all(is_rpc) => {
-                items.iter().enumerate().map(|(i, e)| (Some(i), BodyView::Json(e))).collect()
-            }
-            Json::Array(items) if items.iter().any(is_rpc) => vec![(None, BodyView::MixedRpcArray(v))],
-            _ => vec![(None, BodyView::Json(v))],
-        },
+    // The same shapes as `evaluate` (batch limit included), so a trace never contradicts
+    // the decision it explains.
+    let views: Vec<(Option<usize>, BodyView<'_>)> = match shape(req.body.parsed()) {
+        Shape::Single(view) => vec![(None, view)],
+        Shape::Batch(items) => items.iter().enumerate().map(|(i, e)| (Some(i), BodyView::Json(e))).collect(),
     };
     for (element, view) in views {
         for rule in &policy.rules {

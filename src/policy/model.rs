@@ -41,6 +41,9 @@ pub struct SettingsDef {
     /// HTTP status of a deny.
     #[serde(default)]
     pub deny_status: Option<u16>,
+    /// `;` in a path is an ordinary character (default false: `invalid_path`).
+    #[serde(default)]
+    pub allow_path_semicolons: Option<bool>,
 }
 
 /// allow | deny.

@@ -23,6 +23,9 @@ pub struct PathPattern {
     head: Vec<Seg>,
     globstar: bool,
     tail: Vec<Seg>,
+    /// The pattern ends with a written trailing slash (a last empty literal) and is not the
+    /// root `/`: the loose match drops it.
+    trailing_slash: bool,
 }
 
 /// Most captures one pattern may have (a load error beyond).
@@ -151,7 +154,9 @@ impl PathPattern {
                 head.push(seg);
             }
         }
-        Ok(PathPattern { source: Box::from(src), head, globstar, tail })
+        let ends_empty = if globstar { tail.last() } else { head.last() } == Some(&Seg::Literal(Box::from("")));
+        let trailing_slash = ends_empty && (globstar || head.len() > 1);
+        Ok(PathPattern { source: Box::from(src), head, globstar, tail, trailing_slash })
     }
 
     /// The pattern as written.
@@ -181,17 +186,52 @@ impl PathPattern {
             return false;
         };
         let start = caps.len;
-        let ok = self.match_rest(rest, caps);
+        let ok = self.match_rest(&self.head, &self.tail, rest, false, caps);
         if !ok {
             caps.len = start;
         }
         ok
     }
 
-    fn match_rest<'a>(&'a self, rest: &'a str, caps: &mut Captures<'a>) -> bool {
+    /// The match deny rules use (policy-language.md "Path case and trailing slash"): also
+    /// a path that differs only in ASCII case or by one trailing slash. Literals compare
+    /// ignoring ASCII case, and a trailing slash of the pattern and of the path are both
+    /// dropped before matching. Captures are taken from the path as sent. Every path
+    /// [`Self::matches`] matches, this matches too.
+    pub fn matches_loose<'a>(&'a self, path: &'a str, caps: &mut Captures<'a>) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let rest = if rest.is_empty() { rest } else { rest.strip_suffix('/').unwrap_or(rest) };
+        let (head, tail) = match (self.trailing_slash, self.globstar) {
+            (false, _) => (&self.head[..], &self.tail[..]),
+            (true, false) => (self.head.split_last().map_or(&[][..], |(_, h)| h), &self.tail[..]),
+            (true, true) => (&self.head[..], self.tail.split_last().map_or(&[][..], |(_, t)| t)),
+        };
+        let start = caps.len;
+        let ok = self.match_rest(head, tail, rest, true, caps);
+        if !ok {
+            caps.len = start;
+        }
+        ok
+    }
+
+    fn match_rest<'a>(
+        &self,
+        head: &'a [Seg],
+        tail: &'a [Seg],
+        rest: &'a str,
+        fold: bool,
+        caps: &mut Captures<'a>,
+    ) -> bool {
         // `left` is what is still unmatched; None once every segment is consumed.
         let mut left: Option<&'a str> = Some(rest);
-        for seg in &self.head {
+        if head.is_empty() && !self.globstar {
+            // Only the loose form of `/`-ended root-like patterns gets here: nothing left
+            // to match but the empty path.
+            return rest.is_empty();
+        }
+        for seg in head {
             let Some(r) = left else { return false };
             let s = match r.split_once('/') {
                 Some((s, more)) => {
@@ -203,7 +243,7 @@ impl PathPattern {
                     r
                 }
             };
-            if !seg_matches(seg, s, caps) {
+            if !seg_matches(seg, s, fold, caps) {
                 return false;
             }
         }
@@ -212,14 +252,14 @@ impl PathPattern {
         }
         // `**` takes zero or more of the remaining segments; the tail must match the last
         // `tail.len()` of them exactly (taken from the right, so no allocation).
-        if self.tail.is_empty() {
+        if tail.is_empty() {
             return true;
         }
         let Some(r) = left else { return false };
         let mut from_right = r.rsplit('/');
-        for seg in self.tail.iter().rev() {
+        for seg in tail.iter().rev() {
             match from_right.next() {
-                Some(s) if seg_matches(seg, s, caps) => {}
+                Some(s) if seg_matches(seg, s, fold, caps) => {}
                 _ => return false,
             }
         }
@@ -227,8 +267,9 @@ impl PathPattern {
     }
 }
 
-fn seg_matches<'a>(seg: &'a Seg, s: &'a str, caps: &mut Captures<'a>) -> bool {
+fn seg_matches<'a>(seg: &'a Seg, s: &'a str, fold: bool, caps: &mut Captures<'a>) -> bool {
     match seg {
+        Seg::Literal(l) if fold => l.eq_ignore_ascii_case(s),
         Seg::Literal(l) => **l == *s,
         Seg::Star => !s.is_empty(),
         Seg::Capture(name) => {
@@ -274,6 +315,52 @@ mod tests {
         assert!(!m("/a/**/z", "/z"));
         assert!(m("/", "/"));
         assert!(!m("/", "/a"));
+    }
+
+    fn loose(p: &str, path: &str) -> bool {
+        let pat = PathPattern::parse(p).unwrap_or_else(|e| unreachable!("{e}"));
+        let mut caps = Captures::new();
+        pat.matches_loose(path, &mut caps)
+    }
+
+    #[test]
+    fn loose_matching_for_deny_rules() {
+        for (p, path) in [
+            ("/mcp", "/mcp"),
+            ("/mcp", "/mcp/"),
+            ("/mcp", "/MCP"),
+            ("/mcp", "/Mcp/"),
+            ("/mcp/", "/mcp"),
+            ("/a/b/", "/A/b/"),
+            ("/a/*", "/a/x/"),
+            ("/a/{id}/x", "/A/7/X/"),
+            ("/a/**", "/A"),
+            ("/**/end", "/x/END/"),
+            ("/", "/"),
+            ("/**/", "/x"),
+        ] {
+            assert!(loose(p, path), "{p} should loosely match {path}");
+        }
+        for (p, path) in
+            [("/mcp", "/mcp//"), ("/mcp", "/mcpx"), ("/mcp", "/mc"), ("/", "/a"), ("/a/*", "/a/"), ("/a/b", "/a/b/c")]
+        {
+            assert!(!loose(p, path), "{p} should not loosely match {path}");
+        }
+        // Captures come from the path as sent.
+        let pat = PathPattern::parse("/Users/{u}").unwrap_or_else(|e| unreachable!("{e}"));
+        let mut caps = Captures::new();
+        assert!(pat.matches_loose("/users/Alice/", &mut caps));
+        assert_eq!(caps.get("u"), Some("Alice"));
+        // Loose matching only widens: every exact match is a loose match.
+        let pats = ["/", "/a", "/a/", "/a/b", "/a/*", "/a/**", "/**", "/**/", "/**/b", "/a/**/b/", "/{x}/b/", "/a/{x}"];
+        let paths = ["/", "/a", "/a/", "/a/b", "/a/b/", "/a/b/c", "/b/", "/x/b", "/A/b/", "/a//"];
+        for p in pats {
+            for path in paths {
+                if m(p, path) {
+                    assert!(loose(p, path), "{p} matches {path} exactly but not loosely");
+                }
+            }
+        }
     }
 
     #[test]

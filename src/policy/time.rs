@@ -181,20 +181,27 @@ impl TimeWindow {
             return true;
         }
         let local = self.tz.to_datetime(now);
-        if let Some(days) = self.days {
-            if days & weekday_bit(local.weekday()) == 0 {
+        let minute = local.hour() as u16 * 60 + local.minute() as u16;
+        // The local date the current stretch of hours started on: a window that wraps
+        // midnight belongs to the day it starts (`fri 22:00-06:00` holds until Sat 06:00).
+        let mut day = local.weekday();
+        if let Some((start, end)) = self.hours {
+            let inside = if start < end {
+                minute >= start && minute < end
+            } else if minute >= start {
+                true
+            } else if minute < end {
+                day = day.previous();
+                true
+            } else {
+                false
+            };
+            if !inside {
                 return false;
             }
         }
-        if let Some((start, end)) = self.hours {
-            let minute = local.hour() as u16 * 60 + local.minute() as u16;
-            let inside = if start < end {
-                minute >= start && minute < end
-            } else {
-                // Wraps midnight: 22:00-06:00.
-                minute >= start || minute < end
-            };
-            if !inside {
+        if let Some(days) = self.days {
+            if days & weekday_bit(day) == 0 {
                 return false;
             }
         }
@@ -233,11 +240,21 @@ mod tests {
 
     #[test]
     fn wrapping_hours_and_days() {
+        // 2026-11-23 is a Monday. A window that wraps belongs to the day it starts on.
         let w = window(Some(&["mon"]), Some("22:00-06:00"), None);
         assert!(w.contains(ts("2026-11-23T23:00:00Z")));
-        assert!(w.contains(ts("2026-11-23T05:59:00Z")));
-        assert!(!w.contains(ts("2026-11-23T06:00:00Z")));
-        assert!(!w.contains(ts("2026-11-24T01:00:00Z")), "tuesday local");
+        assert!(w.contains(ts("2026-11-24T01:00:00Z")), "Tuesday 01:00 belongs to Monday's night");
+        assert!(w.contains(ts("2026-11-24T05:59:00Z")));
+        assert!(!w.contains(ts("2026-11-24T06:00:00Z")));
+        assert!(!w.contains(ts("2026-11-23T05:59:00Z")), "Monday 05:59 belongs to Sunday's night");
+        assert!(!w.contains(ts("2026-11-24T22:00:00Z")), "Tuesday's night");
+        let fri = window(Some(&["fri"]), Some("22:00-06:00"), Some("Europe/Berlin"));
+        // Friday 2026-11-27 22:00 Berlin = 21:00Z; Saturday 06:00 Berlin = 05:00Z.
+        assert!(!fri.contains(ts("2026-11-27T20:59:00Z")));
+        assert!(fri.contains(ts("2026-11-27T21:00:00Z")));
+        assert!(fri.contains(ts("2026-11-28T04:59:00Z")));
+        assert!(!fri.contains(ts("2026-11-28T05:00:00Z")));
+        assert!(!fri.contains(ts("2026-11-27T04:00:00Z")), "Friday early morning is Thursday's night");
         let end24 = window(None, Some("18:00-24:00"), None);
         assert!(end24.contains(ts("2026-11-23T23:59:59Z")));
     }

@@ -2,9 +2,12 @@
 //!
 //! A body is parsed at most once per request and only when a candidate rule reads it. What
 //! cannot be read with certainty (absent, truncated by Envoy, another content type,
-//! unparseable) is [`Parsed::Unknown`]: allow rules that read it do not match, deny rules do.
+//! unparseable, or readable by an upstream as another document: a foreign charset, a
+//! content-encoding, a form that is JSON) is [`Parsed::Unknown`]: allow rules that read it do
+//! not match, deny rules do.
 
 use std::cell::OnceCell;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -21,7 +24,19 @@ pub enum UnknownBody {
     OtherType,
     /// Declared JSON or form but did not parse strictly.
     Unparseable,
+    /// The content type names a charset other than UTF-8: an upstream may decode UTF-7 or
+    /// UTF-16 into another document.
+    Charset,
+    /// A `content-encoding` other than `identity`: the upstream inflates what hallpass sees
+    /// compressed.
+    Encoded,
+    /// Upstreams read it as another document: a form body that is JSON, a form with more
+    /// than [`MAX_FORM_FIELDS`] fields, or bracketed field names (`a[]`, `user[name]`).
+    Ambiguous,
 }
+
+/// The most form fields read (the `qs` parser's `parameterLimit` drops the rest).
+pub const MAX_FORM_FIELDS: usize = 1000;
 
 /// The parsed body.
 #[derive(Debug, Clone)]
@@ -41,14 +56,36 @@ pub struct Body {
     pub bytes: Vec<u8>,
     /// The media type (lowercase, parameters removed), if a content-type header was sent.
     pub media_type: Option<String>,
+    /// The content type names a `charset` other than `utf-8` / `utf8`.
+    pub foreign_charset: bool,
+    /// A `content-encoding` other than `identity` was sent.
+    pub encoded: bool,
     /// Envoy said the body was truncated.
     pub truncated: bool,
     parsed: OnceCell<Parsed>,
 }
 
+/// Whether a content type's parameters name a charset other than UTF-8 (any case, quoted
+/// or not; `utf8` too). A parameter list that cannot be read is foreign as well.
+pub fn foreign_charset(content_type: &str) -> bool {
+    content_type.split(';').skip(1).any(|param| {
+        let Some((name, value)) = param.split_once('=') else {
+            // `charset` without a value is not UTF-8 for sure.
+            return param.trim().eq_ignore_ascii_case("charset");
+        };
+        if !name.trim().eq_ignore_ascii_case("charset") {
+            return false;
+        }
+        let v = value.trim();
+        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v).trim();
+        !(v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8"))
+    })
+}
+
 impl Body {
-    /// A body from its parts.
-    pub fn new(bytes: Vec<u8>, content_type: Option<&str>, truncated: bool) -> Body {
+    /// A body from its parts: the bytes, the `content-type` and `content-encoding` header
+    /// values (as Envoy joined them), and Envoy's truncation flag.
+    pub fn new(bytes: Vec<u8>, content_type: Option<&str>, content_encoding: Option<&str>, truncated: bool) -> Body {
         // A content type with a comma was sent twice (Envoy joins repeats): which one the
         // upstream believes is anyone's guess, so it is no type at all.
         let media_type = content_type.map(|ct| {
@@ -58,7 +95,12 @@ impl Body {
                 ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
             }
         });
-        Body { bytes, media_type, truncated, parsed: OnceCell::new() }
+        let foreign_charset = content_type.is_some_and(foreign_charset);
+        let encoded = content_encoding.is_some_and(|e| {
+            let e = e.trim();
+            !(e.is_empty() || e.eq_ignore_ascii_case("identity"))
+        });
+        Body { bytes, media_type, foreign_charset, encoded, truncated, parsed: OnceCell::new() }
     }
 
     /// The parse result if the body was parsed (by a rule that read it), without parsing.
@@ -67,23 +109,76 @@ impl Body {
     }
 
     /// How the body was read, for logs and metrics: `json`, `form`, `absent`, `not_read`
-    /// (present but no rule needed it), `truncated`, `other_type`, `unparseable`.
+    /// (present but no rule needed it), `truncated`, `other_type`, `unparseable`, `charset`,
+    /// `encoded`, `ambiguous`.
     pub fn outcome(&self) -> &'static str {
         match self.parsed.get() {
             None if self.bytes.is_empty() => "absent",
             None => "not_read",
             Some(Parsed::Json(_)) => "json",
             Some(Parsed::Form(_)) => "form",
-            Some(Parsed::Unknown(UnknownBody::Absent)) => "absent",
-            Some(Parsed::Unknown(UnknownBody::Truncated)) => "truncated",
-            Some(Parsed::Unknown(UnknownBody::OtherType)) => "other_type",
-            Some(Parsed::Unknown(UnknownBody::Unparseable)) => "unparseable",
+            Some(Parsed::Unknown(u)) => u.label(),
         }
     }
 
     /// Parse (once) and return the body.
     pub fn parsed(&self) -> &Parsed {
-        self.parsed.get_or_init(|| parse(&self.bytes, self.media_type.as_deref(), self.truncated))
+        self.parsed.get_or_init(|| self.parse())
+    }
+
+    /// Whether the media type is form-urlencoded.
+    pub fn is_form(&self) -> bool {
+        self.media_type.as_deref() == Some("application/x-www-form-urlencoded")
+    }
+
+    fn parse(&self) -> Parsed {
+        if self.truncated {
+            return Parsed::Unknown(UnknownBody::Truncated);
+        }
+        if self.bytes.is_empty() {
+            return Parsed::Unknown(UnknownBody::Absent);
+        }
+        let json = self.media_type.as_deref().is_some_and(is_json_media_type);
+        let form = self.is_form();
+        if !json && !form {
+            return Parsed::Unknown(UnknownBody::OtherType);
+        }
+        if self.encoded {
+            return Parsed::Unknown(UnknownBody::Encoded);
+        }
+        if self.foreign_charset {
+            return Parsed::Unknown(UnknownBody::Charset);
+        }
+        if json {
+            return match parse_json(&self.bytes) {
+                Some(v) => Parsed::Json(v),
+                None => Parsed::Unknown(UnknownBody::Unparseable),
+            };
+        }
+        // Many upstreams parse JSON whatever the content type says.
+        if matches!(self.bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'[')) {
+            return Parsed::Unknown(UnknownBody::Ambiguous);
+        }
+        match parse_form(&self.bytes) {
+            Ok(v) => Parsed::Form(v),
+            Err(FormError::Ambiguous) => Parsed::Unknown(UnknownBody::Ambiguous),
+            Err(FormError::Invalid) => Parsed::Unknown(UnknownBody::Unparseable),
+        }
+    }
+}
+
+impl UnknownBody {
+    /// A short, bounded label (metrics, logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            UnknownBody::Absent => "absent",
+            UnknownBody::Truncated => "truncated",
+            UnknownBody::OtherType => "other_type",
+            UnknownBody::Unparseable => "unparseable",
+            UnknownBody::Charset => "charset",
+            UnknownBody::Encoded => "encoded",
+            UnknownBody::Ambiguous => "ambiguous",
+        }
     }
 }
 
@@ -98,23 +193,63 @@ pub fn is_json_media_type(mt: &str) -> bool {
     }
 }
 
-fn parse(bytes: &[u8], media_type: Option<&str>, truncated: bool) -> Parsed {
-    if truncated {
-        return Parsed::Unknown(UnknownBody::Truncated);
+/// One character under the simple case folding case-insensitive binders apply (Go's
+/// `encoding/json`, .NET, Jackson): the lowercase of its uppercase, where each is a single
+/// character (`ſ` and `S` fold to `s`, the Kelvin sign and `K` to `k`, `ς` and `Σ` to `σ`).
+/// It equates at least what Go's `unicode.SimpleFold` orbits do (and a few more, such as the
+/// dotless `ı` with `i`, as .NET's upper-casing does): fail closed.
+pub fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
     }
-    if bytes.is_empty() {
-        return Parsed::Unknown(UnknownBody::Absent);
+    let mut up = c.to_uppercase();
+    let u = match (up.next(), up.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    };
+    let mut low = u.to_lowercase();
+    match (low.next(), low.next()) {
+        (Some(l), None) => l,
+        _ => u,
     }
-    match media_type {
-        Some(mt) if is_json_media_type(mt) => match parse_json(bytes) {
-            Some(v) => Parsed::Json(v),
-            None => Parsed::Unknown(UnknownBody::Unparseable),
-        },
-        Some("application/x-www-form-urlencoded") => match parse_form(bytes) {
-            Some(v) => Parsed::Form(v),
-            None => Parsed::Unknown(UnknownBody::Unparseable),
-        },
-        _ => Parsed::Unknown(UnknownBody::OtherType),
+}
+
+/// Whether a key folds to itself without work: ASCII without capitals (almost every key).
+fn fold_stable(k: &str) -> bool {
+    k.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+}
+
+/// The folded form of a key (see [`fold_char`]).
+pub fn fold_key(k: &str) -> String {
+    k.chars().map(fold_char).collect()
+}
+
+/// Whether two keys are equal under [`fold_char`] folding.
+pub fn fold_eq(a: &str, b: &str) -> bool {
+    a.chars().map(fold_char).eq(b.chars().map(fold_char))
+}
+
+/// A key looked up in a JSON object the way upstreams bind it.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyLookup<'a> {
+    /// The exact key.
+    Found(&'a Json),
+    /// No exact key, but one equal under case folding: a case-insensitive binder (Go's
+    /// `encoding/json`) reads it, an exact one does not: unknown.
+    Folded,
+    /// No such key in any reading.
+    Missing,
+}
+
+/// Look `key` up in `map`: exactly, else under case folding (see [`KeyLookup`]).
+pub fn lookup_key<'a>(map: &'a Map<String, Json>, key: &str) -> KeyLookup<'a> {
+    if let Some(v) = map.get(key) {
+        return KeyLookup::Found(v);
+    }
+    if map.keys().any(|k| fold_eq(k, key)) {
+        KeyLookup::Folded
+    } else {
+        KeyLookup::Missing
     }
 }
 
@@ -173,19 +308,20 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut out = Map::new();
-        // Lowercased forms of the keys that have ASCII capitals: `name` and `NAME` collide
-        // too, because case-insensitive binders (Go's encoding/json, ASP.NET, Jackson's
-        // case-insensitive mode) let the later one win.
-        let mut folded: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Folded forms of the keys that do not fold to themselves: `name` and `NAME`, or
+        // `params` and `paramſ`, collide too, because case-insensitive binders (Go's
+        // encoding/json folds Unicode; ASP.NET, Jackson's case-insensitive mode) bind both to
+        // one field. Keys that are ASCII without capitals fold to themselves (no work).
+        let mut folded: HashSet<String> = HashSet::new();
         while let Some(k) = map.next_key::<String>()? {
             let Strict(v) = map.next_value()?;
-            let folds = if k.bytes().any(|b| b.is_ascii_uppercase()) {
-                let lower = k.to_ascii_lowercase();
-                out.contains_key(&lower) || !folded.insert(lower)
+            let collides = if fold_stable(&k) {
+                !folded.is_empty() && folded.contains(&k)
             } else {
-                folded.contains(&k)
+                let f = fold_key(&k);
+                out.contains_key(&f) || !folded.insert(f)
             };
-            if folds {
+            if collides {
                 return Err(de::Error::custom("duplicate key"));
             }
             // One search for the exact duplicate and the insert.
@@ -224,26 +360,61 @@ fn form_decode(s: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Strict form-urlencoded: an object of strings; a repeated field, a bad escape or bad
-/// UTF-8 makes it unparseable (`None`).
-pub fn parse_form(bytes: &[u8]) -> Option<Json> {
+/// Why a form body could not be read as one object of strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormError {
+    /// A repeated field, a bad escape or bad UTF-8.
+    Invalid,
+    /// Upstreams read it otherwise: more than [`MAX_FORM_FIELDS`] fields (`qs` drops the
+    /// rest), or a bracketed name (`a[]`, `user[name]`: `qs`, PHP and Rails build arrays and
+    /// objects from them).
+    Ambiguous,
+}
+
+/// Strict form-urlencoded: an object of strings.
+pub fn parse_form(bytes: &[u8]) -> Result<Json, FormError> {
+    if bytes.split(|b| *b == b'&').count() > MAX_FORM_FIELDS {
+        return Err(FormError::Ambiguous);
+    }
     let mut out = Map::new();
     for pair in bytes.split(|b| *b == b'&') {
         if pair.is_empty() {
             continue;
         }
         let (n, v) = match pair.iter().position(|b| *b == b'=') {
-            Some(p) => (pair.get(..p)?, pair.get(p + 1..)?),
+            Some(p) => (pair.get(..p).ok_or(FormError::Invalid)?, pair.get(p + 1..).ok_or(FormError::Invalid)?),
             None => (pair, &[][..]),
         };
-        let name = form_decode(n)?;
-        let value = form_decode(v)?;
+        let name = form_decode(n).ok_or(FormError::Invalid)?;
+        let value = form_decode(v).ok_or(FormError::Invalid)?;
+        if name.contains(['[', ']']) {
+            return Err(FormError::Ambiguous);
+        }
         if out.contains_key(&name) {
-            return None;
+            return Err(FormError::Invalid);
         }
         out.insert(name, Json::String(value));
     }
-    Some(Json::Object(out))
+    Ok(Json::Object(out))
+}
+
+/// The values of a form field named `name` (or `name[...]`) in a form body, decoded
+/// leniently, without parsing the rest strictly: the `_method` override reading.
+pub fn form_field_values<'a>(bytes: &'a [u8], name: &'a str) -> impl Iterator<Item = String> + 'a {
+    bytes.split(|b| *b == b'&').filter_map(move |pair| {
+        let (n, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(p) => (pair.get(..p)?, pair.get(p + 1..)?),
+            None => (pair, &[][..]),
+        };
+        let n = lenient_form_decode(n);
+        let base = n.split_once('[').map_or(n.as_str(), |(b, _)| b);
+        (base == name).then(|| lenient_form_decode(v))
+    })
+}
+
+fn lenient_form_decode(s: &[u8]) -> String {
+    let plus: Vec<u8> = s.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    percent_encoding::percent_decode(&plus).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -260,6 +431,12 @@ mod tests {
             br#"{"name":"search","NAME":"delete_all"}"#,
             br#"{"Method":"x","method":"y"}"#,
             br#"{"AB":1,"ab":2}"#,
+            "{\"params\":{},\"param\u{17f}\":{}}".as_bytes(),
+            br#"{"param\u017f":{},"params":{}}"#,
+            "{\"k\":1,\"\u{212a}\":2}".as_bytes(),
+            "{\"\u{3c3}\":1,\"\u{3a3}\":2}".as_bytes(),
+            "{\"\u{3c2}\":1,\"\u{3c3}\":2}".as_bytes(),
+            br#"{"Email":1,"email":2}"#,
             b"\xef\xbb\xbf{}",
             b"NaN",
             b"1e400",
@@ -272,24 +449,90 @@ mod tests {
     }
 
     #[test]
+    fn folding() {
+        for (a, b) in [
+            ("params", "param\u{17f}"),
+            ("k", "\u{212a}"),
+            ("Email", "email"),
+            ("\u{3a3}", "\u{3c2}"),
+            ("\u{c5}", "\u{212b}"),
+            ("\u{3b8}", "\u{3d1}"),
+            ("\u{1c4}", "\u{1c5}"),
+            ("\u{b5}", "\u{3bc}"),
+        ] {
+            assert!(fold_eq(a, b), "{a} {b}");
+        }
+        for (a, b) in [("params", "param"), ("ss", "\u{df}"), ("a", "b")] {
+            assert!(!fold_eq(a, b), "{a} {b}");
+        }
+        // Folding is idempotent on every character, so equal folds is an equivalence.
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            assert_eq!(fold_char(fold_char(c)), fold_char(c), "U+{:04X}", c as u32);
+        }
+        let o = parse_json(br#"{"Email":"x"}"#).unwrap_or_default();
+        let map = o.as_object().cloned().unwrap_or_default();
+        assert!(matches!(lookup_key(&map, "Email"), KeyLookup::Found(_)));
+        assert!(matches!(lookup_key(&map, "email"), KeyLookup::Folded));
+        assert!(matches!(lookup_key(&map, "name"), KeyLookup::Missing));
+    }
+
+    #[test]
     fn media_types() {
         assert!(is_json_media_type("application/json"));
         assert!(is_json_media_type("application/vnd.api+json"));
         assert!(!is_json_media_type("application/json,text/plain"));
         assert!(!is_json_media_type("text/plain"));
-        let b = Body::new(b"{}".to_vec(), Some("Application/JSON; charset=utf-8"), false);
+        let b = Body::new(b"{}".to_vec(), Some("Application/JSON; charset=utf-8"), None, false);
         assert!(matches!(b.parsed(), Parsed::Json(_)));
-        let b = Body::new(b"{}".to_vec(), Some("application/json"), true);
+        let b = Body::new(b"{}".to_vec(), Some("application/json"), None, true);
         assert!(matches!(b.parsed(), Parsed::Unknown(UnknownBody::Truncated)));
+        for ct in [
+            "application/json; charset=UTF8",
+            "application/json;charset=\"utf-8\"",
+            "application/json; Charset = Utf-8",
+        ] {
+            assert!(matches!(Body::new(b"{}".to_vec(), Some(ct), None, false).parsed(), Parsed::Json(_)), "{ct}");
+        }
+        for ct in [
+            "application/json; charset=utf-7",
+            "application/json; charset=UTF-16",
+            "application/json;charset",
+            "application/json; charset=utf-8; charset=latin1",
+            "application/x-www-form-urlencoded; charset=utf-7",
+        ] {
+            let b = Body::new(b"{}".to_vec(), Some(ct), None, false);
+            assert!(matches!(b.parsed(), Parsed::Unknown(UnknownBody::Charset)), "{ct}");
+        }
+        for enc in ["gzip", "identity, gzip", "x"] {
+            let b = Body::new(b"{}".to_vec(), Some("application/json"), Some(enc), false);
+            assert!(matches!(b.parsed(), Parsed::Unknown(UnknownBody::Encoded)), "{enc}");
+        }
+        for enc in ["identity", " Identity ", ""] {
+            let b = Body::new(b"{}".to_vec(), Some("application/json"), Some(enc), false);
+            assert!(matches!(b.parsed(), Parsed::Json(_)), "{enc}");
+        }
+        for body in [&b" {\"a\":1}"[..], b"[1]", b"\n{"] {
+            let b = Body::new(body.to_vec(), Some("application/x-www-form-urlencoded"), None, false);
+            assert!(matches!(b.parsed(), Parsed::Unknown(UnknownBody::Ambiguous)), "{body:?}");
+        }
     }
 
     #[test]
     fn strict_form() {
         let v = parse_form(b"to=a%40example.com&subject=hi+there").unwrap_or_default();
+        assert_eq!(v["subject"], "hi there");
         assert_eq!(v["to"], "a@example.com");
         assert_eq!(v["subject"], "hi there");
-        assert!(parse_form(b"a=1&a=2").is_none());
-        assert!(parse_form(b"a=%zz").is_none());
-        assert!(parse_form(b"a=%FF").is_none());
+        assert_eq!(parse_form(b"a=1&a=2"), Err(FormError::Invalid));
+        assert_eq!(parse_form(b"a=%zz"), Err(FormError::Invalid));
+        assert_eq!(parse_form(b"a=%FF"), Err(FormError::Invalid));
+        assert_eq!(parse_form(b"a[]=1"), Err(FormError::Ambiguous));
+        assert_eq!(parse_form(b"user%5Bname%5D=x"), Err(FormError::Ambiguous));
+        let many: Vec<String> = (0..1001).map(|i| format!("f{i}=1")).collect();
+        assert_eq!(parse_form(many.join("&").as_bytes()), Err(FormError::Ambiguous));
+        assert!(parse_form(many.get(..1000).unwrap_or_default().join("&").as_bytes()).is_ok());
+        let m: Vec<String> =
+            form_field_values(b"a=1&_method=delete&%5Fmethod%5B%5D=PUT&x=_method", "_method").collect();
+        assert_eq!(m, vec!["delete".to_string(), "PUT".to_string()]);
     }
 }

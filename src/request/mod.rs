@@ -35,6 +35,14 @@ pub struct Request {
     pub path: Result<String, PathError>,
     /// Decoded query parameters in order; names may repeat.
     pub query: Vec<(String, String)>,
+    /// The query string had more than [`path::MAX_QUERY_PARAMS`] parameters: every query
+    /// test is unknown (the `qs` parser drops the rest).
+    pub query_overflow: bool,
+    /// Some header name has a `_`: CGI/WSGI upstreams read `x_agent_id` as `x-agent-id`.
+    pub underscore_headers: bool,
+    /// The request may carry a method override (an override header, a `_method` query
+    /// parameter, or a form body that may hold a `_method` field).
+    pub method_override: bool,
     /// Headers with lowercase names; repeated headers joined with `,` (as Envoy does).
     pub headers: HashMap<String, String>,
     /// `attributes.source.principal`, if non-empty.
@@ -91,6 +99,15 @@ impl Request {
         let (path_part, query_part) = path::split(&raw_path);
         let path = path::normalize(path_part);
         let query = path::parse_query(query_part);
+        let query_overflow = path::query_overflows(query_part);
+
+        // One pass over the header names: underscore spellings, method-override headers.
+        let mut underscore_headers = false;
+        let mut override_header = false;
+        for k in headers.keys() {
+            underscore_headers |= k.contains('_');
+            override_header |= METHOD_OVERRIDE_HEADERS.iter().any(|h| same_header(k, h));
+        }
 
         let host_raw = if !http.host.is_empty() {
             http.host
@@ -113,7 +130,15 @@ impl Request {
             .get(PARTIAL_BODY_HEADER)
             .is_some_and(|v| !v.split(',').all(|p| p.trim().eq_ignore_ascii_case("false")));
         let bytes = if !http.raw_body.is_empty() { http.raw_body } else { http.body.into_bytes() };
-        let body = Body::new(bytes, headers.get("content-type").map(String::as_str), truncated);
+        let body = Body::new(
+            bytes,
+            headers.get("content-type").map(String::as_str),
+            headers.get("content-encoding").map(String::as_str),
+            truncated,
+        );
+        let method_override = override_header
+            || query.iter().any(|(n, _)| query_base(n) == METHOD_OVERRIDE_PARAM)
+            || (body.is_form() && !body.bytes.is_empty());
 
         Ok(Request {
             method,
@@ -121,6 +146,9 @@ impl Request {
             host_valid,
             path,
             query,
+            query_overflow,
+            underscore_headers,
+            method_override,
             headers,
             principal,
             jwt,
@@ -133,6 +161,82 @@ impl Request {
     /// The value of a header (lowercase name), as Envoy joined it.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
+    }
+
+    /// Every value a header has in some upstream's reading: the header itself, and any
+    /// header whose name differs only by `_` for `-` (CGI/WSGI map both onto one variable).
+    /// Each value as Envoy joined it (comma-separated parts not split).
+    pub fn header_values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + Clone + 'n
+    where
+        'a: 'n,
+    {
+        let exact = self.header(name);
+        let variants = self
+            .underscore_headers
+            .then(|| {
+                self.headers
+                    .iter()
+                    .filter(move |(k, _)| k.as_str() != name && same_header(k, name))
+                    .map(|(_, v)| v.as_str())
+            })
+            .into_iter()
+            .flatten();
+        exact.into_iter().chain(variants)
+    }
+
+    /// Whether a header arrives under another spelling too (`x_on_behalf_of` beside or
+    /// instead of `x-on-behalf-of`).
+    pub fn header_has_variant(&self, name: &str) -> bool {
+        self.underscore_headers && self.headers.keys().any(|k| k.as_str() != name && same_header(k, name))
+    }
+
+    /// The raw values of query parameter `name` in every reading: `name` itself and its
+    /// bracket forms (`name[]`, `name[0]`, `name[x]`: PHP, Rails, `qs`). Comma lists are not
+    /// split here (see `policy::eval`).
+    pub fn query_values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + Clone + 'n
+    where
+        'a: 'n,
+    {
+        self.query.iter().filter(move |(n, _)| query_base(n) == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Visit every method-override reading (policy-language.md "Method"): the values of the
+    /// override headers, of `_method` query parameters and form fields, each whole and as
+    /// its comma-separated parts (trimmed; empty ones skipped). Returns false when some
+    /// reading cannot be known (a form body that is truncated, encoded or in a foreign
+    /// charset).
+    pub fn method_overrides(&self, mut f: impl FnMut(&str)) -> bool {
+        if !self.method_override {
+            return true;
+        }
+        let mut each = |v: &str| {
+            let v = v.trim();
+            if !v.is_empty() {
+                f(v);
+            }
+            if v.contains(',') {
+                for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    f(part);
+                }
+            }
+        };
+        for h in METHOD_OVERRIDE_HEADERS {
+            for v in self.header_values(h) {
+                each(v);
+            }
+        }
+        for v in self.query_values(METHOD_OVERRIDE_PARAM) {
+            each(v);
+        }
+        if self.body.is_form() && !self.body.bytes.is_empty() {
+            if self.body.truncated || self.body.encoded || self.body.foreign_charset {
+                return false;
+            }
+            for v in body::form_field_values(&self.body.bytes, METHOD_OVERRIDE_PARAM) {
+                each(&v);
+            }
+        }
+        true
     }
 
     /// A claim of a verified JWT payload: `provider`, then the claim: first as one literal
@@ -161,6 +265,26 @@ impl Request {
             Some(Kind::StringValue(s)) if !s.is_empty() => Some(s),
             _ => None,
         }
+    }
+}
+
+/// Headers that override the method (Express method-override, Rails, Google APIs).
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+/// The query parameter and form field that override the method (Rails/Rack, Express).
+pub const METHOD_OVERRIDE_PARAM: &str = "_method";
+
+/// Whether two lowercase header names are one variable to a CGI/WSGI upstream (`_` = `-`).
+pub fn same_header(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| x == y || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_')))
+}
+
+/// The parameter a query name is a reading of: the name before its first `[` (`a[]`, `a[0]`
+/// and `a[x]` are readings of `a`).
+pub fn query_base(name: &str) -> &str {
+    match name.split_once('[') {
+        Some((base, _)) => base,
+        None => name,
     }
 }
 

@@ -27,6 +27,11 @@ pub enum PathError {
     BadUtf8,
     /// A `..` segment climbs above the root.
     AboveRoot,
+    /// A `;` in the path: Tomcat and Jetty strip `;params` per segment, so `/public/..;/admin`
+    /// reaches `/admin` there (refused unless `settings.allow_path_semicolons`).
+    Semicolon,
+    /// With `allow_path_semicolons`: a segment that is `.` or `..` before its first `;`.
+    DotSegmentParam,
 }
 
 impl PathError {
@@ -41,6 +46,8 @@ impl PathError {
             PathError::ControlChar => "control_char",
             PathError::BadUtf8 => "bad_utf8",
             PathError::AboveRoot => "above_root",
+            PathError::Semicolon => "semicolon",
+            PathError::DotSegmentParam => "dot_segment_param",
         }
     }
 }
@@ -56,6 +63,8 @@ impl fmt::Display for PathError {
             PathError::ControlChar => "the path has a control character",
             PathError::BadUtf8 => "the path is not valid UTF-8 once decoded",
             PathError::AboveRoot => "the path climbs above the root with ..",
+            PathError::Semicolon => "the path has a `;` (path parameters, which Tomcat and Jetty strip)",
+            PathError::DotSegmentParam => "a path segment is `.` or `..` before its `;` parameters",
         })
     }
 }
@@ -179,6 +188,36 @@ fn resolve(rest: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Check a normalized path for `;` path parameters (policy-language.md "Path parameters").
+/// Without `allow` any `;` is refused; with it, a segment that is `.` or `..` before its first
+/// `;` still is (Tomcat strips the parameters and then resolves the dot segment).
+pub fn check_semicolons(path: &str, allow: bool) -> Result<(), PathError> {
+    if !path.contains(';') {
+        return Ok(());
+    }
+    if !allow {
+        return Err(PathError::Semicolon);
+    }
+    for seg in path.split('/') {
+        if let Some((before, _)) = seg.split_once(';') {
+            if before == "." || before == ".." {
+                return Err(PathError::DotSegmentParam);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The most query parameters read; a longer query string is unknown to every query test
+/// (the `qs` parser's `parameterLimit` drops the rest).
+pub const MAX_QUERY_PARAMS: usize = 1000;
+
+/// Whether a query string has more than [`MAX_QUERY_PARAMS`] `&`-separated pieces (empty
+/// ones count, as `qs` counts them).
+pub fn query_overflows(q: &str) -> bool {
+    q.len() >= MAX_QUERY_PARAMS && q.split('&').count() > MAX_QUERY_PARAMS
 }
 
 /// Decode a query string leniently: split on `&`, `+` is a space, percent escapes decoded

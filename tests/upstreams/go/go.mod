@@ -1,0 +1,3 @@
+module hallpass.test/upstreams/go
+
+go 1.19
