@@ -96,7 +96,7 @@ impl Rng {
 }
 
 fn random_request(r: &mut Rng) -> CheckRequestBuilder {
-    let method = r.pick(&["GET", "GET", "POST", "PUT", "DELETE"]);
+    let method = r.pick(&["GET", "GET", "POST", "PUT", "DELETE", "delete", "post"]);
     let path = r.pick(&[
         "/users/alice/mail/inbox?limit=5",
         "/users/alice/mail/inbox?limit=50",
@@ -118,6 +118,16 @@ fn random_request(r: &mut Rng) -> CheckRequestBuilder {
         "/echo",
         "/other",
         "/a/../..",
+        // Other readings of the same requests (policy-language.md "Reading a request the way
+        // upstreams do"): each must be part of the cache key.
+        "/users/alice/mail/inbox?limit[]=50",
+        "/users/alice/mail/inbox?limit=5&limit[0]=50",
+        "/users/alice/mail/inbox?limit=5,50",
+        "/pay?_method=DELETE",
+        "/Pay/",
+        "/MCP",
+        "/echo?who[]=bot-a",
+        "/ops;x/status",
     ]);
     let mut b = CheckRequestBuilder::new(method, path);
     match r.next() % 4 {
@@ -129,7 +139,13 @@ fn random_request(r: &mut Rng) -> CheckRequestBuilder {
     if r.next() % 3 == 0 {
         b = b.header("x-env", r.pick(&["prod", "staging", "dev", "prod,staging"]));
     }
-    match r.next() % 6 {
+    match r.next() % 8 {
+        0 => b = b.header("x_env", r.pick(&["prod", "staging"])),
+        1 => b = b.header("x-http-method-override", r.pick(&["DELETE", "GET", "POST"])),
+        2 => b = b.header("x_method_override", "DELETE"),
+        _ => {}
+    }
+    match r.next() % 7 {
         0 => {}
         1 => b = b.header("content-type", "application/json").body(r.pick(&[r#"{"amount":5}"#, r#"{"amount":5000}"#, r#"{"amount":"5000"}"#])),
         2 => b = b.header("content-type", "application/x-www-form-urlencoded").body("amount=7"),
@@ -141,7 +157,25 @@ fn random_request(r: &mut Rng) -> CheckRequestBuilder {
                 r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"q":"x"}}}]"#,
             ]))
         }
-        4 => b = b.header("content-type", "application/json").body(r#"{"amount":1,"amount":2}"#),
+        4 => {
+            b = b.header("content-type", "application/json").body(r.pick(&[
+                r#"{"amount":1,"amount":2}"#,
+                r#"{"Amount":5000}"#,
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","Params":{"name":"run_shell","arguments":{}}}"#,
+            ]))
+        }
+        5 => {
+            let (ct, body) = match r.next() % 4 {
+                0 => ("application/json; charset=utf-7", r#"{"amount":5}"#),
+                1 => ("application/x-www-form-urlencoded", "amount=7&_method=DELETE"),
+                2 => ("application/x-www-form-urlencoded", r#"{"amount":5000}"#),
+                _ => ("application/json", r#"{"amount":5}"#),
+            };
+            b = b.header("content-type", ct).body(body);
+            if r.next() % 3 == 0 {
+                b = b.header("content-encoding", "gzip");
+            }
+        }
         _ => b = b.header("content-type", "application/json").header("x-envoy-auth-partial-body", "true").body(r#"{"amount":5}"#),
     }
     b
