@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
 /// A policy of `n` path-scoped rules (distinct first segments, a body condition on every
 /// tenth), plus five rules that apply to every path, as real policies have.
 fn generated_policy(n: usize) -> Policy {
-    let mut y = String::from("version: 1\nrules:\n");
+    let mut y = String::from("version: 1\nidentity: { agent: [principal, { header: x-agent-id }] }\nrules:\n");
     y.push_str("  - { id: g-no-delete, effect: deny, methods: [DELETE] }\n");
     y.push_str("  - { id: g-no-admin, effect: deny, paths: [\"/admin/**\"] }\n");
     y.push_str("  - { id: g-night, effect: deny, methods: [PUT], when: { hours: \"22:00-06:00\" } }\n");

@@ -19,6 +19,7 @@ use hallpass::request::Request;
 
 const HALLPASS: &str = r#"
 version: 1
+identity: { agent: [principal, { header: x-agent-id }] }
 groups:
   mail-agents: [triage-bot, summarizer]
   tool-agents: ["@mail-agents", research-bot]
