@@ -202,7 +202,9 @@ impl Authz {
         let Ok(path) = checked_path(&live.policy, req) else {
             return (evaluate(), false, false);
         };
-        if req.body.bytes.is_empty() || !candidates_read_body(&live.policy, path) {
+        // A `;` path (allowed by the policy) is decided against every deny rule, which the
+        // cache entry's lifetime (`valid_until`, by candidates) does not cover: not cached.
+        if req.body.bytes.is_empty() || path.contains(';') || !candidates_read_body(&live.policy, path) {
             return (evaluate(), false, false);
         }
         let Ok(id) = ident else {

@@ -301,6 +301,33 @@ fn int_float(a: i128, b: f64) -> Option<std::cmp::Ordering> {
     }
 }
 
+/// The integer a truncating parser reads from the start of a request-line string
+/// (JavaScript `parseInt`, PHP `intval`, Ruby `to_i`): an optional sign and the leading
+/// digits (`0.5` reads 0, `5e2` reads 5, `12px` reads 12).
+fn int_prefix(s: &str) -> Option<i128> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let n = digits.bytes().take_while(u8::is_ascii_digit).count();
+    let v: i128 = digits.get(..n).filter(|d| !d.is_empty())?.parse().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// A test of a request-line string read as a number: as Rust's `f64` parsing reads it and,
+/// when that is a fraction, also as a truncating integer parser reads it; readings that
+/// disagree are unknown (`/accounts/0.5` must not slip past a deny rule on account 0). A
+/// whole number keeps its one reading, as the contract fixes it (`5e2` and `500.` are 500).
+fn with_text_num(s: &str, f: impl Fn(Num) -> Tri) -> Tri {
+    let Some(full) = Num::from_text(s) else { return Tri::Unknown };
+    let r = f(full);
+    let fraction = matches!(full, Num::Float(x) if x.fract() != 0.0);
+    match int_prefix(s) {
+        Some(p) if fraction && f(Num::Int(p)) != r => Tri::Unknown,
+        _ => r,
+    }
+}
+
 fn num_eq(a: Option<Num>, b: Option<Num>) -> Tri {
     match (a, b) {
         (Some(a), Some(b)) => match a.cmp3(b) {
@@ -545,7 +572,7 @@ fn equals(v: Subject<'_>, o: &Operand, refs: &dyn Resolve) -> Tri {
         Operand::Lit(lit) => match v {
             Subject::Json(j) => json_eq(j, lit),
             Subject::Text(s) => match lit {
-                Json::Number(n) => num_eq(Num::from_text(s), Num::from_json(n)),
+                Json::Number(n) => with_text_num(s, |a| num_eq(Some(a), Num::from_json(n))),
                 Json::String(l) => Tri::from_bool(s == l),
                 // INVARIANT: the compiler refuses other literals in text tests; different
                 // types would be unknown anyway.
@@ -557,7 +584,9 @@ fn equals(v: Subject<'_>, o: &Operand, refs: &dyn Resolve) -> Tri {
                 return Tri::Unknown;
             };
             match (v, rv) {
-                (Subject::Json(Json::Number(n)), RefValue::Text(t)) => num_eq(Num::from_json(n), Num::from_text(t)),
+                (Subject::Json(Json::Number(n)), RefValue::Text(t)) => {
+                    with_text_num(t, |b| num_eq(Num::from_json(n), Some(b)))
+                }
                 (Subject::Json(Json::String(s)), rv) => Tri::from_bool(s == rv.text()),
                 // An identity is a string; a boolean, null, array or object against a
                 // string is a comparison between types: unknown.
@@ -584,22 +613,30 @@ fn string_op(v: Subject<'_>, o: &Operand, refs: &dyn Resolve, f: impl Fn(&str, &
 }
 
 fn compare(v: Subject<'_>, o: &Operand, refs: &dyn Resolve, f: impl Fn(std::cmp::Ordering) -> bool) -> Tri {
-    let a = match v {
-        Subject::Json(Json::Number(n)) => Num::from_json(n),
-        Subject::Text(s) => Num::from_text(s),
-        Subject::Json(_) => None,
+    let cmp = |a: Num, b: Num| match a.cmp3(b) {
+        Some(o) => Tri::from_bool(f(o)),
+        None => Tri::Unknown,
     };
-    let b = match o {
-        Operand::Lit(Json::Number(n)) => Num::from_json(n),
-        Operand::Lit(_) => None,
-        Operand::Ref(r) => refs.resolve(r).and_then(|rv| Num::from_text(rv.text())),
+    let against = |a: Num| -> Tri {
+        match o {
+            Operand::Lit(Json::Number(n)) => match Num::from_json(n) {
+                Some(b) => cmp(a, b),
+                None => Tri::Unknown,
+            },
+            Operand::Lit(_) => Tri::Unknown,
+            Operand::Ref(r) => match refs.resolve(r) {
+                Some(rv) => with_text_num(rv.text(), |b| cmp(a, b)),
+                None => Tri::Unknown,
+            },
+        }
     };
-    match (a, b) {
-        (Some(a), Some(b)) => match a.cmp3(b) {
-            Some(o) => Tri::from_bool(f(o)),
+    match v {
+        Subject::Json(Json::Number(n)) => match Num::from_json(n) {
+            Some(a) => against(a),
             None => Tri::Unknown,
         },
-        _ => Tri::Unknown,
+        Subject::Text(s) => with_text_num(s, against),
+        Subject::Json(_) => Tri::Unknown,
     }
 }
 
@@ -642,6 +679,15 @@ mod tests {
         assert_eq!(t.eval(Subject::Json(&json!(5000)), &NoRefs), Tri::True);
         assert_eq!(t.eval(Subject::Text("+5000"), &NoRefs), Tri::True);
         assert_eq!(t.eval(Subject::Text("lots"), &NoRefs), Tri::Unknown);
+        // Truncating parsers (parseInt, intval, to_i) read `0.5` as 0 and `1000.5` as 1000.
+        let zero = Test::Equals(Operand::Lit(json!(0)));
+        assert_eq!(zero.eval(Subject::Text("0.5"), &NoRefs), Tri::Unknown);
+        assert_eq!(zero.eval(Subject::Text("1.5"), &NoRefs), Tri::False);
+        assert_eq!(zero.eval(Subject::Text("0"), &NoRefs), Tri::True);
+        assert_eq!(zero.eval(Subject::Text("-0.5"), &NoRefs), Tri::Unknown);
+        assert_eq!(t.eval(Subject::Text("5e3"), &NoRefs), Tri::True, "a whole number keeps its reading");
+        assert_eq!(t.eval(Subject::Text("1000.5"), &NoRefs), Tri::Unknown);
+        assert_eq!(t.eval(Subject::Text("2000.5"), &NoRefs), Tri::True);
         assert_eq!(Test::Equals(Operand::Lit(json!(1))).eval(Subject::Json(&json!(1.0)), &NoRefs), Tri::True);
         assert_eq!(Test::Equals(Operand::Lit(json!(42))).eval(Subject::Json(&json!("42")), &NoRefs), Tri::Unknown);
         let admin = Test::Equals(Operand::Lit(json!("admin")));

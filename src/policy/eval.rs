@@ -244,7 +244,9 @@ enum Rpc {
     /// Not an object, or an object without a `jsonrpc` member.
     No,
     /// An object whose `jsonrpc` member is only there under case folding (Go binds
-    /// `"JSONRPC"`).
+    /// `"JSONRPC"`), or an object with a `method` member but no `"jsonrpc": "2.0"`: a server
+    /// that does not check the version (many hand-written Go and Python ones, JSON-RPC 1.0)
+    /// dispatches it all the same.
     Unknown,
 }
 
@@ -252,8 +254,11 @@ fn rpc_kind(v: &Json) -> Rpc {
     let Json::Object(o) = v else { return Rpc::No };
     match lookup_key(o, "jsonrpc") {
         KeyLookup::Found(Json::String(s)) if s == "2.0" => Rpc::Yes,
-        KeyLookup::Found(_) | KeyLookup::Missing => Rpc::No,
         KeyLookup::Folded => Rpc::Unknown,
+        KeyLookup::Found(_) | KeyLookup::Missing => match lookup_key(o, "method") {
+            KeyLookup::Missing => Rpc::No,
+            KeyLookup::Found(_) | KeyLookup::Folded => Rpc::Unknown,
+        },
     }
 }
 
@@ -261,8 +266,28 @@ fn rpc_kind(v: &Json) -> Rpc {
 struct Cx<'r> {
     req: &'r Request,
     path: &'r str,
+    /// With `allow_path_semicolons`, the path with each segment's `;params` removed, as
+    /// Tomcat and Jetty route it: deny rules match it too.
+    alt_path: Option<&'r str>,
     ident: Identity<'r>,
     now: Timestamp,
+}
+
+/// The path with `;params` removed from every segment and repeated slashes merged (what
+/// Tomcat and Jetty route on): `/admin;x/users` and `/;x/admin/users` are `/admin/users`.
+pub fn strip_path_params(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        let seg = seg.split(';').next().unwrap_or("");
+        if !out.ends_with('/') || out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 struct Refs<'a, 'r> {
@@ -387,7 +412,8 @@ fn match_mcp(m: &McpMatch, body: BodyView<'_>, refs: &dyn Resolve) -> Tri {
 fn match_methods(methods: &[Box<str>], req: &Request) -> Tri {
     let m = req.method.as_str();
     let sent_in = methods.iter().any(|x| **x == *m);
-    if !req.method_override && !m.bytes().any(|b| b.is_ascii_lowercase()) {
+    let head = m.eq_ignore_ascii_case("HEAD");
+    if !req.method_override && !head && !m.bytes().any(|b| b.is_ascii_lowercase()) {
         // One reading (the common case).
         return Tri::from_bool(sent_in);
     }
@@ -396,6 +422,14 @@ fn match_methods(methods: &[Box<str>], req: &Request) -> Tri {
     let upper_in = methods.iter().any(|x| x.eq_ignore_ascii_case(m));
     let mut any_in = sent_in || upper_in;
     let mut any_out = !sent_in || !upper_in;
+    if head {
+        // Express, Flask, Go's mux and Tomcat run a GET handler for HEAD.
+        if methods.iter().any(|x| &**x == "GET") {
+            any_in = true;
+        } else {
+            any_out = true;
+        }
+    }
     let known = req.method_overrides(|v| {
         if methods.iter().any(|x| x.eq_ignore_ascii_case(v)) {
             any_in = true;
@@ -450,7 +484,9 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
         // slash (Express, ASP.NET and older Spring route `/MCP` and `/mcp/` to `/mcp`).
         let loose = rule.effect == Effect::Deny;
         let hit = if loose {
-            paths.iter().any(|p| p.matches_loose(cx.path, &mut caps))
+            paths.iter().any(|p| {
+                p.matches_loose(cx.path, &mut caps) || cx.alt_path.is_some_and(|a| p.matches_loose(a, &mut caps))
+            })
         } else {
             paths.iter().any(|p| p.matches(cx.path, &mut caps))
         };
@@ -562,10 +598,34 @@ impl super::compile::RuleIndex {
     }
 }
 
+/// The deny rules to try: the index's candidates, or every deny rule when the request has a
+/// second path reading (`;` parameters) the index was not asked about.
+enum DenyCands<'a> {
+    Indexed(Candidates<'a>),
+    All(std::ops::Range<usize>),
+}
+
+impl Iterator for DenyCands<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            DenyCands::Indexed(c) => c.next(),
+            DenyCands::All(r) => r.next(),
+        }
+    }
+}
+
 fn decide_one(policy: &Policy, cands: Cands<'_>, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
     let mut dry_run_rules = Vec::new();
-    for i in cands.deny {
+    let deny = match cx.alt_path {
+        None => DenyCands::Indexed(cands.deny),
+        Some(_) => DenyCands::All(0..policy.rules.len()),
+    };
+    for i in deny {
         let Some(rule) = policy.rules.get(i) else { continue };
+        if rule.effect != Effect::Deny {
+            continue;
+        }
         if applies(rule, match_rule(rule, cx, body)) {
             if rule.dry_run {
                 dry_run_rules.push(rule.id.clone());
@@ -686,9 +746,20 @@ pub fn evaluate_identified(
         Ok(i) => i,
         Err(AmbiguousIdentity) => return Decision::builtin(RuleId::InvalidIdentity),
     };
-    let cx = Cx { req, path, ident, now };
+    let alt = (policy.settings.allow_path_semicolons && path.contains(';')).then(|| strip_path_params(path));
+    let cx = Cx { req, path, alt_path: alt.as_deref(), ident, now };
     let cands = Cands::of(policy, path);
-    let outcome = match body_shape(policy, req, cands) {
+    let shape_now = if alt.is_some() {
+        // Every deny rule is a candidate: parse the body if any rule reads it.
+        if policy.inputs.body {
+            shape(req.body.parsed())
+        } else {
+            Shape::Single(BodyView::Unknown)
+        }
+    } else {
+        body_shape(policy, req, cands)
+    };
+    let outcome = match shape_now {
         Shape::Single(view) => decide_one(policy, cands, &cx, view),
         Shape::Batch(items) => {
             let mut first_outcome: Option<Outcome> = None;
@@ -775,7 +846,8 @@ pub fn explain(policy: &Policy, req: &Request, now: Timestamp) -> (Decision, Vec
     let (Ok(path), Ok(ident)) = (checked_path(policy, req), resolve_identity(policy, req)) else {
         return (decision, traces);
     };
-    let cx = Cx { req, path, ident, now };
+    let alt = (policy.settings.allow_path_semicolons && path.contains(';')).then(|| strip_path_params(path));
+    let cx = Cx { req, path, alt_path: alt.as_deref(), ident, now };
     // The same shapes as `evaluate` (batch limit included), so a trace never contradicts
     // the decision it explains.
     let views: Vec<(Option<usize>, BodyView<'_>)> = match shape(req.body.parsed()) {

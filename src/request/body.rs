@@ -131,6 +131,18 @@ impl Body {
         self.media_type.as_deref() == Some("application/x-www-form-urlencoded")
     }
 
+    /// Whether a body sent as a form may be JSON to an upstream that parses JSON whatever
+    /// the content type: its first non-blank byte is `{` or `[`, or it starts with a byte-order
+    /// mark or holds a NUL (UTF-16/32 JSON, which Python's `json.loads` and .NET accept).
+    pub fn form_looks_like_json(&self) -> bool {
+        let b = &self.bytes[..];
+        b.starts_with(&[0xEF, 0xBB, 0xBF])
+            || b.starts_with(&[0xFE, 0xFF])
+            || b.starts_with(&[0xFF, 0xFE])
+            || memchr::memchr(0, b).is_some()
+            || matches!(b.iter().find(|c| !c.is_ascii_whitespace()), Some(b'{' | b'['))
+    }
+
     fn parse(&self) -> Parsed {
         if self.truncated {
             return Parsed::Unknown(UnknownBody::Truncated);
@@ -156,7 +168,7 @@ impl Body {
             };
         }
         // Many upstreams parse JSON whatever the content type says.
-        if matches!(self.bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'[')) {
+        if self.form_looks_like_json() {
             return Parsed::Unknown(UnknownBody::Ambiguous);
         }
         match parse_form(&self.bytes) {
@@ -377,6 +389,7 @@ pub fn parse_form(bytes: &[u8]) -> Result<Json, FormError> {
         return Err(FormError::Ambiguous);
     }
     let mut out = Map::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for pair in bytes.split(|b| *b == b'&') {
         if pair.is_empty() {
             continue;
@@ -390,7 +403,9 @@ pub fn parse_form(bytes: &[u8]) -> Result<Json, FormError> {
         if name.contains(['[', ']']) {
             return Err(FormError::Ambiguous);
         }
-        if out.contains_key(&name) {
+        // Names equal under case folding are one field to ASP.NET (first value wins there).
+        let folded = fold_key(&name);
+        if out.contains_key(&name) || !seen.insert(folded) {
             return Err(FormError::Invalid);
         }
         out.insert(name, Json::String(value));
@@ -407,8 +422,7 @@ pub fn form_field_values<'a>(bytes: &'a [u8], name: &'a str) -> impl Iterator<It
             None => (pair, &[][..]),
         };
         let n = lenient_form_decode(n);
-        let base = n.split_once('[').map_or(n.as_str(), |(b, _)| b);
-        (base == name).then(|| lenient_form_decode(v))
+        (super::query_base(&n) == name).then(|| lenient_form_decode(v))
     })
 }
 
@@ -511,7 +525,7 @@ mod tests {
             let b = Body::new(b"{}".to_vec(), Some("application/json"), Some(enc), false);
             assert!(matches!(b.parsed(), Parsed::Json(_)), "{enc}");
         }
-        for body in [&b" {\"a\":1}"[..], b"[1]", b"\n{"] {
+        for body in [&b" {\"a\":1}"[..], b"[1]", b"\n{", b"\xef\xbb\xbf{}", b"\x00{\x00}", b"\xff\xfe{\x00"] {
             let b = Body::new(body.to_vec(), Some("application/x-www-form-urlencoded"), None, false);
             assert!(matches!(b.parsed(), Parsed::Unknown(UnknownBody::Ambiguous)), "{body:?}");
         }
@@ -527,6 +541,7 @@ mod tests {
         assert_eq!(parse_form(b"a=%zz"), Err(FormError::Invalid));
         assert_eq!(parse_form(b"a=%FF"), Err(FormError::Invalid));
         assert_eq!(parse_form(b"a[]=1"), Err(FormError::Ambiguous));
+        assert_eq!(parse_form(b"Role=admin&role=user"), Err(FormError::Invalid));
         assert_eq!(parse_form(b"user%5Bname%5D=x"), Err(FormError::Ambiguous));
         let many: Vec<String> = (0..1001).map(|i| format!("f{i}=1")).collect();
         assert_eq!(parse_form(many.join("&").as_bytes()), Err(FormError::Ambiguous));

@@ -138,7 +138,7 @@ impl Request {
         );
         let method_override = override_header
             || query.iter().any(|(n, _)| query_base(n) == METHOD_OVERRIDE_PARAM)
-            || (body.is_form() && !body.bytes.is_empty());
+            || body_may_override(&body);
 
         Ok(Request {
             method,
@@ -190,14 +190,63 @@ impl Request {
         self.underscore_headers && self.headers.keys().any(|k| k.as_str() != name && same_header(k, name))
     }
 
-    /// The raw values of query parameter `name` in every reading: `name` itself and its
-    /// bracket forms (`name[]`, `name[0]`, `name[x]`: PHP, Rails, `qs`). Comma lists are not
-    /// split here (see `policy::eval`).
+    /// The raw values of query parameter `name` in every reading: `name` itself, its
+    /// bracket forms (`name[]`, `name[0]`, `name[x]`, `[name]`: PHP, Rails, `qs`), and names
+    /// equal to it under case folding (ASP.NET binds query names case-insensitively). Comma
+    /// lists are not split here (see `policy::eval`).
     pub fn query_values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + Clone + 'n
     where
         'a: 'n,
     {
-        self.query.iter().filter(move |(n, _)| query_base(n) == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .filter(move |(n, _)| {
+                let base = query_base(n);
+                base == name || body::fold_eq(base, name)
+            })
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The method overrides a body holds (see [`Self::method_overrides`]); false when they
+    /// cannot be known.
+    fn body_method_overrides(&self, mut each: impl FnMut(&str)) -> bool {
+        let b = &self.body;
+        if b.bytes.is_empty() {
+            return true;
+        }
+        if b.truncated || b.encoded || b.foreign_charset {
+            return false;
+        }
+        let raw_mention = mentions_method(&b.bytes);
+        if b.media_type.as_deref().is_some_and(body::is_json_media_type) {
+            // method-override's body getter and Laravel read `_method` of a JSON body.
+            return match b.parsed() {
+                Parsed::Json(serde_json::Value::Object(o)) => match body::lookup_key(o, METHOD_OVERRIDE_PARAM) {
+                    body::KeyLookup::Found(serde_json::Value::String(v)) => {
+                        each(v);
+                        true
+                    }
+                    body::KeyLookup::Missing => true,
+                    body::KeyLookup::Found(_) | body::KeyLookup::Folded => false,
+                },
+                Parsed::Json(_) => true,
+                // Unparseable: unknown only where it may mention the field.
+                _ => !(raw_mention || memchr::memmem::find(&b.bytes, b"\\u").is_some()),
+            };
+        }
+        // A form (or a body without a content type, which Rack reads as a form): its fields,
+        // names decoded leniently. Another type (multipart, text): unknown where it names
+        // `_method` (or may, through a percent escape), which multipart handlers (Rack, PHP)
+        // read.
+        let form_like = b.is_form() || b.media_type.is_none();
+        if !form_like {
+            return !body_may_override(b);
+        }
+        for v in body::form_field_values(&b.bytes, METHOD_OVERRIDE_PARAM) {
+            each(&v);
+        }
+        // A form body that is JSON (or JSON behind a BOM) is JSON to some upstreams.
+        !(raw_mention && b.form_looks_like_json())
     }
 
     /// Visit every method-override reading (policy-language.md "Method"): the values of the
@@ -225,18 +274,12 @@ impl Request {
                 each(v);
             }
         }
-        for v in self.query_values(METHOD_OVERRIDE_PARAM) {
-            each(v);
-        }
-        if self.body.is_form() && !self.body.bytes.is_empty() {
-            if self.body.truncated || self.body.encoded || self.body.foreign_charset {
-                return false;
-            }
-            for v in body::form_field_values(&self.body.bytes, METHOD_OVERRIDE_PARAM) {
-                each(&v);
+        for (n, v) in &self.query {
+            if query_base(n) == METHOD_OVERRIDE_PARAM {
+                each(v);
             }
         }
-        true
+        self.body_method_overrides(each)
     }
 
     /// A claim of a verified JWT payload: `provider`, then the claim: first as one literal
@@ -279,13 +322,40 @@ pub fn same_header(a: &str, b: &str) -> bool {
         && a.bytes().zip(b.bytes()).all(|(x, y)| x == y || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_')))
 }
 
-/// The parameter a query name is a reading of: the name before its first `[` (`a[]`, `a[0]`
-/// and `a[x]` are readings of `a`).
+/// The parameter a query (or form) name is a reading of: the name before its first bracket
+/// (`a[]`, `a[0]`, `a[x]` are readings of `a`, as PHP, Rails and `qs` read them), after
+/// leading brackets are dropped (`qs` reads `[a]` as `a`, Rack reads `]a` as `a`).
 pub fn query_base(name: &str) -> &str {
-    match name.split_once('[') {
-        Some((base, _)) => base,
-        None => name,
+    let n = name.trim_start_matches(['[', ']']);
+    match n.find(['[', ']']) {
+        Some(i) => n.get(..i).unwrap_or(n),
+        None => n,
     }
+}
+
+/// Whether bytes mention `_method` in any ASCII case (a key equal under folding is a
+/// reading too).
+fn mentions_method(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'_', bytes).any(|i| bytes.get(i + 1..i + 7).is_some_and(|w| w.eq_ignore_ascii_case(b"method")))
+}
+
+/// Whether a request body may hold a method override: always for a form (or a body without a
+/// content type, which Rack reads as one) and for a body whose bytes cannot be read as sent
+/// (truncated, encoded, a foreign charset); for JSON where it mentions `_method` or has a
+/// `\u` escape that could spell it; for other types (multipart) where it mentions `_method`
+/// or a percent-encoded underscore. A fast byte search: most bodies cost one `memchr` pass.
+fn body_may_override(body: &Body) -> bool {
+    let b = &body.bytes[..];
+    if b.is_empty() {
+        return false;
+    }
+    if body.is_form() || body.media_type.is_none() || body.truncated || body.encoded || body.foreign_charset {
+        return true;
+    }
+    if body.media_type.as_deref().is_some_and(body::is_json_media_type) {
+        return mentions_method(b) || memchr::memmem::find(b, b"\\u").is_some();
+    }
+    mentions_method(b) || memchr::memmem::find(b, b"%5f").is_some() || memchr::memmem::find(b, b"%5F").is_some()
 }
 
 fn add_header(headers: &mut HashMap<String, String>, key: String, value: String) {

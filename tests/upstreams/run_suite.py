@@ -347,6 +347,7 @@ class Group:
     def __init__(self, upstream, policy):
         self.upstream, self.policy = upstream, policy
         self.listen = 0
+        self.decisions: Path | None = None  # hallpass's decision log for this policy
 
 
 def build_request(req: dict, case_tag: str):
@@ -396,11 +397,40 @@ def send(group: Group, req: dict, tag: str) -> Resp:
     debug build). That is no decision, and never a reason for a row to pass."""
     for attempt in range(3):
         r = send_once(group, req, tag)
-        if not (r.status == 403 and not r.body.strip()) or attempt == 2:
+        if not (r.status == 403 and not r.body.strip()) or attempt == 2 or head_deny(req, r):
             return r
         print(f"   (retrying {tag}: Envoy answered 403 without a body, ext_authz error or timeout)", flush=True)
         time.sleep(0.5)
     return r
+
+
+def head_deny(req: dict, r: Resp) -> bool:
+    """A HEAD answer carries no body: hallpass's deny is told from Envoy's own 403 (ext_authz
+    error, no content type) by the content type hallpass sets on its denied response."""
+    return (
+        req["method"].upper() == "HEAD"
+        and r.status == 403
+        and r.headers.get("content-type", "").startswith("application/json")
+    )
+
+
+def rule_from_decision_log(group: Group, req: dict) -> str | None:
+    """The rule of hallpass's latest decision for this HEAD request (its decision log)."""
+    want = req["path"].split("?")[0]
+    for _ in range(20):
+        try:
+            lines = group.decisions.read_text().splitlines() if group.decisions else []
+        except OSError:
+            lines = []
+        for line in reversed(lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("method") == req["method"] and rec.get("path") == want and rec.get("decision") == "deny":
+                return rec.get("rule")
+        time.sleep(0.05)
+    return None
 
 
 def run_case(case, group: Group, record_file: Path, expect_bypass: bool, nonce: str):
@@ -416,6 +446,8 @@ def run_case(case, group: Group, record_file: Path, expect_bypass: bool, nonce: 
     time.sleep(0.05)
     recs = records_for(record_file, tag)
     body = r.json()
+    if head_deny(a, r) and not r.body.strip():
+        body = {"error": "forbidden", "rule": rule_from_decision_log(group, a)}
     rule = body.get("rule") if isinstance(body, dict) else None
     if expect_bypass:
         if not (200 <= r.status < 300):
@@ -552,6 +584,7 @@ def main() -> int:
         base = (os.getpid() % 6000) * 10
         for i, key in enumerate(sorted({(c["upstream"], c["policy"]) for c in cases})):
             g = Group(*key)
+            g.decisions = work / f"decisions-{g.policy}.jsonl"
             g.listen, admin = free_port(), free_port()
             cfg = (
                 template.replace("port_value: 8080", f"port_value: {g.listen}")

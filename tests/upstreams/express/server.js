@@ -84,6 +84,11 @@ app.get('/admin', (req, res) => {
   res.json({ admin: true });
 });
 
+app.get('/reports', (req, res) => {
+  record(req, { reports: 'read' });
+  res.json({ reports: [] });
+});
+
 app.get('/status', (req, res) => {
   record(req, { status: 'ok' });
   res.json({ ok: true });
