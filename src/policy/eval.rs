@@ -412,11 +412,11 @@ fn match_mcp(m: &McpMatch, body: BodyView<'_>, refs: &dyn Resolve) -> Tri {
 fn match_methods(methods: &[Box<str>], req: &Request) -> Tri {
     let m = req.method.as_str();
     let sent_in = methods.iter().any(|x| **x == *m);
-    let head = m.eq_ignore_ascii_case("HEAD");
-    if !req.method_override && !head && !m.bytes().any(|b| b.is_ascii_lowercase()) {
-        // One reading (the common case).
+    if req.method_plain {
+        // One reading (the common case; decided once per request in `Request`).
         return Tri::from_bool(sent_in);
     }
+    let head = m.eq_ignore_ascii_case("HEAD");
     // Policy methods are uppercase: the uppercase reading is in the list iff a method
     // equals it ignoring ASCII case.
     let upper_in = methods.iter().any(|x| x.eq_ignore_ascii_case(m));

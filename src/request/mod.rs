@@ -41,8 +41,10 @@ pub struct Request {
     /// Some header name has a `_`: CGI/WSGI upstreams read `x_agent_id` as `x-agent-id`.
     pub underscore_headers: bool,
     /// The request may carry a method override (an override header, a `_method` query
-    /// parameter, or a form body that may hold a `_method` field).
+    /// parameter, or a body that may hold a `_method` field).
     pub method_override: bool,
+    /// The method has one reading: uppercase as sent, not `HEAD`, no override possible.
+    pub method_plain: bool,
     /// Headers with lowercase names; repeated headers joined with `,` (as Envoy does).
     pub headers: HashMap<String, String>,
     /// `attributes.source.principal`, if non-empty.
@@ -130,17 +132,18 @@ impl Request {
             .get(PARTIAL_BODY_HEADER)
             .is_some_and(|v| !v.split(',').all(|p| p.trim().eq_ignore_ascii_case("false")));
         let bytes = if !http.raw_body.is_empty() { http.raw_body } else { http.body.into_bytes() };
-        let body = Body::new(
-            bytes,
-            headers.get("content-type").map(String::as_str),
-            headers.get("content-encoding").map(String::as_str),
-            truncated,
-        );
+        // Only a body has an encoding to look up (a body-less request skips the hash lookup).
+        let encoding = if bytes.is_empty() { None } else { headers.get("content-encoding").map(String::as_str) };
+        let body = Body::new(bytes, headers.get("content-type").map(String::as_str), encoding, truncated);
         let method_override = override_header
             || query.iter().any(|(n, _)| query_base(n) == METHOD_OVERRIDE_PARAM)
             || body_may_override(&body);
 
+        // One reading of the method (the common case): `methods` tests compare it alone.
+        let method_plain =
+            !method_override && !method.eq_ignore_ascii_case("HEAD") && !method.bytes().any(|b| b.is_ascii_lowercase());
         Ok(Request {
+            method_plain,
             method,
             host,
             host_valid,
