@@ -66,7 +66,7 @@ echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 
 echo "== benchmark scripts parse (benches/harness itself is built by benches/run.sh, not here)"
-for f in benches/run.sh benches/soak.sh; do bash -n "$f"; done
+for f in benches/run.sh benches/soak.sh benches/ab_criterion.sh; do bash -n "$f"; done
 
 echo "== benchmarks compile and run once in test mode"
 cargo test --locked --benches --quiet
