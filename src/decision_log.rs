@@ -66,6 +66,11 @@ pub struct DecisionRecord {
     pub rule: String,
     /// The message returned to the caller, for denies.
     pub message: Option<String>,
+    /// The part of the deciding rule that was unknown (a deny rule that matched on unknown):
+    /// `body`, `mcp`, `methods`, `query`, `headers`, `hosts`, `captures`. Absent when the
+    /// rule matched on what it tests, or no rule matched on unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<&'static str>,
     /// A dry run turned a deny into an allow.
     pub dry_run: bool,
     /// Per-rule dry-run deny rules that matched.

@@ -29,6 +29,9 @@ pub fn render_text(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &
     if let Some(e) = d.path_error {
         let _ = writeln!(out, "path_error: {e}");
     }
+    if let Some(p) = d.unknown {
+        let _ = writeln!(out, "unknown: {} (the deciding deny rule matched on unknown)", p.as_str());
+    }
     if traces.is_empty() {
         return out;
     }
@@ -36,7 +39,10 @@ pub fn render_text(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &
     let _ = writeln!(out, "rules:");
     for t in traces {
         let status = if t.rule.as_ref() == d.rule.as_str() && t.applies {
-            "decided".to_string()
+            match (t.result.result, t.result.part) {
+                (Tri::Unknown, Some(p)) => format!("decided: `{}` unknown (deny rules match on unknown)", p.as_str()),
+                _ => "decided".to_string(),
+            }
         } else {
             match (t.result.result, t.result.part, t.applies) {
                 (Tri::True, _, _) => "matched".to_string(),
@@ -78,6 +84,7 @@ pub fn render_json(d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> s
         "rule": d.rule.as_str(),
         "dry_run": d.dry_run,
         "dry_run_rules": d.dry_run_rules.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "unknown": d.unknown.map(|p| p.as_str()),
         "message": if d.allowed && !d.dry_run { None } else { Some(deny_message(d)) },
         "agent": ident.agent,
         "on_behalf_of": ident.on_behalf_of,

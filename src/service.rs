@@ -286,6 +286,7 @@ impl Authz {
             policy_effect: d.policy_effect.as_str(),
             rule: d.rule.as_str().to_string(),
             message,
+            unknown: d.unknown.map(|p| p.as_str()),
             dry_run: d.dry_run,
             dry_run_rules: d.dry_run_rules.iter().map(|r| r.to_string()).collect(),
             policy_revision: c.revision,

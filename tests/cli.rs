@@ -75,6 +75,26 @@ fn check_explains_the_decision() {
     assert_eq!(v["rule"], "default");
     let read = v["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "mail-read").unwrap();
     assert_eq!(read["part"], "captures");
+    assert_eq!(v["unknown"], serde_json::Value::Null, "no rule decided on unknown");
+
+    // `delete` over HTTP/2 is also DELETE (and not only): the deny rule decides on unknown,
+    // and the report says so, in text and in JSON.
+    let out = Command::new(BIN)
+        .args(["check", "--policy", EXAMPLE, "--method", "delete", "--host", "mail.example.com"])
+        .args(["--path", "/v1/users/alice/messages/m1", "--agent", "triage-bot"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rule: no-deletes\n"), "{text}");
+    assert!(text.contains("unknown: methods"), "{text}");
+    assert!(text.contains("decided: `methods` unknown"), "{text}");
+    let out = Command::new(BIN)
+        .args(["check", "--policy", EXAMPLE, "--method", "delete", "--host", "mail.example.com", "--json"])
+        .args(["--path", "/v1/users/alice/messages/m1", "--agent", "triage-bot"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["rule"].as_str(), v["unknown"].as_str()), (Some("no-deletes"), Some("methods")));
 }
 
 #[test]

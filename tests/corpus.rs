@@ -62,7 +62,7 @@ fn corpus_decisions() {
         };
         let policy = Policy::from_yaml(&text, &label)
             .unwrap_or_else(|e| panic!("{}: policy does not load:\n{e}", file.display()));
-        let authz = Authz::from_policy(policy);
+        let authz = Authz::from_policy(policy.clone());
         let fname = file.file_name().unwrap().to_string_lossy().to_string();
         for case in &corpus.cases {
             total += 1;
@@ -83,6 +83,18 @@ fn corpus_decisions() {
                     if got.2 { " (dry run)" } else { "" },
                 ));
                 continue;
+            }
+            // `hallpass check` explains with the same evaluation core (a tracer that goes on
+            // through every rule): its decision must be the one Check made.
+            let req = hallpass::request::Request::from_check_request(case.request.to_check_request()).unwrap();
+            let (explained, traces) = hallpass::policy::explain(&policy, &req, case.request.now());
+            if explained != decision {
+                failures.push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", case.name));
+            }
+            if matches!(decision.rule, hallpass::policy::eval::RuleId::Rule(_))
+                && !traces.iter().any(|t| t.applies && *t.rule == *decision.rule.as_str())
+            {
+                failures.push(format!("{fname} / {}: the deciding rule is not among the traces", case.name));
             }
             // The response must say the same thing to Envoy.
             let status = resp.status.as_ref().map(|s| s.code).unwrap_or(-1);

@@ -303,6 +303,11 @@ async fn records_validate_and_metrics_move() {
     assert_eq!(by(7, "mcp"), serde_json::json!({"method": "tools/call", "tool": "run_shell"}));
     assert_eq!(by(8, "mcp"), serde_json::json!({"method": "tools/list", "tool": null, "batch": 2}));
     assert_eq!(by(9, "body"), "unparseable");
+    // Denied because the body could not be read, not because it named a denied tool: the
+    // record says which part of the deciding rule was unknown.
+    assert_eq!((by(9, "rule"), by(9, "unknown")), ("mcp-no-shell".into(), "mcp".into()));
+    assert_eq!(by(7, "rule"), "mcp-no-shell");
+    assert!(recs[7].get("unknown").is_none() && recs[6].get("unknown").is_none(), "a plain match has no `unknown`");
     assert_eq!(by(10, "rule"), "invalid_request");
     assert_eq!(recs.iter().map(|r| r["policy_revision"].clone()).collect::<std::collections::HashSet<_>>().len(), 1);
 

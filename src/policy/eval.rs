@@ -67,6 +67,9 @@ pub struct Decision {
     pub dry_run_rules: Vec<Arc<str>>,
     /// Why the path was refused, for `invalid_path`.
     pub path_error: Option<PathError>,
+    /// The deciding rule matched on an unknown part (a deny rule): which part. An auditor
+    /// tells "denied because the body could not be read" from "denied because it matched".
+    pub unknown: Option<Part>,
 }
 
 impl Decision {
@@ -79,6 +82,7 @@ impl Decision {
             dry_run: false,
             dry_run_rules: Vec::new(),
             path_error: None,
+            unknown: None,
         }
     }
 
@@ -554,6 +558,7 @@ struct Outcome {
     rule: RuleId,
     message: Option<Arc<str>>,
     dry_run_rules: Vec<Arc<str>>,
+    unknown: Option<Part>,
 }
 
 fn first_segment(path: &str) -> &str {
@@ -598,59 +603,129 @@ impl super::compile::RuleIndex {
     }
 }
 
-/// The deny rules to try: the index's candidates, or every deny rule when the request has a
-/// second path reading (`;` parameters) the index was not asked about.
-enum DenyCands<'a> {
+/// The rules to try: the index's candidates, or every rule (when the request has a second
+/// path reading the index was not asked about, or a tracer wants every rule explained).
+enum RuleIter<'a> {
     Indexed(Candidates<'a>),
     All(std::ops::Range<usize>),
 }
 
-impl Iterator for DenyCands<'_> {
+impl Iterator for RuleIter<'_> {
     type Item = usize;
     fn next(&mut self) -> Option<usize> {
         match self {
-            DenyCands::Indexed(c) => c.next(),
-            DenyCands::All(r) => r.next(),
+            RuleIter::Indexed(c) => c.next(),
+            RuleIter::All(r) => r.next(),
         }
     }
 }
 
-fn decide_one(policy: &Policy, cands: Cands<'_>, cx: &Cx<'_>, body: BodyView<'_>) -> Outcome {
+/// Sees every rule the evaluator matches, in the order it matches them. [`NoTrace`] on the
+/// request path (compiled away); [`Collect`] for `hallpass check` and the test runner: the
+/// same evaluation loop serves both, so an explanation never contradicts its decision.
+pub trait Tracer {
+    /// Whether to go on matching every rule after the decision is known (an explanation);
+    /// the decision itself is the same either way.
+    fn wants_all(&self) -> bool;
+    /// One rule's result (`element`: the batch element, for batches).
+    fn rule(&mut self, index: usize, rule: &Rule, element: Option<usize>, result: RuleMatch, applies: bool);
+}
+
+/// The request path's tracer: records nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTrace;
+
+impl Tracer for NoTrace {
+    #[inline(always)]
+    fn wants_all(&self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn rule(&mut self, _: usize, _: &Rule, _: Option<usize>, _: RuleMatch, _: bool) {}
+}
+
+/// A tracer that keeps every rule's result (for explanations).
+#[derive(Debug, Clone, Default)]
+pub struct Collect(pub Vec<RuleTrace>);
+
+impl Tracer for Collect {
+    fn wants_all(&self) -> bool {
+        true
+    }
+    fn rule(&mut self, index: usize, rule: &Rule, element: Option<usize>, result: RuleMatch, applies: bool) {
+        self.0.push(RuleTrace { index, rule: rule.id.clone(), effect: rule.effect, element, result, applies });
+    }
+}
+
+fn decide_one<T: Tracer>(
+    policy: &Policy,
+    cands: Cands<'_>,
+    cx: &Cx<'_>,
+    body: BodyView<'_>,
+    element: Option<usize>,
+    tracer: &mut T,
+) -> Outcome {
+    let all = tracer.wants_all();
     let mut dry_run_rules = Vec::new();
-    let deny = match cx.alt_path {
-        None => DenyCands::Indexed(cands.deny),
-        Some(_) => DenyCands::All(0..policy.rules.len()),
+    // (index, how it matched) of the deciding rule.
+    let mut decided: Option<(usize, RuleMatch)> = None;
+    let deny = match (cx.alt_path, all) {
+        (None, false) => RuleIter::Indexed(cands.deny),
+        _ => RuleIter::All(0..policy.rules.len()),
     };
     for i in deny {
         let Some(rule) = policy.rules.get(i) else { continue };
         if rule.effect != Effect::Deny {
             continue;
         }
-        if applies(rule, match_rule(rule, cx, body)) {
+        let m = match_rule(rule, cx, body);
+        let applies = applies(rule, m);
+        tracer.rule(i, rule, element, m, applies);
+        if applies && decided.is_none() {
             if rule.dry_run {
                 dry_run_rules.push(rule.id.clone());
                 continue;
             }
-            return Outcome {
-                effect: Effect::Deny,
-                rule: RuleId::Rule(rule.id.clone()),
-                message: rule.message.clone(),
-                dry_run_rules,
-            };
+            decided = Some((i, m));
+            if !all {
+                break;
+            }
         }
     }
-    for i in cands.allow {
-        let Some(rule) = policy.rules.get(i) else { continue };
-        if applies(rule, match_rule(rule, cx, body)) {
-            return Outcome {
-                effect: Effect::Allow,
-                rule: RuleId::Rule(rule.id.clone()),
-                message: None,
-                dry_run_rules,
-            };
+    if decided.is_none() || all {
+        let allow = if all { RuleIter::All(0..policy.rules.len()) } else { RuleIter::Indexed(cands.allow) };
+        for i in allow {
+            let Some(rule) = policy.rules.get(i) else { continue };
+            if rule.effect != Effect::Allow {
+                continue;
+            }
+            let m = match_rule(rule, cx, body);
+            let applies = applies(rule, m);
+            tracer.rule(i, rule, element, m, applies);
+            if applies && decided.is_none() {
+                decided = Some((i, m));
+                if !all {
+                    break;
+                }
+            }
         }
     }
-    Outcome { effect: policy.settings.default, rule: RuleId::Default, message: None, dry_run_rules }
+    match decided.and_then(|(i, m)| policy.rules.get(i).map(|r| (r, m))) {
+        Some((rule, m)) => Outcome {
+            effect: rule.effect,
+            rule: RuleId::Rule(rule.id.clone()),
+            message: if rule.effect == Effect::Deny { rule.message.clone() } else { None },
+            dry_run_rules,
+            unknown: if m.result == Tri::Unknown { m.part } else { None },
+        },
+        None => Outcome {
+            effect: policy.settings.default,
+            rule: RuleId::Default,
+            message: None,
+            dry_run_rules,
+            unknown: None,
+        },
+    }
 }
 
 /// The longest JSON-RPC batch decided element by element.
@@ -734,6 +809,19 @@ pub fn evaluate_identified(
     ident: Result<Identity<'_>, AmbiguousIdentity>,
     now: Timestamp,
 ) -> Decision {
+    evaluate_traced(policy, req, ident, now, &mut NoTrace)
+}
+
+/// The evaluation core: [`evaluate_identified`] with a [`Tracer`] that sees every rule
+/// matched. Check, `hallpass check` (through [`explain`]) and the test runner all decide
+/// here.
+pub fn evaluate_traced<T: Tracer>(
+    policy: &Policy,
+    req: &Request,
+    ident: Result<Identity<'_>, AmbiguousIdentity>,
+    now: Timestamp,
+    tracer: &mut T,
+) -> Decision {
     let path = match checked_path(policy, req) {
         Ok(p) => p,
         Err(e) => {
@@ -749,8 +837,8 @@ pub fn evaluate_identified(
     let alt = (policy.settings.allow_path_semicolons && path.contains(';')).then(|| strip_path_params(path));
     let cx = Cx { req, path, alt_path: alt.as_deref(), ident, now };
     let cands = Cands::of(policy, path);
-    let shape_now = if alt.is_some() {
-        // Every deny rule is a candidate: parse the body if any rule reads it.
+    let shape_now = if alt.is_some() || tracer.wants_all() {
+        // Every rule is a candidate: parse the body if any rule reads it.
         if policy.inputs.body {
             shape(req.body.parsed())
         } else {
@@ -760,13 +848,17 @@ pub fn evaluate_identified(
         body_shape(policy, req, cands)
     };
     let outcome = match shape_now {
-        Shape::Single(view) => decide_one(policy, cands, &cx, view),
+        Shape::Single(view) => decide_one(policy, cands, &cx, view, None, tracer),
         Shape::Batch(items) => {
             let mut first_outcome: Option<Outcome> = None;
             let mut dry_run_rules: Vec<Arc<str>> = Vec::new();
             let mut denied: Option<Outcome> = None;
-            for item in items {
-                let o = decide_one(policy, cands, &cx, BodyView::Json(item));
+            for (n, item) in items.iter().enumerate() {
+                let o = decide_one(policy, cands, &cx, BodyView::Json(item), Some(n), tracer);
+                if denied.is_some() {
+                    // Only explaining the rest (a tracer that wants every rule).
+                    continue;
+                }
                 for r in &o.dry_run_rules {
                     if !dry_run_rules.contains(r) {
                         dry_run_rules.push(r.clone());
@@ -774,7 +866,10 @@ pub fn evaluate_identified(
                 }
                 if o.effect == Effect::Deny {
                     denied = Some(o);
-                    break;
+                    if !tracer.wants_all() {
+                        break;
+                    }
+                    continue;
                 }
                 if first_outcome.is_none() {
                     first_outcome = Some(o);
@@ -784,9 +879,13 @@ pub fn evaluate_identified(
                 (Some(d), _) => d,
                 (None, Some(f)) => f,
                 // INVARIANT: a batch is non-empty; this arm only keeps the code total.
-                (None, None) => {
-                    Outcome { effect: Effect::Deny, rule: RuleId::Default, message: None, dry_run_rules: Vec::new() }
-                }
+                (None, None) => Outcome {
+                    effect: Effect::Deny,
+                    rule: RuleId::Default,
+                    message: None,
+                    dry_run_rules: Vec::new(),
+                    unknown: None,
+                },
             };
             o.dry_run_rules = dry_run_rules;
             o
@@ -804,6 +903,7 @@ pub fn evaluate_identified(
         dry_run,
         dry_run_rules: outcome.dry_run_rules,
         path_error: None,
+        unknown: outcome.unknown,
     }
 }
 
@@ -826,6 +926,8 @@ pub fn valid_until(policy: &Policy, req: &Request, now: Timestamp) -> Option<Tim
 /// One rule's result in an explanation.
 #[derive(Debug, Clone)]
 pub struct RuleTrace {
+    /// The rule's position in the policy (file order).
+    pub index: usize,
     /// The rule.
     pub rule: Arc<str>,
     /// Its effect.
@@ -838,33 +940,12 @@ pub struct RuleTrace {
     pub applies: bool,
 }
 
-/// Evaluate every rule (not just until the decision) to explain a decision: for
-/// `hallpass check`. Not used on the request path.
+/// Explain a decision: every rule's result, from the same evaluation core as Check (with a
+/// [`Collect`] tracer), in file order per batch element. For `hallpass check`.
 pub fn explain(policy: &Policy, req: &Request, now: Timestamp) -> (Decision, Vec<RuleTrace>) {
-    let decision = evaluate(policy, req, now);
-    let mut traces = Vec::new();
-    let (Ok(path), Ok(ident)) = (checked_path(policy, req), resolve_identity(policy, req)) else {
-        return (decision, traces);
-    };
-    let alt = (policy.settings.allow_path_semicolons && path.contains(';')).then(|| strip_path_params(path));
-    let cx = Cx { req, path, alt_path: alt.as_deref(), ident, now };
-    // The same shapes as `evaluate` (batch limit included), so a trace never contradicts
-    // the decision it explains.
-    let views: Vec<(Option<usize>, BodyView<'_>)> = match shape(req.body.parsed()) {
-        Shape::Single(view) => vec![(None, view)],
-        Shape::Batch(items) => items.iter().enumerate().map(|(i, e)| (Some(i), BodyView::Json(e))).collect(),
-    };
-    for (element, view) in views {
-        for rule in &policy.rules {
-            let result = match_rule(rule, &cx, view);
-            traces.push(RuleTrace {
-                rule: rule.id.clone(),
-                effect: rule.effect,
-                element,
-                result,
-                applies: applies(rule, result),
-            });
-        }
-    }
+    let mut tracer = Collect::default();
+    let decision = evaluate_traced(policy, req, resolve_identity(policy, req), now, &mut tracer);
+    let mut traces = tracer.0;
+    traces.sort_by_key(|t| (t.element, t.index));
     (decision, traces)
 }
