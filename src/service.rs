@@ -21,7 +21,8 @@ use tonic_health::ServingStatus;
 use crate::cache::DecisionCache;
 use crate::decision_log::{DecisionLog, DecisionRecord, McpSummary, SCHEMA};
 use crate::policy::eval::{
-    candidates_read_body, checked_path, evaluate_identified, resolve_identity, valid_until, AmbiguousIdentity, Identity,
+    candidates_read_body, checked_path, evaluate_identified, path_bypasses_index, resolve_identity, valid_until,
+    AmbiguousIdentity, Identity,
 };
 use crate::policy::{Decision, Effect, Policy};
 use crate::reload::{handle_for, LivePolicy, PolicyHandle};
@@ -202,9 +203,13 @@ impl Authz {
         let Ok(path) = checked_path(&live.policy, req) else {
             return (evaluate(), false, false);
         };
-        // A `;` path (allowed by the policy) is decided against every deny rule, which the
-        // cache entry's lifetime (`valid_until`, by candidates) does not cover: not cached.
-        if req.body.bytes.is_empty() || path.contains(';') || !candidates_read_body(&live.policy, path) {
+        // A path with a second reading that starts elsewhere (`;` parameters allowed by the
+        // policy, `/admin.json`) is decided against every deny rule, which the cache entry's
+        // lifetime (`valid_until`, by candidates) does not cover: not cached.
+        if req.body.bytes.is_empty()
+            || path_bypasses_index(&live.policy, path)
+            || !candidates_read_body(&live.policy, path)
+        {
             return (evaluate(), false, false);
         }
         let Ok(id) = ident else {

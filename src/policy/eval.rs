@@ -270,11 +270,44 @@ fn rpc_kind(v: &Json) -> Rpc {
 struct Cx<'r> {
     req: &'r Request,
     path: &'r str,
-    /// With `allow_path_semicolons`, the path with each segment's `;params` removed, as
-    /// Tomcat and Jetty route it: deny rules match it too.
-    alt_path: Option<&'r str>,
+    /// More readings of the path that deny rules match too: with `allow_path_semicolons`,
+    /// the path with each segment's `;params` removed (Tomcat, Jetty); and the path with a
+    /// format suffix cut from its last segment (`/admin.json` is `/admin` to Rails and to
+    /// Spring's suffix matching), of either.
+    alt_paths: [Option<&'r str>; 3],
+    /// An alternative path starts with another segment: try every deny rule.
+    every_deny: bool,
     ident: Identity<'r>,
     now: Timestamp,
+}
+
+/// The path with a format suffix cut from its last segment (`/admin.json` → `/admin`,
+/// `/users/5.json/` → `/users/5`), as Rails routes (`(.:format)`) and Spring's suffix-pattern
+/// matching read it; `None` when the last segment has no `.` after its first character.
+pub fn cut_format_suffix(path: &str) -> Option<&str> {
+    let p = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
+    let seg_start = p.rfind('/').map_or(0, |i| i + 1);
+    let seg = p.get(seg_start..)?;
+    let dot = seg.get(1..)?.find('.')? + 1;
+    p.get(..seg_start + dot)
+}
+
+/// The alternative path readings deny rules match (see `Cx::alt_paths`), and whether one of
+/// them starts with another segment than the path (then the rule index, asked about the
+/// path's first segment, does not find every deny rule they may match).
+fn alt_paths<'a>(path: &'a str, stripped: Option<&'a str>) -> ([Option<&'a str>; 3], bool) {
+    let alts = [stripped, cut_format_suffix(path), stripped.and_then(cut_format_suffix)];
+    let first = first_segment(path);
+    let moved = alts.iter().flatten().any(|a| !first_segment(a).eq_ignore_ascii_case(first));
+    (alts, moved)
+}
+
+/// Whether the rule index does not cover every deny rule a request on this path may meet
+/// (a second path reading starts with another segment): such decisions are not cached,
+/// since the cache bounds an entry's life by the candidates' time windows.
+pub fn path_bypasses_index(policy: &Policy, path: &str) -> bool {
+    let stripped = (policy.settings.allow_path_semicolons && path.contains(';')).then(|| strip_path_params(path));
+    alt_paths(path, stripped.as_deref()).1
 }
 
 /// The path with `;params` removed from every segment and repeated slashes merged (what
@@ -489,7 +522,8 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
         let loose = rule.effect == Effect::Deny;
         let hit = if loose {
             paths.iter().any(|p| {
-                p.matches_loose(cx.path, &mut caps) || cx.alt_path.is_some_and(|a| p.matches_loose(a, &mut caps))
+                p.matches_loose(cx.path, &mut caps)
+                    || cx.alt_paths.iter().flatten().any(|a| p.matches_loose(a, &mut caps))
             })
         } else {
             paths.iter().any(|p| p.matches(cx.path, &mut caps))
@@ -669,10 +703,7 @@ fn decide_one<T: Tracer>(
     let mut dry_run_rules = Vec::new();
     // (index, how it matched) of the deciding rule.
     let mut decided: Option<(usize, RuleMatch)> = None;
-    let deny = match (cx.alt_path, all) {
-        (None, false) => RuleIter::Indexed(cands.deny),
-        _ => RuleIter::All(0..policy.rules.len()),
-    };
+    let deny = if cx.every_deny || all { RuleIter::All(0..policy.rules.len()) } else { RuleIter::Indexed(cands.deny) };
     for i in deny {
         let Some(rule) = policy.rules.get(i) else { continue };
         if rule.effect != Effect::Deny {
@@ -834,10 +865,11 @@ pub fn evaluate_traced<T: Tracer>(
         Ok(i) => i,
         Err(AmbiguousIdentity) => return Decision::builtin(RuleId::InvalidIdentity),
     };
-    let alt = (policy.settings.allow_path_semicolons && path.contains(';')).then(|| strip_path_params(path));
-    let cx = Cx { req, path, alt_path: alt.as_deref(), ident, now };
+    let stripped = (policy.settings.allow_path_semicolons && path.contains(';')).then(|| strip_path_params(path));
+    let (alts, every_deny) = alt_paths(path, stripped.as_deref());
+    let cx = Cx { req, path, alt_paths: alts, every_deny, ident, now };
     let cands = Cands::of(policy, path);
-    let shape_now = if alt.is_some() || tracer.wants_all() {
+    let shape_now = if every_deny || tracer.wants_all() {
         // Every rule is a candidate: parse the body if any rule reads it.
         if policy.inputs.body {
             shape(req.body.parsed())

@@ -378,8 +378,8 @@ pub enum FormError {
     /// A repeated field, a bad escape or bad UTF-8.
     Invalid,
     /// Upstreams read it otherwise: more than [`MAX_FORM_FIELDS`] fields (`qs` drops the
-    /// rest), or a bracketed name (`a[]`, `user[name]`: `qs`, PHP and Rails build arrays and
-    /// objects from them).
+    /// rest), a bracketed name (`a[]`, `user[name]`: `qs`, PHP and Rails build arrays and
+    /// objects from them), or a name PHP mangles (a space, a dot or a NUL in it).
     Ambiguous,
 }
 
@@ -400,7 +400,9 @@ pub fn parse_form(bytes: &[u8]) -> Result<Json, FormError> {
         };
         let name = form_decode(n).ok_or(FormError::Invalid)?;
         let value = form_decode(v).ok_or(FormError::Invalid)?;
-        if name.contains(['[', ']']) {
+        // Bracketed names build arrays and objects (`qs`, PHP, Rails); PHP also drops leading
+        // spaces, ends a name at a NUL and reads spaces and dots as `_`.
+        if name.contains(['[', ']', '.', '\0']) || name.starts_with(' ') || name.contains(' ') {
             return Err(FormError::Ambiguous);
         }
         // Names equal under case folding are one field to ASP.NET (first value wins there).
@@ -413,8 +415,9 @@ pub fn parse_form(bytes: &[u8]) -> Result<Json, FormError> {
     Ok(Json::Object(out))
 }
 
-/// The values of a form field named `name` (or `name[...]`) in a form body, decoded
-/// leniently, without parsing the rest strictly: the `_method` override reading.
+/// The values of a form field that is a reading of `name` (see `request::param_is`: `name[...]`,
+/// `[name]`, a case-folded or PHP-mangled spelling) in a form body, decoded leniently,
+/// without parsing the rest strictly: the `_method` override reading.
 pub fn form_field_values<'a>(bytes: &'a [u8], name: &'a str) -> impl Iterator<Item = String> + 'a {
     bytes.split(|b| *b == b'&').filter_map(move |pair| {
         let (n, v) = match pair.iter().position(|b| *b == b'=') {
@@ -422,7 +425,7 @@ pub fn form_field_values<'a>(bytes: &'a [u8], name: &'a str) -> impl Iterator<It
             None => (pair, &[][..]),
         };
         let n = lenient_form_decode(n);
-        (super::query_base(&n) == name).then(|| lenient_form_decode(v))
+        super::param_is(&n, name).then(|| lenient_form_decode(v))
     })
 }
 

@@ -35,6 +35,9 @@ pub struct Request {
     pub path: Result<String, PathError>,
     /// Decoded query parameters in order; names may repeat.
     pub query: Vec<(String, String)>,
+    /// The query read with `;` as a separator too (Rails, Rack 2), when it has a `;`; its
+    /// values are more readings of their parameters. Empty otherwise.
+    pub query_alt: Vec<(String, String)>,
     /// The query string had more than [`path::MAX_QUERY_PARAMS`] parameters: every query
     /// test is unknown (the `qs` parser drops the rest).
     pub query_overflow: bool,
@@ -101,6 +104,9 @@ impl Request {
         let (path_part, query_part) = path::split(&raw_path);
         let path = path::normalize(path_part);
         let query = path::parse_query(query_part);
+        // Rails and Rack 2 (and older Python and Go) also split the query on `;`.
+        let query_alt =
+            if query_part.contains(';') { path::parse_query_with(query_part, &['&', ';']) } else { Vec::new() };
         let query_overflow = path::query_overflows(query_part);
 
         // One pass over the header names: underscore spellings, method-override headers.
@@ -136,7 +142,7 @@ impl Request {
         let encoding = if bytes.is_empty() { None } else { headers.get("content-encoding").map(String::as_str) };
         let body = Body::new(bytes, headers.get("content-type").map(String::as_str), encoding, truncated);
         let method_override = override_header
-            || query.iter().any(|(n, _)| query_base(n) == METHOD_OVERRIDE_PARAM)
+            || query.iter().chain(&query_alt).any(|(n, _)| param_is(n, METHOD_OVERRIDE_PARAM))
             || body_may_override(&body);
 
         // One reading of the method (the common case): `methods` tests compare it alone.
@@ -149,6 +155,7 @@ impl Request {
             host_valid,
             path,
             query,
+            query_alt,
             query_overflow,
             underscore_headers,
             method_override,
@@ -201,27 +208,22 @@ impl Request {
     where
         'a: 'n,
     {
-        self.query
-            .iter()
-            .filter(move |(n, _)| {
-                let base = query_base(n);
-                base == name || body::fold_eq(base, name)
-            })
-            .map(|(_, v)| v.as_str())
+        self.query.iter().chain(&self.query_alt).filter(move |(n, _)| param_is(n, name)).map(|(_, v)| v.as_str())
     }
 
     /// The method overrides a body holds (see [`Self::method_overrides`]); false when they
     /// cannot be known.
     fn body_method_overrides(&self, mut each: impl FnMut(&str)) -> bool {
         let b = &self.body;
-        if b.bytes.is_empty() {
+        let kind = OverrideBody::of(b);
+        if b.bytes.is_empty() || kind == OverrideBody::None {
             return true;
         }
         if b.truncated || b.encoded || b.foreign_charset {
             return false;
         }
         let raw_mention = mentions_method(&b.bytes);
-        if b.media_type.as_deref().is_some_and(body::is_json_media_type) {
+        if kind == OverrideBody::Json {
             // method-override's body getter and Laravel read `_method` of a JSON body.
             return match b.parsed() {
                 Parsed::Json(serde_json::Value::Object(o)) => match body::lookup_key(o, METHOD_OVERRIDE_PARAM) {
@@ -241,9 +243,8 @@ impl Request {
         // names decoded leniently. Another type (multipart, text): unknown where it names
         // `_method` (or may, through a percent escape), which multipart handlers (Rack, PHP)
         // read.
-        let form_like = b.is_form() || b.media_type.is_none();
-        if !form_like {
-            return !body_may_override(b);
+        if kind == OverrideBody::Multipart {
+            return !raw_mention;
         }
         for v in body::form_field_values(&b.bytes, METHOD_OVERRIDE_PARAM) {
             each(&v);
@@ -277,8 +278,8 @@ impl Request {
                 each(v);
             }
         }
-        for (n, v) in &self.query {
-            if query_base(n) == METHOD_OVERRIDE_PARAM {
+        for (n, v) in self.query.iter().chain(&self.query_alt) {
+            if param_is(n, METHOD_OVERRIDE_PARAM) {
                 each(v);
             }
         }
@@ -336,6 +337,29 @@ pub fn query_base(name: &str) -> &str {
     }
 }
 
+/// Whether a query (or form) parameter named `n` is a reading of parameter `name`: its
+/// bracket base (`qs`, Rails, PHP: `a[]`, `[a]`), that base under case folding (ASP.NET binds
+/// names case-insensitively), or PHP's mangled name (leading spaces dropped, the name ends at
+/// a NUL, spaces and dots become `_`: ` a.b` is `a_b` to PHP).
+pub fn param_is(n: &str, name: &str) -> bool {
+    let base = query_base(n);
+    if base == name || body::fold_eq(base, name) {
+        return true;
+    }
+    n.bytes().any(|b| matches!(b, b' ' | b'.' | 0)) && php_name(n) == name
+}
+
+/// A parameter name as PHP registers it.
+fn php_name(n: &str) -> String {
+    let n = n.trim_start_matches(' ');
+    let n = n.split('\0').next().unwrap_or("");
+    let n = match n.find('[') {
+        Some(i) => n.get(..i).unwrap_or(n),
+        None => n,
+    };
+    n.replace([' ', '.'], "_")
+}
+
 /// Whether bytes mention `_method` in any ASCII case (a key equal under folding is a
 /// reading too).
 fn mentions_method(bytes: &[u8]) -> bool {
@@ -352,13 +376,41 @@ fn body_may_override(body: &Body) -> bool {
     if b.is_empty() {
         return false;
     }
-    if body.is_form() || body.media_type.is_none() || body.truncated || body.encoded || body.foreign_charset {
-        return true;
+    match OverrideBody::of(body) {
+        OverrideBody::None => false,
+        OverrideBody::Form => true,
+        _ if body.truncated || body.encoded || body.foreign_charset => true,
+        OverrideBody::Json => mentions_method(b) || memchr::memmem::find(b, b"\\u").is_some(),
+        OverrideBody::Multipart => mentions_method(b),
     }
-    if body.media_type.as_deref().is_some_and(body::is_json_media_type) {
-        return mentions_method(b) || memchr::memmem::find(b, b"\\u").is_some();
+}
+
+/// Which bodies upstreams read a `_method` override from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OverrideBody {
+    /// A form, or a body without a content type (Rack reads it as a form).
+    Form,
+    /// JSON (method-override's documented body getter, Laravel).
+    Json,
+    /// `multipart/form-data` (Rack, PHP, Symfony read its fields).
+    Multipart,
+    /// Anything else (text, octet-stream, images): no upstream reads `_method` from it.
+    None,
+}
+
+impl OverrideBody {
+    fn of(body: &Body) -> OverrideBody {
+        match body.media_type.as_deref() {
+            None => OverrideBody::Form,
+            Some(_) if body.is_form() => OverrideBody::Form,
+            Some(mt) if body::is_json_media_type(mt) => OverrideBody::Json,
+            Some("multipart/form-data") => OverrideBody::Multipart,
+            // A content type sent twice (no media type): what the upstream believes is
+            // anyone's guess.
+            Some("") => OverrideBody::Multipart,
+            Some(_) => OverrideBody::None,
+        }
     }
-    mentions_method(b) || memchr::memmem::find(b, b"%5f").is_some() || memchr::memmem::find(b, b"%5F").is_some()
 }
 
 fn add_header(headers: &mut HashMap<String, String>, key: String, value: String) {

@@ -223,7 +223,12 @@ pub fn query_overflows(q: &str) -> bool {
 /// Decode a query string leniently: split on `&`, `+` is a space, percent escapes decoded
 /// where valid (kept as written where not), invalid UTF-8 replaced. Names may repeat.
 pub fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
+    parse_query_with(q, &['&'])
+}
+
+/// [`parse_query`] with other separators (Rails and Rack 2 also split on `;`).
+pub fn parse_query_with(q: &str, seps: &[char]) -> Vec<(String, String)> {
+    q.split(seps)
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
