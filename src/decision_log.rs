@@ -12,7 +12,13 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use serde::Serialize;
+use jiff::Timestamp;
+use serde::{Serialize, Serializer};
+
+use crate::check::Checked;
+use crate::policy::Effect;
+use crate::request::{Parsed, PathError, Request};
+use crate::response::deny_message;
 
 /// The schema id written in every record.
 pub const SCHEMA: &str = "hallpass.decision/v1";
@@ -34,8 +40,9 @@ pub struct McpSummary {
 pub struct DecisionRecord {
     /// Always [`SCHEMA`].
     pub schema: &'static str,
-    /// RFC 3339 time of the decision.
-    pub time: String,
+    /// RFC 3339 time of the decision (formatted by the writer, not on the Check path).
+    #[serde(serialize_with = "display")]
+    pub time: Timestamp,
     /// The decision id (also in the response and the upstream header).
     pub decision_id: String,
     /// Envoy's `x-request-id`, to join with Envoy's access log.
@@ -83,6 +90,119 @@ pub struct DecisionRecord {
     pub body: &'static str,
     /// Time to decide, in microseconds.
     pub latency_us: f64,
+}
+
+/// What a decision record says about the request (moved out of the normalized request, not
+/// copied). Never the body, never header values but `x-request-id`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestSummary {
+    /// Method.
+    pub method: String,
+    /// Normalized host.
+    pub host: String,
+    /// Normalized path, if valid.
+    pub path: Option<String>,
+    /// Why the path was refused.
+    pub path_error: Option<PathError>,
+    /// Decoded query parameters (only kept when the log asks for them).
+    pub query: Option<Vec<(String, String)>>,
+    /// Envoy's `x-request-id`.
+    pub request_id: Option<String>,
+    /// The MCP call, if the body was read and is JSON-RPC.
+    pub mcp: Option<McpSummary>,
+    /// How the body was read.
+    pub body: &'static str,
+    /// The agent, when known (kept only when there is a decision log).
+    pub agent: Option<String>,
+    /// The user the agent acts for, when known (kept only when there is a decision log).
+    pub on_behalf_of: Option<String>,
+}
+
+fn mcp_summary(req: &Request) -> Option<McpSummary> {
+    let Some(Parsed::Json(v)) = req.body.parsed_if_read() else { return None };
+    let one = |o: &serde_json::Value| -> Option<McpSummary> {
+        if o.get("jsonrpc").is_none_or(|j| j != "2.0") {
+            return None;
+        }
+        let method = o.get("method").and_then(|m| m.as_str()).map(String::from);
+        let tool = o.get("params").and_then(|p| p.get("name")).and_then(|n| n.as_str()).map(String::from);
+        Some(McpSummary { method, tool, batch: None })
+    };
+    match v {
+        serde_json::Value::Array(items) => {
+            let mut first = one(items.first()?)?;
+            first.batch = Some(items.len());
+            Some(first)
+        }
+        o => one(o),
+    }
+}
+
+impl RequestSummary {
+    /// The summary of a Check that had no request to summarize.
+    pub fn empty() -> RequestSummary {
+        RequestSummary { body: "absent", ..Default::default() }
+    }
+}
+
+/// Shape what a record says about a request, moving its strings (no copies).
+pub fn summarize(req: Request, include_query: bool) -> RequestSummary {
+    let mcp = mcp_summary(&req);
+    let body = req.body.outcome();
+    let request_id = req.headers.get("x-request-id").cloned();
+    let (path, path_error) = match req.path {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e)),
+    };
+    RequestSummary {
+        method: req.method,
+        host: req.host,
+        path,
+        path_error,
+        query: include_query.then_some(req.query),
+        request_id,
+        mcp,
+        body,
+        agent: None,
+        on_behalf_of: None,
+    }
+}
+
+fn display<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
+}
+
+impl DecisionRecord {
+    /// The record of one Check (record shaping: what the audit trail says about it).
+    pub fn new(c: Checked, latency: std::time::Duration) -> DecisionRecord {
+        let d = c.decision;
+        let message = if d.policy_effect == Effect::Deny { Some(deny_message(&d)) } else { None };
+        DecisionRecord {
+            schema: SCHEMA,
+            time: c.time,
+            decision_id: c.decision_id,
+            request_id: c.summary.request_id,
+            agent: c.summary.agent,
+            on_behalf_of: c.summary.on_behalf_of,
+            method: c.summary.method,
+            host: c.summary.host,
+            path: c.summary.path,
+            path_error: c.summary.path_error.map(|e| e.label().to_string()),
+            query: c.summary.query,
+            mcp: c.summary.mcp,
+            decision: if d.allowed { "allow" } else { "deny" },
+            policy_effect: d.policy_effect.as_str(),
+            rule: d.rule.as_str().to_string(),
+            message,
+            unknown: d.unknown.map(|p| p.as_str()),
+            dry_run: d.dry_run,
+            dry_run_rules: d.dry_run_rules.iter().map(|r| r.to_string()).collect(),
+            policy_revision: c.live.revision.clone(),
+            cache_hit: c.cache == crate::check::CacheLookup::Hit,
+            body: c.summary.body,
+            latency_us: latency.as_secs_f64() * 1e6,
+        }
+    }
 }
 
 /// Where records go.

@@ -6,6 +6,8 @@
 //! - [`policy`]: the YAML policy is parsed ([`policy::parse`]), validated and compiled
 //!   ([`policy::compile`]) once per load; [`policy::evaluate`] is the pure, synchronous
 //!   decision function over a normalized request, returning a [`policy::Decision`].
+//! - [`check`]: the Check as a pipeline of typed stages (request → identity → quarantine →
+//!   cache → evaluate → holds/grants → limits → credentials → response).
 //! - [`response`]: a Decision becomes the `CheckResponse` Envoy acts on.
 //! - [`service`]: the tonic `Authorization/Check` server and gRPC health, `run(listener, shutdown)`.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` over plain HTTP.
@@ -24,6 +26,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod check;
 pub mod decision_log;
 pub mod explain;
 pub mod policy;

@@ -218,7 +218,7 @@ fn cached_decisions_equal_uncached_decisions() {
         let b = uncached.decide(req, now);
         assert_eq!(a.decision, b.decision, "request {i} at {now}: cache changed the decision");
         assert_ne!(a.decision_id, b.decision_id);
-        hits += usize::from(a.cache_hit);
+        hits += usize::from(a.cache_hit());
         total += 1;
     }
     eprintln!("{total} requests up to {now}, {hits} cache hits, all decisions equal");
@@ -241,23 +241,23 @@ fn a_hit_gets_a_fresh_decision_id_and_is_marked() {
     };
     // Stored on second sight, served from the third.
     let first = a.decide(pay("bot-a", 5), now);
-    assert!(!first.cache_hit);
+    assert!(!first.cache_hit());
     assert_eq!(cache.entry_count(), 0, "a one-off request is not stored");
-    assert!(!a.decide(pay("bot-a", 5), now).cache_hit);
+    assert!(!a.decide(pay("bot-a", 5), now).cache_hit());
     let second = a.decide(pay("bot-a", 5), now);
-    assert!(second.cache_hit);
+    assert!(second.cache_hit());
     assert!(first.decision.allowed);
     assert_eq!(first.decision, second.decision);
     assert_ne!(first.decision_id, second.decision_id);
     assert_eq!(cache.entry_count(), 1);
     // The body is part of the key.
     let big = a.decide(pay("bot-a", 5000), now);
-    assert!(!big.cache_hit && !big.decision.allowed);
+    assert!(!big.cache_hit() && !big.decision.allowed);
     let big = a.decide(pay("bot-a", 5000), now);
-    assert!(!big.cache_hit && !big.decision.allowed);
+    assert!(!big.cache_hit() && !big.decision.allowed);
     // Body-less decisions are not cached at all.
     let get = || CheckRequestBuilder::new("GET", "/echo?who=bot-a").header("x-agent-id", "bot-a").build();
-    assert!(!a.decide(get(), now).cache_hit && !a.decide(get(), now).cache_hit);
+    assert!(!a.decide(get(), now).cache_hit() && !a.decide(get(), now).cache_hit());
     assert_eq!(cache.entry_count(), 2);
 }
 
@@ -278,8 +278,8 @@ fn entries_do_not_outlive_a_time_window_boundary() {
     let after: jiff::Timestamp = "2026-11-23T17:00:00Z".parse().unwrap();
     assert!(a.decide(req(), before).decision.allowed);
     assert!(a.decide(req(), before).decision.allowed);
-    assert!(a.decide(req(), before).cache_hit);
+    assert!(a.decide(req(), before).cache_hit());
     let d = a.decide(req(), after);
-    assert!(!d.cache_hit, "the entry expired at the boundary despite the 1h TTL");
+    assert!(!d.cache_hit(), "the entry expired at the boundary despite the 1h TTL");
     assert!(!d.decision.allowed);
 }
