@@ -145,7 +145,7 @@ fn scaling(c: &mut Criterion) {
             .build();
         let d = evaluate(&p, &Request::from_check_request(breq.clone()).unwrap(), now);
         assert_eq!(d.rule.as_str(), format!("r{body_target}"));
-        assert!(d.allowed);
+        assert!(d.allowed());
         c.bench_function(&format!("scale/json_body_1k/{n} rules"), |b| {
             b.iter_batched(
                 || Request::from_check_request(breq.clone()).unwrap(),

@@ -176,7 +176,7 @@ impl DecisionRecord {
     /// The record of one Check (record shaping: what the audit trail says about it).
     pub fn new(c: Checked, latency: std::time::Duration) -> DecisionRecord {
         let d = c.decision;
-        let message = if d.policy_effect == Effect::Deny { Some(deny_message(&d)) } else { None };
+        let message = if d.policy_effect() == Effect::Deny { Some(deny_message(&d)) } else { None };
         DecisionRecord {
             schema: SCHEMA,
             time: c.time,
@@ -190,12 +190,12 @@ impl DecisionRecord {
             path_error: c.summary.path_error.map(|e| e.label().to_string()),
             query: c.summary.query,
             mcp: c.summary.mcp,
-            decision: if d.allowed { "allow" } else { "deny" },
-            policy_effect: d.policy_effect.as_str(),
+            decision: if d.allowed() { "allow" } else { "deny" },
+            policy_effect: d.policy_effect().as_str(),
             rule: d.rule.as_str().to_string(),
             message,
             unknown: d.unknown.map(|p| p.as_str()),
-            dry_run: d.dry_run,
+            dry_run: d.dry_run(),
             dry_run_rules: d.dry_run_rules.iter().map(|r| r.to_string()).collect(),
             policy_revision: c.live.revision.clone(),
             cache_hit: c.cache == crate::check::CacheLookup::Hit,

@@ -11,17 +11,17 @@ use crate::response::deny_message;
 /// Render a decision and its rule traces as text.
 pub fn render_text(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> String {
     let mut out = String::new();
-    let decision = if d.allowed { "allow" } else { "deny" };
+    let decision = if d.allowed() { "allow" } else { "deny" };
     let _ = writeln!(out, "decision: {decision}");
     let _ = writeln!(out, "rule: {}", d.rule.as_str());
-    if d.dry_run {
+    if d.dry_run() {
         let _ = writeln!(out, "dry_run: true");
     }
     if !d.dry_run_rules.is_empty() {
         let ids: Vec<&str> = d.dry_run_rules.iter().map(|r| &**r).collect();
         let _ = writeln!(out, "dry_run_rules: {}", ids.join(","));
     }
-    if !d.allowed || d.policy_effect == Effect::Deny {
+    if !d.allowed() || d.policy_effect() == Effect::Deny {
         let _ = writeln!(out, "message: {}", deny_message(d));
     }
     let _ = writeln!(out, "agent: {}", ident.agent.unwrap_or("-"));
@@ -80,12 +80,12 @@ pub fn render_json(d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> s
         })
         .collect();
     serde_json::json!({
-        "decision": if d.allowed { "allow" } else { "deny" },
+        "decision": if d.allowed() { "allow" } else { "deny" },
         "rule": d.rule.as_str(),
-        "dry_run": d.dry_run,
+        "dry_run": d.dry_run(),
         "dry_run_rules": d.dry_run_rules.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
         "unknown": d.unknown.map(|p| p.as_str()),
-        "message": if d.allowed && !d.dry_run { None } else { Some(deny_message(d)) },
+        "message": if d.allowed() && !d.dry_run() { None } else { Some(deny_message(d)) },
         "agent": ident.agent,
         "on_behalf_of": ident.on_behalf_of,
         "rules": rules,

@@ -67,18 +67,14 @@ pub fn deny_message(d: &Decision) -> String {
     if let Some(m) = &d.message {
         return m.to_string();
     }
-    match &d.rule {
-        RuleId::Rule(id) => format!("Denied by policy rule `{id}`."),
-        RuleId::Default => "No policy rule allows this request.".to_string(),
-        RuleId::InvalidPath => match d.path_error {
-            Some(e) => format!("The request path is not acceptable: {e}."),
-            None => "The request path is not acceptable.".to_string(),
+    match (&d.rule, d.rule.builtin()) {
+        (RuleId::Rule(id), _) => format!("Denied by policy rule `{id}`."),
+        (RuleId::InvalidPath, Some(b)) => match d.path_error {
+            Some(e) => format!("{}: {e}.", b.message),
+            None => format!("{}.", b.message),
         },
-        RuleId::InvalidIdentity => {
-            "The caller identity is ambiguous: an identity header was sent more than once.".to_string()
-        }
-        RuleId::InvalidRequest => "The authorization request carried no HTTP request to decide on.".to_string(),
-        RuleId::InternalError => "The authorization service failed to decide; the request is denied.".to_string(),
+        (_, Some(b)) => b.message.to_string(),
+        (_, None) => "Denied.".to_string(),
     }
 }
 
@@ -90,10 +86,10 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
     let n = 4
         + usize::from(ident.agent.is_some())
         + usize::from(ident.on_behalf_of.is_some())
-        + usize::from(d.dry_run)
+        + usize::from(d.dry_run())
         + usize::from(!d.dry_run_rules.is_empty());
     let mut fields = HashMap::with_capacity(n);
-    fields.insert("decision".to_string(), s(if d.allowed { "allow" } else { "deny" }));
+    fields.insert("decision".to_string(), s(if d.allowed() { "allow" } else { "deny" }));
     fields.insert("rule".to_string(), s(d.rule.as_str()));
     fields.insert("decision_id".to_string(), s(decision_id));
     if !revision.is_empty() {
@@ -105,7 +101,7 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
     if let Some(o) = ident.on_behalf_of {
         fields.insert("on_behalf_of".to_string(), s(o));
     }
-    if d.dry_run {
+    if d.dry_run() {
         fields.insert("dry_run".to_string(), Value { kind: Some(Kind::BoolValue(true)) });
     }
     if !d.dry_run_rules.is_empty() {
@@ -143,7 +139,7 @@ pub fn check_response(
     revision: &str,
 ) -> CheckResponse {
     let dynamic_metadata = Some(metadata(d, ident, decision_id, revision));
-    if d.allowed {
+    if d.allowed() {
         CheckResponse {
             status: Some(rpc::Status { code: GRPC_OK, message: String::new(), details: Vec::new() }),
             dynamic_metadata,

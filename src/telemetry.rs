@@ -167,8 +167,10 @@ impl Metrics {
 
     /// Count one decision and its latency.
     pub fn record(&self, d: &Decision, seconds: f64) {
-        let decision = if d.allowed { "allow" } else { "deny" };
-        self.decisions.with_label_values(&[decision, d.rule.as_str(), if d.dry_run { "true" } else { "false" }]).inc();
+        let decision = if d.allowed() { "allow" } else { "deny" };
+        self.decisions
+            .with_label_values(&[decision, d.rule.as_str(), if d.dry_run() { "true" } else { "false" }])
+            .inc();
         self.check_seconds.with_label_values(&[decision]).observe(seconds);
     }
 

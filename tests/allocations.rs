@@ -18,12 +18,12 @@ fn a_body_less_decision_allocates_nothing() {
     let now = jiff::Timestamp::now();
     let get = Request::from_check_request(samples::read_mail().build()).unwrap();
     let first = evaluate(&policy, &get, now); // lazily built state (regex caches) is not per decision
-    assert!(first.allowed, "the sample is allowed by {}", first.rule.as_str());
+    assert!(first.allowed(), "the sample is allowed by {}", first.rule.as_str());
 
     let before = dhat::HeapStats::get();
     for _ in 0..100 {
         let d = evaluate(&policy, &get, now);
-        assert!(d.allowed);
+        assert!(d.allowed());
     }
     let after = dhat::HeapStats::get();
     assert_eq!(after.total_blocks - before.total_blocks, 0, "allocations in 100 body-less decisions");
@@ -31,6 +31,6 @@ fn a_body_less_decision_allocates_nothing() {
     // And the counter counts: a decision with a JSON body does allocate (the parsed body).
     let mail = Request::from_check_request(samples::send_mail(samples::mail_body_1k()).build()).unwrap();
     let before = dhat::HeapStats::get();
-    assert!(evaluate(&policy, &mail, now).allowed);
+    assert!(evaluate(&policy, &mail, now).allowed());
     assert!(dhat::HeapStats::get().total_blocks > before.total_blocks);
 }

@@ -246,15 +246,15 @@ fn a_hit_gets_a_fresh_decision_id_and_is_marked() {
     assert!(!a.decide(pay("bot-a", 5), now).cache_hit());
     let second = a.decide(pay("bot-a", 5), now);
     assert!(second.cache_hit());
-    assert!(first.decision.allowed);
+    assert!(first.decision.allowed());
     assert_eq!(first.decision, second.decision);
     assert_ne!(first.decision_id, second.decision_id);
     assert_eq!(cache.entry_count(), 1);
     // The body is part of the key.
     let big = a.decide(pay("bot-a", 5000), now);
-    assert!(!big.cache_hit() && !big.decision.allowed);
+    assert!(!big.cache_hit() && !big.decision.allowed());
     let big = a.decide(pay("bot-a", 5000), now);
-    assert!(!big.cache_hit() && !big.decision.allowed);
+    assert!(!big.cache_hit() && !big.decision.allowed());
     // Body-less decisions are not cached at all.
     let get = || CheckRequestBuilder::new("GET", "/echo?who=bot-a").header("x-agent-id", "bot-a").build();
     assert!(!a.decide(get(), now).cache_hit() && !a.decide(get(), now).cache_hit());
@@ -276,10 +276,10 @@ fn entries_do_not_outlive_a_time_window_boundary() {
     // 16:59:59 in Berlin on a Monday: allowed; one second later the 08:00-18:00 window has closed.
     let before: jiff::Timestamp = "2026-11-23T16:59:59Z".parse().unwrap();
     let after: jiff::Timestamp = "2026-11-23T17:00:00Z".parse().unwrap();
-    assert!(a.decide(req(), before).decision.allowed);
-    assert!(a.decide(req(), before).decision.allowed);
+    assert!(a.decide(req(), before).decision.allowed());
+    assert!(a.decide(req(), before).decision.allowed());
     assert!(a.decide(req(), before).cache_hit());
     let d = a.decide(req(), after);
     assert!(!d.cache_hit(), "the entry expired at the boundary despite the 1h TTL");
-    assert!(!d.decision.allowed);
+    assert!(!d.decision.allowed());
 }

@@ -68,8 +68,8 @@ fn corpus_decisions() {
             total += 1;
             let checked = authz.decide(case.request.to_check_request(), case.request.now());
             let (decision, resp) = (checked.decision, checked.response);
-            let got_decision = if decision.allowed { "allow" } else { "deny" };
-            let got = (got_decision.to_string(), decision.rule.as_str().to_string(), decision.dry_run);
+            let got_decision = if decision.allowed() { "allow" } else { "deny" };
+            let got = (got_decision.to_string(), decision.rule.as_str().to_string(), decision.dry_run());
             let want = (case.expect.decision.clone(), case.expect.rule.clone(), case.expect.dry_run);
             if got != want {
                 failures.push(format!(
@@ -98,7 +98,7 @@ fn corpus_decisions() {
             }
             // The response must say the same thing to Envoy.
             let status = resp.status.as_ref().map(|s| s.code).unwrap_or(-1);
-            let ok = match (&resp.http_response, decision.allowed) {
+            let ok = match (&resp.http_response, decision.allowed()) {
                 (Some(HttpResponse::OkResponse(_)), true) => status == 0,
                 (Some(HttpResponse::DeniedResponse(_)), false) => status == 7,
                 _ => false,
@@ -107,7 +107,7 @@ fn corpus_decisions() {
                 failures.push(format!("{fname} / {}: CheckResponse disagrees with the decision", case.name));
             }
             if meta_str(&resp, "decision").as_deref() != Some(got_decision)
-                || (meta_str(&resp, "dry_run").as_deref() == Some("true")) != decision.dry_run
+                || (meta_str(&resp, "dry_run").as_deref() == Some("true")) != decision.dry_run()
             {
                 failures.push(format!("{fname} / {}: metadata disagrees with the decision", case.name));
             }

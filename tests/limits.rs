@@ -35,7 +35,7 @@ fn authz() -> Authz {
 
 fn decide(a: &Authz, b: CheckRequestBuilder) -> (bool, String) {
     let d = a.decide(b.build(), jiff::Timestamp::now()).decision;
-    (d.allowed, d.rule.as_str().to_string())
+    (d.allowed(), d.rule.as_str().to_string())
 }
 
 fn batch(n: usize) -> String {

@@ -34,7 +34,7 @@ rules:
 fn decide(b: CheckRequestBuilder) -> (bool, String) {
     let a = Authz::from_policy(Policy::from_yaml(POLICY, "readings.yaml").unwrap());
     let d = a.decide(b.build(), jiff::Timestamp::now()).decision;
-    (d.allowed, d.rule.as_str().to_string())
+    (d.allowed(), d.rule.as_str().to_string())
 }
 
 fn params(n: usize) -> String {

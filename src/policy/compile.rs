@@ -15,10 +15,6 @@ use super::parse::{locate_rule, parse, PolicyError, PolicyErrors};
 use super::pattern::PathPattern;
 use super::time::TimeWindow;
 
-/// Rule ids hallpass itself uses for decisions no policy rule made.
-pub const RESERVED_RULE_IDS: [&str; 5] =
-    ["default", "invalid_path", "invalid_identity", "invalid_request", "internal_error"];
-
 /// allow | deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
@@ -503,7 +499,7 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
             errs.rule(&label, "the id may only use letters, digits, `.`, `_` and `-`".into());
             continue;
         }
-        if RESERVED_RULE_IDS.contains(&label.as_str()) {
+        if super::eval::BUILTINS.iter().any(|b| b.id == label) {
             errs.rule(&label, format!("`{label}` is reserved for decisions hallpass makes itself; choose another id"));
             continue;
         }

@@ -34,35 +34,80 @@ pub enum RuleId {
     InternalError,
 }
 
+/// A decision hallpass makes itself, without a policy rule: its id, and the message a denied
+/// caller reads. One table (the reserved ids a policy may not use, the ids reported to Envoy
+/// and in records, the deny messages), so the strings are written once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Builtin {
+    /// The rule id reported.
+    pub id: &'static str,
+    /// The message of a deny.
+    pub message: &'static str,
+}
+
+/// Every built-in decision, in [`RuleId`] order.
+pub const BUILTINS: [Builtin; 5] = [
+    Builtin { id: "default", message: "No policy rule allows this request." },
+    Builtin { id: "invalid_path", message: "The request path is not acceptable" },
+    Builtin {
+        id: "invalid_identity",
+        message:
+            "The caller identity is ambiguous: an identity header was sent more than once, or under another spelling.",
+    },
+    Builtin { id: "invalid_request", message: "The authorization request carried no HTTP request to decide on." },
+    Builtin { id: "internal_error", message: "The authorization service failed to decide; the request is denied." },
+];
+
 impl RuleId {
+    /// The built-in decision this is, if it is not a policy rule.
+    pub fn builtin(&self) -> Option<&'static Builtin> {
+        let i = match self {
+            RuleId::Rule(_) => return None,
+            RuleId::Default => 0,
+            RuleId::InvalidPath => 1,
+            RuleId::InvalidIdentity => 2,
+            RuleId::InvalidRequest => 3,
+            RuleId::InternalError => 4,
+        };
+        BUILTINS.get(i)
+    }
+
     /// The id as reported to Envoy and in logs.
     pub fn as_str(&self) -> &str {
         match self {
             RuleId::Rule(id) => id,
-            RuleId::Default => "default",
-            RuleId::InvalidPath => "invalid_path",
-            RuleId::InvalidIdentity => "invalid_identity",
-            RuleId::InvalidRequest => "invalid_request",
-            RuleId::InternalError => "internal_error",
+            other => other.builtin().map_or("internal_error", |b| b.id),
         }
     }
+}
+
+/// What Envoy is told, and why (never a set of booleans).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it through: an allow rule, or `settings.default: allow`.
+    Allow,
+    /// Refuse it.
+    Deny,
+    /// Let it through because a dry run turned a deny into an allow. `global`: the policy is
+    /// in `mode: dry_run` and decided deny (the decision's rule is the would-deny rule);
+    /// otherwise deny rules in per-rule dry run matched (`dry_run_rules`) and the request was
+    /// then allowed.
+    DryRunAllow {
+        /// The whole policy is in dry run.
+        global: bool,
+    },
 }
 
 /// The outcome of deciding one request. This record is what the decision log says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    /// What Envoy is told: true = let it through.
-    pub allowed: bool,
-    /// What the policy decided before any global dry run (equal to `allowed` unless a
-    /// global dry run turned a deny into an allow).
-    pub policy_effect: Effect,
+    /// What Envoy is told, and why.
+    pub verdict: Verdict,
     /// The deciding rule (in a global dry run that turned a deny into an allow, the
     /// would-deny rule).
     pub rule: RuleId,
     /// The deciding rule's message, if it has one.
     pub message: Option<Arc<str>>,
-    /// A dry run (global, or a per-rule one) turned a deny into an allow.
-    pub dry_run: bool,
     /// Deny rules in per-rule dry run that matched (their would-be denials), file order.
     pub dry_run_rules: Vec<Arc<str>>,
     /// Why the path was refused, for `invalid_path`.
@@ -73,13 +118,29 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Whether Envoy lets the request through.
+    pub fn allowed(&self) -> bool {
+        !matches!(self.verdict, Verdict::Deny)
+    }
+
+    /// What the policy decided before any global dry run.
+    pub fn policy_effect(&self) -> Effect {
+        match self.verdict {
+            Verdict::Deny | Verdict::DryRunAllow { global: true } => Effect::Deny,
+            Verdict::Allow | Verdict::DryRunAllow { global: false } => Effect::Allow,
+        }
+    }
+
+    /// Whether a dry run (global or per-rule) turned a deny into an allow.
+    pub fn dry_run(&self) -> bool {
+        matches!(self.verdict, Verdict::DryRunAllow { .. })
+    }
+
     fn builtin(rule: RuleId) -> Decision {
         Decision {
-            allowed: false,
-            policy_effect: Effect::Deny,
+            verdict: Verdict::Deny,
             rule,
             message: None,
-            dry_run: false,
             dry_run_rules: Vec::new(),
             path_error: None,
             unknown: None,
@@ -923,16 +984,16 @@ pub fn evaluate_traced<T: Tracer>(
             o
         }
     };
-    let dry_run_global = policy.settings.mode == Mode::DryRun;
-    let allowed = outcome.effect == Effect::Allow || dry_run_global;
-    let dry_run = (outcome.effect == Effect::Deny && dry_run_global)
-        || (outcome.effect == Effect::Allow && !outcome.dry_run_rules.is_empty());
+    let verdict = match (outcome.effect, policy.settings.mode) {
+        (Effect::Deny, Mode::DryRun) => Verdict::DryRunAllow { global: true },
+        (Effect::Deny, Mode::Enforce) => Verdict::Deny,
+        (Effect::Allow, _) if !outcome.dry_run_rules.is_empty() => Verdict::DryRunAllow { global: false },
+        (Effect::Allow, _) => Verdict::Allow,
+    };
     Decision {
-        allowed,
-        policy_effect: outcome.effect,
+        verdict,
         rule: outcome.rule,
         message: outcome.message,
-        dry_run,
         dry_run_rules: outcome.dry_run_rules,
         path_error: None,
         unknown: outcome.unknown,

@@ -16,5 +16,5 @@ pub mod time;
 
 pub use compile::{Effect, Mode, Policy, Rule};
 pub use condition::Tri;
-pub use eval::{evaluate, explain, Decision, RuleId};
+pub use eval::{evaluate, explain, Decision, RuleId, Verdict};
 pub use parse::{PolicyError, PolicyErrors};

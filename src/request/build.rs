@@ -183,7 +183,7 @@ pub mod samples {
                 [(read_mail(), "mail-read"), (send_mail(mail_body_1k()), "mail-send"), (mcp_search(), "mcp-search")]
             {
                 let d = evaluate(&p, &Request::from_check_request(b.build()).unwrap(), jiff::Timestamp::now());
-                assert!(d.allowed);
+                assert!(d.allowed());
                 assert_eq!(d.rule.as_str(), rule);
             }
         }

@@ -292,7 +292,7 @@ fn bench(c: &mut Criterion) {
 
     // The three engines agree with the expected verdicts before anything is measured.
     for (i, case) in cases.iter().enumerate() {
-        let h = evaluate(&policy, &hp[i], now).allowed;
+        let h = evaluate(&policy, &hp[i], now).allowed();
         let r = rego_allow(&mut rego, &rin[i]);
         let c = authorizer.is_authorized(&creq[i], &cedar_policies, &entities).decision() == CedarDecision::Allow;
         assert_eq!((h, r, c), (case.allow, case.allow, case.allow), "{}: hallpass/rego/cedar disagree", case.name);
