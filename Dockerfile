@@ -1,6 +1,6 @@
 # hallpass image: a static-enough release binary on distroless, running as non-root.
 #   docker build -t ghcr.io/hallpass-dev/hallpass:0.1.0 .
-FROM rust:1.85-slim-bookworm AS build
+FROM rust:1.91-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

@@ -1,7 +1,13 @@
 //! Criterion benchmarks of the decision path against the shipped example policy:
 //! evaluation alone (body-less and with a JSON body), and the whole synchronous Check
 //! (CheckRequest → normalize → evaluate → CheckResponse). See docs/benchmarks.md.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "benches may panic; criterion macros generate undocumented items"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;

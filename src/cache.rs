@@ -248,7 +248,7 @@ impl DecisionCache {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, reason = "tests may panic")]
     use super::*;
 
     /// A working set that fits the cache ends up cached: admission on second sight and

@@ -20,6 +20,7 @@
         clippy::expect_used,
         clippy::panic,
         clippy::indexing_slicing,
+        clippy::string_slice,
         reason = "tests may panic"
     )
 )]

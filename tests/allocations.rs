@@ -1,7 +1,14 @@
 //! A body-less decision allocates nothing (performance.md target 1): identities are borrowed
 //! from the request, the candidate rules and captures live on the stack. Counted with dhat's
 //! allocator; this file is its own test binary, so nothing else runs under it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use hallpass::policy::{evaluate, Policy};
 use hallpass::request::build::samples;

@@ -1,7 +1,14 @@
 //! The decision cache never changes a decision: over a large randomized stream of requests
 //! (time-bounded rules, bodies, query and header tests, references, MCP, dry run, policy
 //! swaps), decisions with the cache on equal decisions with it off.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +143,7 @@ fn random_request(r: &mut Rng) -> CheckRequestBuilder {
         2 => b = b.header("x-agent-id", "bot-b").header("x-on-behalf-of", "alice"),
         _ => b = b.header("x-agent-id", "bot-a").header("x-on-behalf-of", r.pick(&["alice", "bob"])),
     }
-    if r.next() % 3 == 0 {
+    if r.next().is_multiple_of(3) {
         b = b.header("x-env", r.pick(&["prod", "staging", "dev", "prod,staging"]));
     }
     match r.next() % 8 {
@@ -172,7 +179,7 @@ fn random_request(r: &mut Rng) -> CheckRequestBuilder {
                 _ => ("application/json", r#"{"amount":5}"#),
             };
             b = b.header("content-type", ct).body(body);
-            if r.next() % 3 == 0 {
+            if r.next().is_multiple_of(3) {
                 b = b.header("content-encoding", "gzip");
             }
         }
@@ -202,14 +209,14 @@ fn cached_decisions_equal_uncached_decisions() {
     for i in 0..30_000 {
         // Bursts of traffic, and now and then a jump of 10-40 minutes: over the run the clock
         // crosses every window of the policy, days and midnights included.
-        let step_ms = if rng.next() % 200 == 0 { 600_000 + rng.next() % 1_800_000 } else { rng.next() % 500 };
+        let step_ms = if rng.next().is_multiple_of(200) { 600_000 + rng.next() % 1_800_000 } else { rng.next() % 500 };
         now = now.checked_add(jiff::SignedDuration::from_millis(step_ms as i64)).unwrap();
         if i % 7_500 == 7_499 {
             // Swap the policy (as a reload would): the cache must not serve the old one.
             generation += 1;
             handle.store(Arc::new(live(if generation % 2 == 0 { POLICY_B } else { POLICY_A }, generation)));
         }
-        let req = if rng.next() % 5 == 0 {
+        let req = if rng.next().is_multiple_of(5) {
             random_request(&mut rng).build()
         } else {
             pool[(rng.next() % pool.len() as u64) as usize].clone()

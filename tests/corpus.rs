@@ -3,7 +3,14 @@
 //! Check takes (CheckRequest → normalize → evaluate → CheckResponse). `invalid_policies.yaml`
 //! lists policies that must fail to load, with substrings the error must name;
 //! `valid_policies.yaml` tricky policies that must load.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 mod common;
 

@@ -1,6 +1,13 @@
 //! Every policy shown in the README and docs/ is a real policy: each ```yaml block that
 //! starts with `version: 1` must load.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use std::path::Path;
 

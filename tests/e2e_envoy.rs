@@ -2,7 +2,14 @@
 //! scripts/test.sh): client → Envoy (envoy/envoy.yaml as shipped, only ports and the JWKS
 //! path swapped) → hallpass (the binary, serving config/policy.yaml) → a small upstream.
 //! Raw HTTP/1.1 on the wire, so the attack paths reach Envoy byte for byte.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 mod common;
 

@@ -6,7 +6,14 @@
 //!
 //! scripts/test.sh installs the tools. Without them the test is skipped, unless
 //! HALLPASS_REQUIRE_TOOLS=1 (as scripts/test.sh sets), then it fails.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

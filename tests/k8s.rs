@@ -2,7 +2,14 @@
 //! Kubernetes 1.37 schemas, the Deployment is hardened, every shipped config inside is the one
 //! the other tests exercise, the Dockerfile passes hadolint, and the Istio / Envoy Gateway
 //! examples say what envoy-facts.md requires.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 mod common;
 

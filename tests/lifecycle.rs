@@ -1,6 +1,13 @@
 //! Shutdown: health flips to NOT_SERVING first, a Check in flight completes, then the
 //! server stops.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,13 @@
 //! The shipped monitoring: alert rules pass `promtool check rules` and their unit tests, every
 //! PromQL expression of the Grafana dashboard parses, and every metric they name exists.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 mod common;
 

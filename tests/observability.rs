@@ -1,7 +1,14 @@
 //! Metrics and decision records, driven through the real gRPC server: values move as they
 //! should, records validate against docs/decision-log.schema.json, a blocked sink never
 //! slows a Check, and the exposition passes `promtool check metrics`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 mod common;
 

@@ -1,6 +1,13 @@
 //! Property tests (proptest) for normalization, path matching and the decision cache key:
 //! what must hold for every input, not just for the corpus's examples.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use hallpass::cache::{CacheOptions, DecisionCache};
 use hallpass::policy::eval::{evaluate_identified, resolve_identity};

@@ -1,6 +1,13 @@
 //! Live policy: Kubernetes-style ConfigMap updates (an atomic `..data` symlink swap), bad
 //! updates that must keep the last good policy, and reloads under concurrent Checks.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -201,7 +208,7 @@ async fn hundred_reloads_under_load_zero_failed_or_mixed_checks() {
             let mut i = 0usize;
             while !done.load(Ordering::Relaxed) {
                 let (path, want) =
-                    if (i + c) % 2 == 0 { ("/d/x", ("deny", "deny")) } else { ("/a/x", ("allow", "allow")) };
+                    if (i + c).is_multiple_of(2) { ("/d/x", ("deny", "deny")) } else { ("/a/x", ("allow", "allow")) };
                 let resp = client.check(CheckRequestBuilder::new("GET", path).build()).await.expect("no failed Check");
                 let resp = resp.into_inner();
                 let f = &resp.dynamic_metadata.as_ref().unwrap().fields;

@@ -1,6 +1,14 @@
 //! Shared test helpers: the corpus fixture format and turning a fixture request into the
 //! CheckRequest Envoy would send.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    reason = "tests may panic"
+)]
 
 use std::collections::BTreeMap;
 
