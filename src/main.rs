@@ -70,6 +70,11 @@ enum Command {
     },
 }
 
+/// Exit status for a configuration error (an invalid policy or settings file, a bad flag):
+/// 64, as sysexits' EX_USAGE, so a supervisor tells it from a crash (1) and does not restart
+/// into the same error.
+const EXIT_CONFIG: u8 = 64;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -114,7 +119,7 @@ fn check(a: CheckArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let now = match a.now.as_deref().map(str::parse::<jiff::Timestamp>) {
@@ -182,7 +187,7 @@ fn serve(o: Overrides) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hallpass serve: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let metrics = match Metrics::new() {
@@ -198,7 +203,7 @@ fn serve(o: Overrides) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             eprintln!("hallpass serve: refusing to start with an invalid policy");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     init_logging(&settings);

@@ -120,7 +120,7 @@ fn serve_refuses_an_invalid_policy() {
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(64), "a configuration error exits 64");
     assert!(start.elapsed() < Duration::from_secs(10));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("version") && err.contains("refusing to start"), "{err}");
