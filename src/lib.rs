@@ -11,6 +11,8 @@
 //! - [`response`]: a Decision becomes the `CheckResponse` Envoy acts on.
 //! - [`service`]: the tonic `Authorization/Check` server and gRPC health, `run(listener, shutdown)`.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` over plain HTTP.
+//! - [`app`]: the server as library code: listeners, watcher, writer, one cancellation
+//!   signal, one drain (what `hallpass serve` runs; tests start it in-process on port 0).
 //! - [`settings`]: server configuration (file + flags); [`explain`]: the `check` command's report.
 
 #![cfg_attr(
@@ -26,6 +28,7 @@
 )]
 
 pub mod admin;
+pub mod app;
 pub mod cache;
 pub mod check;
 pub mod decision_log;

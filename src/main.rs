@@ -2,19 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use hallpass::cache::DecisionCache;
-use hallpass::decision_log::{DecisionLog, Sink};
 use hallpass::policy::{explain, Policy};
-use hallpass::reload::{self, PolicyStore};
+use hallpass::reload::PolicyStore;
 use hallpass::request::build::CheckRequestBuilder;
 use hallpass::request::Request;
-use hallpass::settings::{LogFormat, LogSink, Overrides, ServerSettings};
+use hallpass::settings::{LogFormat, Overrides, ServerSettings};
 use hallpass::telemetry::Metrics;
-use hallpass::{admin, explain as report, service};
+use hallpass::{app, explain as report};
 
 #[derive(Parser)]
 #[command(name = "hallpass", version, about = "Per-action authorization for AI agents: an Envoy ext_authz v3 sidecar")]
@@ -214,12 +211,21 @@ fn serve(o: Overrides) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_async(settings, store, metrics)) {
+    let served = runtime.block_on(async move {
+        let bound = app::bind(&settings).await?;
+        app::run(settings, bound, store, metrics, shutdown_signal()).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "hallpass serve failed");
             eprintln!("hallpass serve: {e}");
-            ExitCode::FAILURE
+            // A listener that cannot be bound or a log file that cannot be opened is the
+            // configuration's fault.
+            match e {
+                app::ServeError::Listen { .. } | app::ServeError::DecisionLog { .. } => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -243,114 +249,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-async fn serve_async(
-    s: ServerSettings,
-    store: Arc<PolicyStore>,
-    metrics: Metrics,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let grpc = tokio::net::TcpListener::bind(s.grpc_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (--grpc-listen): {e}", s.grpc_listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(s.admin_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (--admin-listen): {e}", s.admin_listen))?;
-    let cache = s.cache.map(|c| Arc::new(DecisionCache::new(c)));
-    {
-        let live = store.handle().load();
-        tracing::info!(
-            policy = %s.policy.display(),
-            revision = %live.revision,
-            rules = live.policy.rules.len(),
-            grpc_listen = %grpc.local_addr()?,
-            admin_listen = %admin_listener.local_addr()?,
-            cache = cache.is_some(),
-            "hallpass serving"
-        );
-    }
-    let ready = Arc::new(AtomicBool::new(false));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin_state = admin::AdminState {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-        store: store.clone(),
-        cache: cache.clone(),
-    };
-    let mut admin_stop = stop_rx.clone();
-    let admin_task = tokio::spawn(admin::run(admin_listener, admin_state, async move {
-        let _ = admin_stop.changed().await;
-    }));
-    let reload_task = tokio::spawn(reload::watch(store.clone(), s.reload, stop_rx.clone()));
-    let mut authz = service::Authz::new(store.handle(), Some(metrics.clone())).with_max_body_bytes(s.max_body_bytes);
-    if let Some(c) = &cache {
-        authz = authz.with_cache(c.clone());
-    }
-    let sink = match &s.decision_log {
-        LogSink::Off => None,
-        LogSink::Stdout => Some(Sink::Stdout),
-        LogSink::Stderr => Some(Sink::Stderr),
-        LogSink::File(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("cannot open the decision log {}: {e}", p.display()))?;
-            Some(Sink::Writer(Box::new(f)))
-        }
-    };
-    let log_writer = sink.map(|sink| {
-        let m = metrics.clone();
-        let (log, writer) =
-            DecisionLog::start(sink, s.decision_log_buffer, Some(Arc::new(move || m.decision_log_dropped())));
-        authz = authz.clone().with_decision_log(log, s.decision_log_query);
-        writer
-    });
-    let (grpc_stop_tx, grpc_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let lifecycle = service::Lifecycle { drain_delay: s.drain_delay };
-    let mut grpc_task = tokio::spawn(service::run(grpc, authz, lifecycle, async move {
-        let _ = grpc_stop_rx.await;
-    }));
-    ready.store(true, Ordering::Release);
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        res = &mut grpc_task => {
-            // The server stopped on its own: an error.
-            ready.store(false, Ordering::Release);
-            let _ = stop_tx.send(true);
-            return match res {
-                Ok(Ok(())) => Err("the gRPC server stopped unexpectedly".into()),
-                Ok(Err(e)) => Err(Box::new(e)),
-                Err(e) => Err(Box::new(e)),
-            };
-        }
-    }
-    tracing::info!("shutting down: NOT_SERVING, then draining in-flight checks");
-    ready.store(false, Ordering::Release);
-    let _ = grpc_stop_tx.send(());
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(s.drain_delay + s.grace, grpc_task).await;
-    admin_task.abort();
-    reload_task.abort();
-    if let Some(w) = log_writer {
-        // The server (and with it every sender) is gone: let the writer flush what is queued.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tokio::task::spawn_blocking(move || w.join()))
-            .await;
-    }
-    match drained {
-        Ok(Ok(Ok(()))) => {
-            tracing::info!("stopped");
-            Ok(())
-        }
-        Ok(Ok(Err(e))) => Err(Box::new(e)),
-        Ok(Err(e)) => Err(Box::new(e)),
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = s.grace.as_millis() as u64,
-                "in-flight checks did not finish within the grace period; exiting"
-            );
-            Ok(())
-        }
     }
 }
