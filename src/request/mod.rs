@@ -6,11 +6,11 @@
 
 pub mod body;
 pub mod build;
+pub mod envoy;
 pub mod path;
 
 use std::collections::HashMap;
 
-use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct};
 
 pub use body::{Body, Parsed, UnknownBody};
@@ -62,6 +62,26 @@ pub struct Request {
     pub on_behalf_of_override: Option<String>,
 }
 
+/// A request as the policy sees it, before normalization: what [`Request::from_parts`]
+/// needs, and what the Envoy adapter ([`envoy`]) takes out of a CheckRequest.
+#[derive(Debug, Default)]
+pub struct RequestParts {
+    /// The method as sent.
+    pub method: String,
+    /// The path with its query string (`:path`).
+    pub path: String,
+    /// `:authority` as sent.
+    pub host: String,
+    /// Headers with lowercase names, repeated ones joined with `,`.
+    pub headers: HashMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The mTLS principal, if any.
+    pub principal: Option<String>,
+    /// Verified JWT payloads (provider → payload), as Envoy's jwt_authn puts them.
+    pub jwt: Option<Struct>,
+}
+
 /// The CheckRequest had no HTTP request attributes to decide on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MissingHttpAttributes;
@@ -73,34 +93,10 @@ impl std::fmt::Display for MissingHttpAttributes {
 }
 
 impl Request {
-    /// Normalize a CheckRequest, consuming it.
-    pub fn from_check_request(req: CheckRequest) -> Result<Request, MissingHttpAttributes> {
-        let attrs = req.attributes.ok_or(MissingHttpAttributes)?;
-        let http = attrs.request.and_then(|r| r.http).ok_or(MissingHttpAttributes)?;
-
-        // Envoy sends lowercase names: then its map is ours as it is (no re-hashing).
-        let mut headers: HashMap<String, String> =
-            if http.headers.keys().all(|k| !k.bytes().any(|b| b.is_ascii_uppercase())) {
-                http.headers
-            } else {
-                let mut h = HashMap::with_capacity(http.headers.len());
-                for (k, v) in http.headers {
-                    add_header(&mut h, k, v);
-                }
-                h
-            };
-        if let Some(map) = http.header_map {
-            for hv in map.headers {
-                let value = if hv.raw_value.is_empty() {
-                    hv.value
-                } else {
-                    String::from_utf8_lossy(&hv.raw_value).into_owned()
-                };
-                add_header(&mut headers, hv.key, value);
-            }
-        }
-
-        let raw_path = if http.path.is_empty() { headers.get(":path").cloned().unwrap_or_default() } else { http.path };
+    /// Normalize a request from its parts (no Envoy types: `hallpass test`, replay). Header
+    /// names must be lowercase, repeated headers joined with `,` (as Envoy does).
+    pub fn from_parts(p: RequestParts) -> Request {
+        let RequestParts { method, path: raw_path, host: host_raw, headers, body: bytes, principal, jwt } = p;
         let (path_part, query_part) = path::split(&raw_path);
         let path = path::normalize(path_part);
         let query = path::parse_query(query_part);
@@ -116,28 +112,14 @@ impl Request {
             underscore_headers |= k.contains('_');
             override_header |= METHOD_OVERRIDE_HEADERS.iter().any(|h| same_header(k, h));
         }
-
-        let host_raw = if !http.host.is_empty() {
-            http.host
-        } else if let Some(h) = headers.get(":authority").or_else(|| headers.get("host")) {
-            h.clone()
-        } else {
-            String::new()
-        };
         let host = normalize_host(&host_raw);
         let host_valid = valid_host(&host);
-
-        let method =
-            if http.method.is_empty() { headers.get(":method").cloned().unwrap_or_default() } else { http.method };
-
-        let principal = attrs.source.map(|s| s.principal).filter(|p| !p.is_empty());
-        let jwt = attrs.metadata_context.and_then(|mut m| m.filter_metadata.remove(JWT_AUTHN_NAMESPACE));
+        let principal = principal.filter(|p| !p.is_empty());
 
         // Complete only if every part says `false` (or Envoy added no header: no body).
         let truncated = headers
             .get(PARTIAL_BODY_HEADER)
             .is_some_and(|v| !v.split(',').all(|p| p.trim().eq_ignore_ascii_case("false")));
-        let bytes = if !http.raw_body.is_empty() { http.raw_body } else { http.body.into_bytes() };
         // Only a body has an encoding to look up (a body-less request skips the hash lookup).
         let encoding = if bytes.is_empty() { None } else { headers.get("content-encoding").map(String::as_str) };
         let body = Body::new(bytes, headers.get("content-type").map(String::as_str), encoding, truncated);
@@ -148,7 +130,7 @@ impl Request {
         // One reading of the method (the common case): `methods` tests compare it alone.
         let method_plain =
             !method_override && !method.eq_ignore_ascii_case("HEAD") && !method.bytes().any(|b| b.is_ascii_lowercase());
-        Ok(Request {
+        Request {
             method_plain,
             method,
             host,
@@ -165,7 +147,7 @@ impl Request {
             body,
             agent_override: None,
             on_behalf_of_override: None,
-        })
+        }
     }
 
     /// The value of a header (lowercase name), as Envoy joined it.
@@ -413,7 +395,8 @@ impl OverrideBody {
     }
 }
 
-fn add_header(headers: &mut HashMap<String, String>, key: String, value: String) {
+/// Add a header to a map of lowercase names, joining a repeat with `,` (as Envoy does).
+pub(crate) fn add_header(headers: &mut HashMap<String, String>, key: String, value: String) {
     let key = if key.bytes().any(|b| b.is_ascii_uppercase()) { key.to_ascii_lowercase() } else { key };
     match headers.get_mut(&key) {
         Some(existing) => {
