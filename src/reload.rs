@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use notify::Watcher;
 use sha2::{Digest, Sha256};
 
+use crate::policy::parse::PolicyErrorKind;
 use crate::policy::{Policy, PolicyErrors};
 use crate::telemetry::Metrics;
 
@@ -117,13 +118,19 @@ fn read(path: &Path) -> Result<(Vec<u8>, Policy), PolicyErrors> {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, PolicyErrors> {
-    std::fs::read(path)
-        .map_err(|e| PolicyErrors::single(&path.display().to_string(), format!("cannot read the policy file: {e}")))
+    std::fs::read(path).map_err(|e| {
+        PolicyErrors::single(
+            PolicyErrorKind::Read,
+            &path.display().to_string(),
+            format!("cannot read the policy file: {e}"),
+        )
+    })
 }
 
 fn compile(path: &Path, bytes: &[u8]) -> Result<Policy, PolicyErrors> {
     let name = path.display().to_string();
-    let text = std::str::from_utf8(bytes).map_err(|_| PolicyErrors::single(&name, "the policy file is not UTF-8"))?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| PolicyErrors::single(PolicyErrorKind::Syntax, &name, "the policy file is not UTF-8"))?;
     Policy::from_yaml(text, &name)
 }
 
@@ -137,7 +144,11 @@ impl PolicyStore {
         let (bytes, policy) = std::thread::scope(|s| {
             match std::thread::Builder::new().name("hallpass-load".into()).spawn_scoped(s, || read(path)) {
                 Ok(t) => t.join().unwrap_or_else(|_| {
-                    Err(PolicyErrors::single(&path.display().to_string(), "compiling the policy failed"))
+                    Err(PolicyErrors::single(
+                        PolicyErrorKind::Invalid,
+                        &path.display().to_string(),
+                        "compiling the policy failed",
+                    ))
                 }),
                 Err(_) => read(path),
             }

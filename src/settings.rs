@@ -239,16 +239,58 @@ fn duration(what: &str, flag: Option<String>, file: Option<String>, default: Dur
     }
 }
 
+/// Why the server settings are not usable (a configuration error: `hallpass serve` exits 64).
+#[derive(Debug)]
+pub enum SettingsError {
+    /// The config file could not be read.
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The config file is not valid (YAML, unknown keys, types).
+    ParseConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, located.
+        message: String,
+    },
+    /// No policy file was given.
+    NoPolicy,
+    /// A value (a duration, an address, the reload interval) is not acceptable.
+    Value(String),
+}
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingsError::ReadConfig { path, source } => write!(f, "cannot read config {}: {source}", path.display()),
+            SettingsError::ParseConfig { path, message } => write!(f, "config {}: {message}", path.display()),
+            SettingsError::NoPolicy => f.write_str("no policy: pass --policy FILE (or `policy:` in --config)"),
+            SettingsError::Value(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+impl From<String> for SettingsError {
+    fn from(m: String) -> Self {
+        SettingsError::Value(m)
+    }
+}
+
 impl ServerSettings {
-    /// Combine defaults, the config file and overrides; errors are messages to print.
-    pub fn resolve(o: Overrides) -> Result<ServerSettings, String> {
+    /// Combine defaults, the config file and overrides.
+    pub fn resolve(o: Overrides) -> Result<ServerSettings, SettingsError> {
         let (file, base): (ConfigFile, Option<PathBuf>) = match &o.config {
             None => (ConfigFile::default(), None),
             Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-                let cfg: ConfigFile =
-                    serde_yaml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| SettingsError::ReadConfig { path: p.clone(), source })?;
+                let cfg: ConfigFile = serde_yaml::from_str(&text)
+                    .map_err(|e| SettingsError::ParseConfig { path: p.clone(), message: e.to_string() })?;
                 (cfg, p.parent().map(Path::to_path_buf))
             }
         };
@@ -258,7 +300,7 @@ impl ServerSettings {
                 (Some(b), true) => b.join(p),
                 _ => p,
             },
-            (None, None) => return Err("no policy: pass --policy FILE (or `policy:` in --config)".into()),
+            (None, None) => return Err(SettingsError::NoPolicy),
         };
         let grpc = o.grpc_listen.or(file.grpc_listen).unwrap_or_else(|| DEFAULT_GRPC_LISTEN.into());
         let admin = o.admin_listen.or(file.admin_listen).unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
@@ -271,7 +313,7 @@ impl ServerSettings {
         let reload_defaults = ReloadOptions::default();
         let interval = duration("reload interval", o.reload_interval, file.reload.interval, reload_defaults.interval)?;
         if interval.is_zero() {
-            return Err("reload interval must be more than 0".into());
+            return Err(SettingsError::Value("reload interval must be more than 0".into()));
         }
         let debounce = duration("reload debounce", None, file.reload.debounce, reload_defaults.debounce)?;
         Ok(ServerSettings {
@@ -349,7 +391,10 @@ mod tests {
         let f = dir.join("typo.yaml");
         std::fs::write(&f, "policy: p.yaml\ncache:\n  ttl: 5s\n  max_entrys: 3\n").unwrap();
         let err = ServerSettings::resolve(Overrides { config: Some(f), ..Default::default() }).unwrap_err();
-        assert!(err.contains("max_entrys"), "{err}");
+        assert!(matches!(err, SettingsError::ParseConfig { .. }), "{err}");
+        assert!(err.to_string().contains("max_entrys"), "{err}");
+        let err = ServerSettings::resolve(Overrides::default()).unwrap_err();
+        assert!(matches!(err, SettingsError::NoPolicy), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_yaml::Value;
 use super::condition_parse::{condition, op_map, Scope};
 pub use super::index::{Candidates, Fnv, FnvBuild, RuleIndex};
 use super::model::{EffectDef, IdentityDef, McpDef, ModeDef, PolicyFile, RuleDef};
-use super::parse::{locate_rule, parse, PolicyError, PolicyErrors};
+use super::parse::{locate_rule, parse, PolicyError, PolicyErrorKind, PolicyErrors};
 use super::pattern::PathPattern;
 pub use super::rule::{
     AgentSet, Effect, HostPattern, IdentityConfig, IdentitySource, Inputs, McpMatch, Mode, Policy, Rule, Settings,
@@ -29,8 +29,9 @@ impl Policy {
     /// Read and compile a policy file.
     pub fn from_file(path: &std::path::Path) -> Result<Policy, PolicyErrors> {
         let name = path.display().to_string();
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| PolicyErrors::single(&name, format!("cannot read the policy file: {e}")))?;
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            PolicyErrors::single(PolicyErrorKind::Read, &name, format!("cannot read the policy file: {e}"))
+        })?;
         Policy::from_yaml(&src, &name)
     }
 
@@ -48,10 +49,18 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn top(&mut self, message: String) {
-        self.list.push(PolicyError { file: self.file.to_string(), line: None, column: None, rule: None, message });
+        self.list.push(PolicyError {
+            kind: PolicyErrorKind::Invalid,
+            file: self.file.to_string(),
+            line: None,
+            column: None,
+            rule: None,
+            message,
+        });
     }
     fn rule(&mut self, rule: &str, message: String) {
         self.list.push(PolicyError {
+            kind: PolicyErrorKind::Invalid,
             file: self.file.to_string(),
             line: locate_rule(self.src, rule, 0),
             column: None,
@@ -149,6 +158,7 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
         if !seen.insert(label.clone()) {
             let dupes = def.rules.iter().take(n).filter(|r| r.id.as_deref() == Some(label.as_str())).count();
             errs.list.push(PolicyError {
+                kind: PolicyErrorKind::Invalid,
                 file: file.to_string(),
                 line: locate_rule(src, &label, dupes),
                 column: None,

@@ -14,6 +14,8 @@ use super::model::PolicyFile;
 /// One problem found while loading a policy, located as precisely as the parser allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {
+    /// What kind of problem it is.
+    pub kind: PolicyErrorKind,
     /// The file (or label) the policy came from.
     pub file: String,
     /// 1-based line, when known.
@@ -24,6 +26,17 @@ pub struct PolicyError {
     pub rule: Option<String>,
     /// What is wrong, in words a person can act on.
     pub message: String,
+}
+
+/// What kind of problem a policy error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyErrorKind {
+    /// The file could not be read.
+    Read,
+    /// Not YAML, or not the policy's shape (an unknown key, a wrong type, a duplicate key).
+    Syntax,
+    /// Well-formed, but not a valid policy (a bad pattern, a cycle in groups, …).
+    Invalid,
 }
 
 impl fmt::Display for PolicyError {
@@ -65,8 +78,9 @@ impl std::error::Error for PolicyErrors {}
 
 impl PolicyErrors {
     /// A single error without a location.
-    pub fn single(file: &str, message: impl Into<String>) -> Self {
+    pub fn single(kind: PolicyErrorKind, file: &str, message: impl Into<String>) -> Self {
         PolicyErrors(vec![PolicyError {
+            kind,
             file: file.to_string(),
             line: None,
             column: None,
@@ -94,7 +108,11 @@ pub fn parse(src: &str, file: &str) -> Result<PolicyFile, PolicyErrors> {
         yaml_error(&e, file, rule)
     })?;
     if raw.is_null() {
-        return Err(PolicyErrors::single(file, "the policy is empty; it needs at least `version: 1`"));
+        return Err(PolicyErrors::single(
+            PolicyErrorKind::Syntax,
+            file,
+            "the policy is empty; it needs at least `version: 1`",
+        ));
     }
     drop(raw);
     serde_yaml::from_str(src).map_err(|e| {
@@ -126,6 +144,7 @@ fn yaml_error(e: &serde_yaml::Error, file: &str, rule: Option<String>) -> Policy
         message.truncate(pos);
     }
     PolicyErrors(vec![PolicyError {
+        kind: PolicyErrorKind::Syntax,
         file: file.to_string(),
         line: loc.as_ref().map(|l| l.line()),
         column: loc.as_ref().map(|l| l.column()),
