@@ -8,24 +8,51 @@ use prometheus::{
     TextEncoder,
 };
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter as Counter};
+
+use crate::policy::compile::FnvBuild;
 use crate::policy::Decision;
+
+/// `hallpass_decisions_total` handles of one rule, resolved on first use: [allow, deny,
+/// allow in dry run, deny in dry run] (a series exists only once it has been counted).
+type RuleCounters = [Option<Counter>; 4];
+
+/// Handles resolved once (at startup, or at a policy load for the rule ids), so recording a
+/// Check is atomic adds and one lock-free map lookup: never a lock on the Check path.
+#[derive(Clone)]
+struct Handles {
+    /// Per rule id; copied and swapped when a rule is first counted in a slot (rare), read
+    /// without a lock by every Check.
+    by_rule: Arc<ArcSwap<HashMap<Box<str>, RuleCounters, FnvBuild>>>,
+    /// `hallpass_check_duration_seconds` for allow, deny.
+    seconds: [Histogram; 2],
+    /// `hallpass_cache_lookups_total` for hit, miss.
+    cache: [Counter; 2],
+    /// `hallpass_request_bodies_total` by outcome, in `BODY_OUTCOMES` order.
+    bodies: Vec<Counter>,
+    /// `hallpass_invalid_path_total` by reason, in `INVALID_PATH_REASONS` order.
+    invalid_paths: Vec<Counter>,
+}
 
 /// The metrics hallpass exports.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
-    check_seconds: HistogramVec,
     policy_rules: IntGauge,
     policy_info: IntGaugeVec,
     last_reload: Gauge,
     reloads: IntCounterVec,
-    cache_lookups: IntCounterVec,
     /// Entries in the decision cache (set at scrape time).
     pub cache_entries: IntGauge,
     bodies: IntCounterVec,
     invalid_paths: IntCounterVec,
     log_dropped: IntCounter,
+    handles: Handles,
 }
 
 /// Body outcomes, all pre-registered so dashboards see zeros.
@@ -134,30 +161,62 @@ impl Metrics {
         for r in ["hit", "miss"] {
             cache_lookups.with_label_values(&[r]);
         }
-        Ok(Metrics {
+        let handles = Handles {
+            by_rule: Arc::new(ArcSwap::from_pointee(HashMap::default())),
+            seconds: [check_seconds.with_label_values(&["allow"]), check_seconds.with_label_values(&["deny"])],
+            cache: [cache_lookups.with_label_values(&["hit"]), cache_lookups.with_label_values(&["miss"])],
+            bodies: BODY_OUTCOMES.iter().map(|o| bodies.with_label_values(&[o])).collect(),
+            invalid_paths: INVALID_PATH_REASONS.iter().map(|r| invalid_paths.with_label_values(&[r])).collect(),
+        };
+        let m = Metrics {
             registry,
             decisions,
-            check_seconds,
             policy_rules,
             policy_info,
             last_reload,
             reloads,
-            cache_lookups,
             cache_entries,
             bodies,
             invalid_paths,
             log_dropped,
-        })
+            handles,
+        };
+        Ok(m)
+    }
+
+    /// The decision counter of a rule in a slot, resolved once and kept.
+    fn decision_counter(&self, rule: &str, slot: usize) -> Option<Counter> {
+        if let Some(c) = self.handles.by_rule.load().get(rule).and_then(|c| c.get(slot)).and_then(Option::clone) {
+            return Some(c);
+        }
+        let decision = if slot.is_multiple_of(2) { "allow" } else { "deny" };
+        let dry = if slot >= 2 { "true" } else { "false" };
+        let counter = self.decisions.with_label_values(&[decision, rule, dry]);
+        self.handles.by_rule.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            let entry = map.entry(Box::from(rule)).or_insert_with(|| [None, None, None, None]);
+            if let Some(s) = entry.get_mut(slot) {
+                *s = Some(counter.clone());
+            }
+            map
+        });
+        Some(counter)
     }
 
     /// Count how a Check's body was read.
     pub fn body(&self, outcome: &str) {
-        self.bodies.with_label_values(&[outcome]).inc();
+        match BODY_OUTCOMES.iter().position(|o| *o == outcome).and_then(|i| self.handles.bodies.get(i)) {
+            Some(c) => c.inc(),
+            None => self.bodies.with_label_values(&[outcome]).inc(),
+        }
     }
 
     /// Count an `invalid_path` denial.
     pub fn invalid_path(&self, reason: &str) {
-        self.invalid_paths.with_label_values(&[reason]).inc();
+        match INVALID_PATH_REASONS.iter().position(|r| *r == reason).and_then(|i| self.handles.invalid_paths.get(i)) {
+            Some(c) => c.inc(),
+            None => self.invalid_paths.with_label_values(&[reason]).inc(),
+        }
     }
 
     /// Count a dropped decision record.
@@ -167,16 +226,20 @@ impl Metrics {
 
     /// Count one decision and its latency.
     pub fn record(&self, d: &Decision, seconds: f64) {
-        let decision = if d.allowed() { "allow" } else { "deny" };
-        self.decisions
-            .with_label_values(&[decision, d.rule.as_str(), if d.dry_run() { "true" } else { "false" }])
-            .inc();
-        self.check_seconds.with_label_values(&[decision]).observe(seconds);
+        let slot = usize::from(!d.allowed()) + 2 * usize::from(d.dry_run());
+        if let Some(c) = self.decision_counter(d.rule.as_str(), slot) {
+            c.inc();
+        }
+        if let Some(h) = self.handles.seconds.get(usize::from(!d.allowed())) {
+            h.observe(seconds);
+        }
     }
 
     /// Count a cache lookup.
     pub fn cache_lookup(&self, hit: bool) {
-        self.cache_lookups.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
+        if let Some(c) = self.handles.cache.get(usize::from(!hit)) {
+            c.inc();
+        }
     }
 
     /// A policy is in force.
