@@ -62,11 +62,14 @@ export HALLPASS_REQUIRE_TOOLS=1
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== cargo fmt --check (fuzz/, its own workspace)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 
 echo "== benchmark scripts parse (benches/harness itself is built by benches/run.sh, not here)"
-for f in benches/run.sh benches/soak.sh benches/ab_criterion.sh; do bash -n "$f"; done
+for f in benches/run.sh benches/soak.sh benches/ab_criterion.sh benches/records.sh scripts/deny.sh; do bash -n "$f"; done
 
 echo "== benchmarks compile and run once in test mode"
 cargo test --locked --benches --quiet
@@ -78,3 +81,41 @@ else
   echo "(cargo-nextest not installed; using cargo test)"
   cargo test --locked --lib --bins --tests --no-fail-fast
 fi
+
+# Fuzz smoke run: each cargo-fuzz target (fuzz/fuzz_targets/) for HALLPASS_FUZZ_SECONDS
+# (default 30, at most 60), from the committed seeds (fuzz/seeds/<target>) plus whatever
+# fuzz/corpus/<target> has gathered (git-ignored). A crash, a panic, a failed assertion or an
+# input taking over 10 s (again when rerun alone) fails the test command; the input is left
+# in fuzz/artifacts/<target>/.
+# cargo-fuzz needs nightly flags: the stable toolchain accepts them with RUSTC_BOOTSTRAP=1
+# (scoped to these commands). No AddressSanitizer (-s none): hallpass forbids unsafe code,
+# and the runs are about twice as fast without it; debug assertions and overflow checks on.
+FUZZ_SECONDS="${HALLPASS_FUZZ_SECONDS:-30}"
+if [ "$FUZZ_SECONDS" -gt 60 ]; then FUZZ_SECONDS=60; fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "== installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+echo "== fuzz targets build (fuzz/target)"
+RUSTC_BOOTSTRAP=1 cargo fuzz build -s none
+mkdir -p fuzz/target
+for t in check_request body policy; do
+  echo "== fuzz $t for ${FUZZ_SECONDS}s"
+  mkdir -p "fuzz/corpus/$t"
+  log="fuzz/target/smoke-$t.log"
+  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run -s none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+    -max_total_time="$FUZZ_SECONDS" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 60 "$log"
+    # libFuzzer times an input by the wall clock: a machine that stalls (a paused VM) makes a
+    # timeout that the input, run again on its own, does not repeat. Only a repeat is a hang.
+    unit=$(grep -o 'Test unit written to .*/timeout-[0-9a-f]*' "$log" | awk '{print $NF}' | tail -n 1)
+    if [ -n "$unit" ] && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none "$t" "$unit" -- -timeout=10 >"$log.rerun" 2>&1; then
+      echo "(the timeout did not recur when $unit ran again: the machine stalled; going on)"
+      continue
+    fi
+    echo "fuzz target $t failed (the input is in fuzz/artifacts/$t/; reproduce with"
+    echo "  RUSTC_BOOTSTRAP=1 cargo fuzz run -s none $t fuzz/artifacts/$t/<file>)"
+    exit 1
+  fi
+  grep -E '^(Done|stat::(number_of_executed_units|average_exec_per_sec))' "$log"
+done
