@@ -99,3 +99,19 @@ fn huge_headers_and_query_do_not_crash() {
     // 20 000 query parameters: past what `qs` reads, unknown to query tests (none here).
     assert_eq!(decide(&a, CheckRequestBuilder::new("GET", &q)), (true, "anything".into()));
 }
+
+#[test]
+fn hallpass_check_agrees_with_the_decision_on_a_300_element_batch() {
+    // `explain` (what `hallpass check` prints) decides in the same loop as Check, so the
+    // 256-element batch limit applies to it too: one decision, no per-element traces.
+    let policy = Policy::from_yaml(POLICY, "limits.yaml").unwrap();
+    let b = CheckRequestBuilder::new("POST", "/mcp").header("content-type", "application/json").body(batch(300));
+    let req = hallpass::request::Request::from_check_request(b.clone().build()).unwrap();
+    let now = jiff::Timestamp::now();
+    let (explained, traces) = hallpass::policy::explain(&policy, &req, now);
+    assert_eq!(explained, hallpass::policy::evaluate(&policy, &req, now));
+    assert_eq!(decide(&authz(), b), (explained.allowed(), explained.rule.as_str().to_string()));
+    assert!(!explained.allowed(), "an oversized batch is an unknown body");
+    assert!(traces.iter().all(|t| t.element.is_none()), "not decided element by element");
+}
+
