@@ -105,7 +105,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let d = AUTHZ.decide(b.build(), now).decision;
         // Only a body hallpass read with certainty may be allowed.
-        if d.allowed {
+        if d.allowed() {
             let read = Body::new(bytes.to_vec(), content_type, encoding, truncated);
             assert!(!matches!(read.parsed(), Parsed::Unknown(_)), "allowed on an unknown body: {d:?}");
         }
