@@ -114,4 +114,3 @@ fn hallpass_check_agrees_with_the_decision_on_a_300_element_batch() {
     assert!(!explained.allowed(), "an oversized batch is an unknown body");
     assert!(traces.iter().all(|t| t.element.is_none()), "not decided element by element");
 }
-
