@@ -82,6 +82,11 @@ impl Bound {
     }
 }
 
+/// An address as logged (tests read the bound port from the `hallpass serving` line).
+fn shown(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+}
+
 /// Bind both listeners of `settings`.
 pub async fn bind(settings: &ServerSettings) -> Result<Bound, ServeError> {
     let grpc = TcpListener::bind(settings.grpc_listen).await.map_err(|source| ServeError::Listen {
@@ -115,8 +120,8 @@ pub async fn run(
             policy = %s.policy.display(),
             revision = %live.revision,
             rules = live.policy.rules.len(),
-            grpc_listen = ?bound.grpc_addr(),
-            admin_listen = ?bound.admin_addr(),
+            grpc_listen = %shown(bound.grpc_addr()),
+            admin_listen = %shown(bound.admin_addr()),
             cache = cache.is_some(),
             "hallpass serving"
         );

@@ -157,7 +157,7 @@ pub fn check_response(
             }),
             dynamic_metadata,
             http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                status: Some(HttpStatus { code: i32::from(deny_status) }),
+                status: Some(HttpStatus { code: i32::from(d.deny_status(deny_status)) }),
                 headers: vec![header("content-type", "application/json"), header(DECISION_ID_HEADER, decision_id)],
                 body: deny_body(d, decision_id),
             })),

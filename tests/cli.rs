@@ -9,10 +9,12 @@
 )]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hallpass");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml");
@@ -126,11 +128,6 @@ fn serve_refuses_an_invalid_policy() {
     assert!(err.contains("version") && err.contains("refusing to start"), "{err}");
 }
 
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -143,14 +140,8 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 #[test]
 fn serve_answers_checks_probes_and_metrics_then_stops_on_sigterm() {
-    let grpc = free_port();
-    let admin = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--policy", EXAMPLE, "--grpc-listen", &grpc.to_string(), "--admin-listen", &admin.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut served = common::Served::start(&["--policy", EXAMPLE]);
+    let (grpc, admin) = (served.grpc, served.admin);
     let deadline = Instant::now() + Duration::from_secs(15);
     let ready = loop {
         if let Some((200, _)) = http_get(admin, "/readyz") {
@@ -184,22 +175,19 @@ fn serve_answers_checks_probes_and_metrics_then_stops_on_sigterm() {
     );
     assert!(metrics.contains("hallpass_policy_rules 17"), "{metrics}");
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    served.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = served.child.try_wait().unwrap() {
             break Some(s);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             break None;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let status = status.expect("serve exits after SIGTERM");
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let err = served.log();
     assert!(status.success(), "exit {status:?}: {err}");
     assert!(err.contains("hallpass serving") && err.contains("shutting down"), "{err}");
 }
@@ -234,16 +222,15 @@ fn wait_for_metric(admin: SocketAddr, needle: &str) -> bool {
 #[test]
 fn sighup_reloads_and_policy_endpoint_reports_the_revision() {
     let policy = temp_file("hup.yaml", "version: 1\nrules:\n  - { id: a, effect: allow }\n");
-    let grpc = free_port();
-    let admin = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--policy", policy.to_str().unwrap(), "--grpc-listen", &grpc.to_string()])
-        .args(["--admin-listen", &admin.to_string(), "--reload-interval", "60m", "--drain-delay", "0s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id().to_string();
+    let mut served = common::Served::start(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--reload-interval",
+        "60m",
+        "--drain-delay",
+        "0s",
+    ]);
+    let admin = served.admin;
     assert!(wait_for_metric(admin, "hallpass_policy_rules 1"), "serving");
     let (_, body) = http_get(admin, "/policy").unwrap();
     let first: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
@@ -252,12 +239,12 @@ fn sighup_reloads_and_policy_endpoint_reports_the_revision() {
     assert!(wait_for_metric(admin, &format!("hallpass_policy_info{{revision=\"{rev}\"}} 1")));
 
     // SIGHUP with an unchanged file: re-read, nothing to swap.
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    served.signal("HUP");
     assert!(wait_for_metric(admin, "hallpass_policy_reloads_total{result=\"unchanged\"} 1"));
 
     // An invalid edit: reported, the old revision stays in force.
     std::fs::write(&policy, "version: 1\nrules:\n  - { id: b, effect: allow, methods: [get] }\n").unwrap();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    served.signal("HUP");
     assert!(wait_for_value(admin, "hallpass_policy_reloads_total{result=\"failure\"}", 1.0));
     let (_, body) = http_get(admin, "/policy").unwrap();
     let st: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
@@ -266,17 +253,16 @@ fn sighup_reloads_and_policy_endpoint_reports_the_revision() {
 
     // A valid edit: in force.
     std::fs::write(&policy, "version: 1\nrules:\n  - { id: a, effect: allow }\n  - { id: c, effect: deny }\n").unwrap();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    served.signal("HUP");
     assert!(wait_for_metric(admin, "hallpass_policy_rules 2"));
     let (_, body) = http_get(admin, "/policy").unwrap();
     let st: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_ne!(st["revision"], rev.as_str());
     assert!(st["last_reload_error"].is_null());
 
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    served.signal("TERM");
+    let status = served.child.wait().unwrap();
+    let err = served.log();
     assert!(status.success(), "{err}");
     assert!(err.contains("policy reload failed") && err.contains("policy reloaded"), "{err}");
 }

@@ -38,8 +38,27 @@ fn envoy_binary() -> Option<PathBuf> {
     common::tool("envoy")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The admin port Envoy wrote to `--admin-address-path` (`127.0.0.1:PORT`).
+fn wait_envoy_admin(file: &Path, within: Duration) -> Option<u16> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let port = std::fs::read_to_string(file).ok().and_then(|a| a.trim().rsplit(':').next()?.parse().ok());
+        if port.is_some() {
+            return port;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// The port Envoy's one listener bound (it was configured with port 0).
+fn envoy_listener_port(admin: u16) -> Option<u16> {
+    let r = send(admin, "GET", "/listeners?format=json", &[], None)?;
+    // The body may come chunked: read the JSON between the first `{` and the last `}`.
+    let json = r.body.get(r.body.find('{')?..=r.body.rfind('}')?)?;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
+    u16::try_from(port).ok()
 }
 
 // ---- JWT (HS256) for the jwt_authn filter ------------------------------------------------
@@ -229,42 +248,47 @@ fn through_real_envoy() {
     .unwrap();
 
     let (upstream, _stop) = start_upstream();
-    let (listen, grpc, admin, envoy_admin) = (free_port(), free_port(), free_port(), free_port());
+    // Every port is 0: hallpass logs the ports it bound, Envoy writes its admin address to a
+    // file and reports its listener's port on `/listeners`.
+    let mut procs = Procs { children: Vec::new() };
+    let hallpass = common::Served::start(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--reload-interval",
+        "1s",
+        "--drain-delay",
+        "0s",
+        "--decision-log",
+        dir.join("decisions.jsonl").to_str().unwrap(),
+    ]);
+    assert!(wait_http_ok(hallpass.admin.port(), "/readyz", Duration::from_secs(15)), "hallpass ready");
     let config = std::fs::read_to_string(Path::new(ROOT).join("envoy/envoy.yaml")).unwrap();
     let config = config
-        .replace("port_value: 8080", &format!("port_value: {listen}"))
+        .replace("port_value: 8080", "port_value: 0")
         .replace("port_value: 8081", &format!("port_value: {upstream}"))
-        .replace("port_value: 9191", &format!("port_value: {grpc}"))
-        .replace("port_value: 9901", &format!("port_value: {envoy_admin}"))
+        .replace("port_value: 9191", &format!("port_value: {}", hallpass.grpc.port()))
+        .replace("port_value: 9901", "port_value: 0")
         .replace("/etc/hallpass/jwks.json", jwks.to_str().unwrap());
     let envoy_cfg = dir.join("envoy.yaml");
     std::fs::write(&envoy_cfg, config).unwrap();
-
-    let mut procs = Procs { children: Vec::new() };
-    let hallpass = Command::new(env!("CARGO_BIN_EXE_hallpass"))
-        .args(["serve", "--policy", policy.to_str().unwrap(), "--grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}"), "--reload-interval", "1s", "--drain-delay", "0s"])
-        .args(["--decision-log", dir.join("decisions.jsonl").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    procs.children.push(hallpass);
-    assert!(wait_http_ok(admin, "/readyz", Duration::from_secs(15)), "hallpass ready");
+    let admin_file = dir.join("envoy-admin.addr");
     let envoy_log = std::fs::File::create(dir.join("envoy.log")).unwrap();
     let envoy_proc = Command::new(&envoy)
         .args(["-c", envoy_cfg.to_str().unwrap(), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
         .args(["--base-id", &(std::process::id() % 60_000).to_string()])
+        .args(["--admin-address-path", admin_file.to_str().unwrap()])
         .stdout(Stdio::from(envoy_log.try_clone().unwrap()))
         .stderr(Stdio::from(envoy_log))
         .spawn()
         .unwrap();
     procs.children.push(envoy_proc);
+    let envoy_admin = wait_envoy_admin(&admin_file, Duration::from_secs(30));
     assert!(
-        wait_http_ok(envoy_admin, "/ready", Duration::from_secs(30)),
+        envoy_admin.is_some_and(|a| wait_http_ok(a, "/ready", Duration::from_secs(30))),
         "envoy ready: {}",
         std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
     );
+    let listen = envoy_admin.and_then(envoy_listener_port).expect("Envoy reports its listener's port");
 
     let mut failures: Vec<String> = Vec::new();
     let mut expect = |name: &str, ok: bool, detail: String| {
@@ -483,9 +507,9 @@ fn through_real_envoy() {
     );
 
     // -- hallpass stopped: Envoy fails closed
-    let mut hp = procs.children.remove(0);
-    let _ = Command::new("kill").args(["-TERM", &hp.id().to_string()]).status();
-    let _ = hp.wait();
+    let mut hp = hallpass;
+    hp.signal("TERM");
+    let _ = hp.child.wait();
     let r = go("GET", "/v1/users/alice/messages/m1", &mail(&[]), None);
     expect("hallpass down: Envoy denies", r.status == 403, format!("{r:?}"));
 

@@ -43,19 +43,50 @@ pub struct Builtin {
     pub id: &'static str,
     /// The message of a deny.
     pub message: &'static str,
+    /// The HTTP status of a deny.
+    pub status: DenyStatus,
+}
+
+/// The HTTP status a denied caller gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyStatus {
+    /// The policy's `settings.deny_status` (403 unless set).
+    Policy,
+    /// Always this status, whatever the policy says (e.g. 503 for a failure of hallpass's
+    /// own dependencies, 429 for a limit).
+    Fixed(u16),
+}
+
+impl DenyStatus {
+    /// The status, given the policy's `deny_status`.
+    pub fn code(self, deny_status: u16) -> u16 {
+        match self {
+            DenyStatus::Policy => deny_status,
+            DenyStatus::Fixed(c) => c,
+        }
+    }
 }
 
 /// Every built-in decision, in [`RuleId`] order.
 pub const BUILTINS: [Builtin; 5] = [
-    Builtin { id: "default", message: "No policy rule allows this request." },
-    Builtin { id: "invalid_path", message: "The request path is not acceptable" },
+    Builtin { id: "default", message: "No policy rule allows this request.", status: DenyStatus::Policy },
+    Builtin { id: "invalid_path", message: "The request path is not acceptable", status: DenyStatus::Policy },
     Builtin {
         id: "invalid_identity",
         message:
             "The caller identity is ambiguous: an identity header was sent more than once, or under another spelling.",
+        status: DenyStatus::Policy,
     },
-    Builtin { id: "invalid_request", message: "The authorization request carried no HTTP request to decide on." },
-    Builtin { id: "internal_error", message: "The authorization service failed to decide; the request is denied." },
+    Builtin {
+        id: "invalid_request",
+        message: "The authorization request carried no HTTP request to decide on.",
+        status: DenyStatus::Policy,
+    },
+    Builtin {
+        id: "internal_error",
+        message: "The authorization service failed to decide; the request is denied.",
+        status: DenyStatus::Policy,
+    },
 ];
 
 impl RuleId {
@@ -121,6 +152,12 @@ impl Decision {
     /// Whether Envoy lets the request through.
     pub fn allowed(&self) -> bool {
         !matches!(self.verdict, Verdict::Deny)
+    }
+
+    /// The HTTP status of this decision as a deny, given the policy's `deny_status`: a
+    /// built-in decision's own status, else `deny_status`.
+    pub fn deny_status(&self, deny_status: u16) -> u16 {
+        self.rule.builtin().map_or(deny_status, |b| b.status.code(deny_status))
     }
 
     /// What the policy decided before any global dry run.

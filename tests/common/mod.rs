@@ -109,3 +109,79 @@ pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// A `hallpass serve` child listening on port 0: both addresses are read from its
+/// `hallpass serving` log line (JSON logs on stderr), so no test races another for a port.
+/// Its stderr is kept for assertions.
+pub struct Served {
+    pub child: std::process::Child,
+    pub grpc: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    /// Start `hallpass serve` with `args` (not the listen flags) on port 0, and wait (15 s at
+    /// most) for it to log the addresses it bound.
+    pub fn start(args: &[&str]) -> Served {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hallpass"))
+            .arg("serve")
+            .args(args)
+            .args(["--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let keep = std::sync::Arc::clone(&log);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "hallpass serving" {
+                        let addr = |k: &str| v[k].as_str().and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+                        let _ = tx.send((addr("grpc_listen"), addr("admin_listen")));
+                    }
+                }
+                let mut l = keep.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let (grpc, admin) = match rx.recv_timeout(std::time::Duration::from_secs(15)) {
+            Ok((Some(g), Some(a))) => (g, a),
+            other => {
+                let _ = child.kill();
+                panic!("hallpass serve did not log its addresses ({other:?}): {}", log.lock().unwrap());
+            }
+        };
+        Served { child, grpc, admin, log, reader: Some(reader) }
+    }
+
+    /// Everything it logged so far (all of it, once it has exited).
+    pub fn log(&mut self) -> String {
+        if self.child.try_wait().ok().flatten().is_some() {
+            if let Some(r) = self.reader.take() {
+                let _ = r.join();
+            }
+        }
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Send a signal (`TERM`, `HUP`, …) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

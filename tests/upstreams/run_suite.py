@@ -26,6 +26,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,6 +152,48 @@ def wait_http_ok(port, path, proc, within, what, log):
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{what} not ready ({path}) after {within}s:\n{tail(log)}")
+
+
+def wait_hallpass_ports(proc, within, what, log):
+    """hallpass listens on port 0 and logs what it bound (`hallpass serving`): (grpc, admin)."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}):\n{tail(log)}")
+        for line in log.read_text(errors="replace").splitlines():
+            if "hallpass serving" in line:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                # older binaries log `Some(127.0.0.1:PORT)`
+                ports = [re.search(r":(\d+)\)?$", str(rec.get(k, ""))) for k in ("grpc_listen", "admin_listen")]
+                if all(ports):
+                    return int(ports[0].group(1)), int(ports[1].group(1))
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not log its ports after {within}s:\n{tail(log)}")
+
+
+def wait_envoy_ports(addr_file: Path, proc, within, what, log):
+    """Envoy listens on port 0: its admin port from --admin-address-path, its listener's from
+    the admin `/listeners`. Returns (listener, admin) once Envoy is ready."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}):\n{tail(log)}")
+        try:
+            admin = int(addr_file.read_text().strip().rsplit(":", 1)[1])
+            c = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
+            c.request("GET", "/ready")
+            if c.getresponse().status == 200:
+                c = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
+                c.request("GET", "/listeners?format=json")
+                st = json.loads(c.getresponse().read())
+                return st["listener_statuses"][0]["local_address"]["socket_address"]["port_value"], admin
+        except (OSError, ValueError, IndexError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {within}s:\n{tail(log)}")
 
 
 def tail(path: Path, n=30) -> str:
@@ -556,7 +599,6 @@ def main() -> int:
         # hallpass, one per policy
         hp_ports = {}
         for pol in sorted({c["policy"] for c in cases}):
-            grpc, admin = free_port(), free_port()
             log = work / f"hallpass-{pol}.log"
             p = procs.start(
                 f"hallpass-{pol}",
@@ -566,14 +608,15 @@ def main() -> int:
                     "--policy",
                     POLICIES[pol],
                     "--grpc-listen",
-                    f"127.0.0.1:{grpc}",
+                    "127.0.0.1:0",
                     "--admin-listen",
-                    f"127.0.0.1:{admin}",
+                    "127.0.0.1:0",
                     "--decision-log",
                     work / f"decisions-{pol}.jsonl",
                 ],
                 log,
             )
+            grpc, admin = wait_hallpass_ports(p, 20, f"hallpass ({pol} policy)", log)
             wait_http_ok(admin, "/readyz", p, 20, f"hallpass ({pol} policy)", log)
             hp_ports[pol] = grpc
         for name, port, p, log in started:
@@ -585,24 +628,24 @@ def main() -> int:
         for i, key in enumerate(sorted({(c["upstream"], c["policy"]) for c in cases})):
             g = Group(*key)
             g.decisions = work / f"decisions-{g.policy}.jsonl"
-            g.listen, admin = free_port(), free_port()
             cfg = (
-                template.replace("port_value: 8080", f"port_value: {g.listen}")
+                template.replace("port_value: 8080", "port_value: 0")
                 .replace("port_value: 8081", f"port_value: {up_ports[g.upstream]}")
                 .replace("port_value: 9191", f"port_value: {hp_ports[g.policy]}")
-                .replace("port_value: 9901", f"port_value: {admin}")
+                .replace("port_value: 9901", "port_value: 0")
                 .replace("/etc/hallpass/jwks.json", str(jwks))
             )
             cfg_path = work / f"envoy-{g.upstream}-{g.policy}.yaml"
             cfg_path.write_text(cfg)
             log = work / f"envoy-{g.upstream}-{g.policy}.log"
+            admin_file = work / f"envoy-{g.upstream}-{g.policy}.admin"
             p = procs.start(
                 f"envoy-{g.upstream}-{g.policy}",
                 [args.envoy, "-c", cfg_path, "--disable-hot-restart", "--concurrency", "1", "-l", "warning"]
-                + ["--base-id", str(base + i)],
+                + ["--base-id", str(base + i), "--admin-address-path", admin_file],
                 log,
             )
-            wait_http_ok(admin, "/ready", p, 30, f"envoy ({g.upstream}, {g.policy})", log)
+            g.listen, _ = wait_envoy_ports(admin_file, p, 30, f"envoy ({g.upstream}, {g.policy})", log)
             groups[key] = g
         print(f"== started {len(needed)} upstreams, {len(hp_ports)} hallpass, {len(groups)} envoy in {time.time() - t0:.1f}s")
 
