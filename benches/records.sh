@@ -3,7 +3,8 @@
 # the server on CPU 1, 16 Checks in flight from the load generator on CPU 0, interleaved
 # rounds. Compares two hallpass binaries: /tmp/hallpass-rec-before and -after (build each
 # commit with `cargo build --release` and copy target/release/hallpass there), after
-# benches/run.sh has built the load generator (benches/harness). ROUNDS, DUR, SCENS.
+# benches/run.sh has built the load generator (benches/harness). ROUNDS, DUR, SCENS, VERSIONS
+# (default "before after"; VERSIONS=after measures one binary).
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 cd "$(dirname "$0")/.."
 for cpu in 0 1; do chrt -i 0 taskset -c "$cpu" sh -c 'while :; do :; done' & SP+=($!); done
@@ -19,7 +20,7 @@ run() { # $1 label, $2 binary, rest: serve args
   [ -f /tmp/dec.jsonl ] && echo "{\"records\": $(wc -l < /tmp/dec.jsonl), \"label\": \"$label\"}"
 }
 for round in $(seq ${ROUNDS:-2}); do
-  for v in before after; do
+  for v in ${VERSIONS:-before after}; do
     run "$v-off#$round" /tmp/hallpass-rec-$v --decision-log off
     run "$v-file#$round" /tmp/hallpass-rec-$v --decision-log /tmp/dec.jsonl
   done

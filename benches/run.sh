@@ -45,7 +45,7 @@ taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9292 --parse-body 2>/dev/null 
 # spends applying hallpass's answer, told apart from what hallpass spends (section 4b).
 taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9293 --mimic 2>/dev/null & PIDS+=($!)
 taskset -c 1 "$BIN/hallpass" serve --policy config/policy.yaml --grpc-listen 127.0.0.1:9191 --admin-listen 127.0.0.1:9192 \
-  --no-cache --decision-log off --log-level warn & PIDS+=($!)
+  --decision-log "$OUT/decisions-grpc.jsonl" --log-level warn & PIDS+=($!)  # as users run it: cache and records on
 wait_port 9291; wait_port 9292; wait_port 9191
 : > "$OUT/grpc.jsonl"
 # Rounds interleave the servers, so a noisy minute of the machine hits both; the ratios are
@@ -183,7 +183,7 @@ for i in range(1000):
 open(sys.argv[1], "w").write("\n".join(rules) + "\n")
 PY
 taskset -c 1 "$BIN/hallpass" serve --policy "$OUT/policy-1000.yaml" --grpc-listen 127.0.0.1:9391 --admin-listen 127.0.0.1:9392 \
-  --cache-max-entries 10000 --cache-ttl 60s --decision-log off --log-level warn & HP=$!; PIDS+=($HP)
+  --cache-max-entries 10000 --cache-ttl 60s --decision-log "$OUT/decisions-rss.jsonl" --log-level warn & HP=$!; PIDS+=($HP)
 wait_port 9391
 taskset -c 0 "$BIN/loadgen" --addr 127.0.0.1:9391 --scenario svc --concurrency 4 --duration "$DUR" --warmup 1 --label "hallpass-1000-rules" | tee "$OUT/rss.jsonl"
 echo "RSS after load: $(grep VmRSS /proc/$HP/status)" | tee -a "$OUT/rss.jsonl"
