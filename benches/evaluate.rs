@@ -73,10 +73,18 @@ fn bench(c: &mut Criterion) {
 
     let authz = Authz::from_policy(policy());
     c.bench_function("check/bodyless (extract+evaluate+respond)", |b| {
-        b.iter_batched(|| read_mail().build(), |r| black_box(ready(authz.decide(r, now))), criterion::BatchSize::SmallInput)
+        b.iter_batched(
+            || read_mail().build(),
+            |r| black_box(ready(authz.decide(r, now))),
+            criterion::BatchSize::SmallInput,
+        )
     });
     c.bench_function("check/json_body_1k", |b| {
-        b.iter_batched(|| send_mail().build(), |r| black_box(ready(authz.decide(r, now))), criterion::BatchSize::SmallInput)
+        b.iter_batched(
+            || send_mail().build(),
+            |r| black_box(ready(authz.decide(r, now))),
+            criterion::BatchSize::SmallInput,
+        )
     });
 
     // With the decision cache on (it only holds body-reading decisions): a hit (the same
@@ -85,7 +93,11 @@ fn bench(c: &mut Criterion) {
         .with_cache(Arc::new(DecisionCache::new(CacheOptions { ttl: Duration::from_secs(3600), max_entries: 10_000 })));
     let _ = ready(cached.decide(send_mail().build(), now));
     c.bench_function("check/json_body_1k cache hit", |b| {
-        b.iter_batched(|| send_mail().build(), |r| black_box(ready(cached.decide(r, now))), criterion::BatchSize::SmallInput)
+        b.iter_batched(
+            || send_mail().build(),
+            |r| black_box(ready(cached.decide(r, now))),
+            criterion::BatchSize::SmallInput,
+        )
     });
     let mut n = 0u64;
     c.bench_function("check/json_body_1k cache miss", |b| {

@@ -1,18 +1,22 @@
 //! The Check as a pipeline of typed stages (architecture.md), one stage per line in
-//! [`Checker::stages`]:
+//! [`Checker::check`]:
 //!
 //! ```text
 //! CheckRequest ─► request     Envoy adapter → normalized Request, every upstream reading
 //!              ─► identity    the policy's sources (an ambiguous one is `invalid_identity`)
-//!              ─► quarantine  (agent-controls §5; no-op until the state-store issue)
+//!              ─► quarantine  the local copy of the quarantine list (agent-controls §5)
 //!              ─► cache       admission and lookup (`cache::DecisionCache::decide`)
 //!              ─► evaluate    policy::eval, pure and synchronous
-//!              ─► holds/grants ─► limits ─► credentials   (no-ops until their issues)
+//!              ─► holds/grants (no-op until the approvals issue)
+//!              ─► limits      GCRA takes of the allowing rule's limits (agent-controls §4)
+//!              ─► credentials (no-op until the credentials issue)
 //!              ─► response    Decision → CheckResponse
+//!              ─► deny count  toward automatic quarantine (never delays the answer)
 //! ```
-//! Metrics and the decision record are taken from the [`Checked`] by the gRPC service. Every
-//! stage is synchronous and total; the whole runs under `catch_unwind`, so a bug denies
-//! (`internal_error`) instead of failing open.
+//! Metrics and the decision record are taken from the [`Checked`] by the gRPC service. The
+//! synchronous stages run under `catch_unwind`, so a bug denies (`internal_error`) instead
+//! of failing open; the only awaits are the state store's (limits, deny count), whose code
+//! is total.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -22,11 +26,15 @@ use jiff::Timestamp;
 
 use crate::cache::DecisionCache;
 use crate::decision_log::{summarize, RequestSummary};
-use crate::policy::eval::{checked_path, resolve_identity, Identity};
-use crate::policy::Decision;
+use crate::limits::{self, HitKind, LimitHit, OnStoreError};
+use crate::policy::eval::{checked_path, evaluate_identified, resolve_identity, AmbiguousIdentity, Identity};
+use crate::policy::pattern::Captures;
+use crate::policy::{Decision, Mode, RuleId, Verdict};
+use crate::quarantine::StateRuntime;
 use crate::reload::{LivePolicy, PolicyHandle};
 use crate::request::Request;
 use crate::response::{check_response, DecisionIds};
+use crate::state::{Take, TakeOutcome};
 
 /// Whether, and how, the decision cache answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +92,13 @@ pub struct Checker {
     pub keep_identities: bool,
     /// Keep the decoded query for the decision record.
     pub include_query: bool,
+    /// The state store and the quarantine list in force.
+    pub state: Arc<StateRuntime>,
 }
 
 impl Checker {
-    /// A pipeline over the live `policy`, without cache or records.
+    /// A pipeline over the live `policy`, without cache or records, with an in-memory state
+    /// store.
     pub fn new(policy: PolicyHandle) -> Checker {
         Checker {
             policy,
@@ -96,60 +107,96 @@ impl Checker {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             keep_identities: false,
             include_query: false,
+            state: Arc::new(StateRuntime::memory()),
         }
     }
 
     /// Decide one CheckRequest at `now`.
-    pub fn check(&self, req: CheckRequest, now: Timestamp) -> Checked {
+    pub async fn check(&self, req: CheckRequest, now: Timestamp) -> Checked {
         let live = self.policy.load_full();
         let decision_id = self.ids.next_id();
-        let staged = catch_unwind(AssertUnwindSafe(|| self.stages(&live, req, &decision_id, now)));
-        let (decision, cache, summary, response) = match staged {
+        let staged = catch_unwind(AssertUnwindSafe(|| self.decide(&live, req, &decision_id, now)));
+        let mut staged = match staged {
             Ok(Some(s)) => s,
-            Ok(None) => (Decision::invalid_request(), CacheLookup::Skipped, RequestSummary::empty(), None),
-            Err(_) => (Decision::internal_error(), CacheLookup::Skipped, RequestSummary::empty(), None),
+            Ok(None) => Staged::refused(Decision::invalid_request()),
+            Err(_) => Staged::refused(Decision::internal_error()),
         };
-        let response = response.unwrap_or_else(|| {
+        if let Some(pending) = staged.pending.take() {
+            self.limits(&live, &mut staged.decision, &pending.takes, now).await;
+            staged.response = Some(pending.respond(&staged.decision, &decision_id, &live));
+        }
+        let response = staged.response.take().unwrap_or_else(|| {
             check_response(
-                &decision,
+                &staged.decision,
                 Identity::default(),
                 &decision_id,
                 live.policy.settings.deny_status,
                 &live.revision,
             )
         });
-        Checked { decision, decision_id, response, cache, live, time: now, summary }
+        if let (Some(auto), Some(agent)) = (live.policy.settings.quarantine, staged.agent.as_deref()) {
+            if counts_toward_quarantine(&staged.decision) {
+                self.state.count_deny(agent, &decision_id, auto, now).await;
+            }
+        }
+        let mut summary = staged.summary;
+        if !self.keep_identities {
+            summary.agent = None;
+            summary.on_behalf_of = None;
+        }
+        Checked { decision: staged.decision, decision_id, response, cache: staged.cache, live, time: now, summary }
     }
 
-    /// The stages, one per line. `None`: the CheckRequest carries no HTTP request.
-    fn stages(
-        &self,
-        live: &LivePolicy,
-        req: CheckRequest,
-        decision_id: &str,
-        now: Timestamp,
-    ) -> Option<(Decision, CacheLookup, RequestSummary, Option<CheckResponse>)> {
+    /// The synchronous stages, one per line. `None`: the CheckRequest carries no HTTP
+    /// request.
+    fn decide(&self, live: &LivePolicy, req: CheckRequest, decision_id: &str, now: Timestamp) -> Option<Staged> {
         let request = self.request(req)?;
         let ident = resolve_identity(&live.policy, &request);
-        // quarantine: agent-controls §5 (the state-store issue).
-        let (decision, cache) = match &self.cache {
-            Some(c) => c.decide(live, &request, ident, now),
-            None => {
-                (crate::policy::eval::evaluate_identified(&live.policy, &request, ident, now), CacheLookup::Skipped)
+        let path_ok = checked_path(&live.policy, &request).is_ok();
+        let quarantined = self.quarantine(path_ok, ident, now);
+        let (decision, cache) = match (quarantined, &self.cache) {
+            (true, _) => (Decision::builtin(RuleId::Quarantined), CacheLookup::Skipped),
+            (false, Some(c)) => c.decide(live, &request, ident, now),
+            (false, None) => (evaluate_identified(&live.policy, &request, ident, now), CacheLookup::Skipped),
+        };
+        // holds and grants: agent-controls §1-2 (the approvals issue).
+        let mut decision = decision;
+        let takes = match limit_takes(&live.policy, &request, ident, &decision) {
+            Ok(t) => t,
+            Err(hit) => {
+                // A key part or the cost cannot be read: denied, nothing charged.
+                decision.verdict = match live.policy.settings.mode {
+                    Mode::DryRun => Verdict::DryRunAllow { global: true },
+                    Mode::Enforce => Verdict::Deny,
+                };
+                decision.message = Some(Arc::from(format!(
+                    "Limit {} of rule `{}` cannot be applied: a key part or the cost is missing or ambiguous in this request.",
+                    hit.index, hit.rule
+                )));
+                decision.limit = Some(hit);
+                Vec::new()
             }
         };
-        // holds and grants, limits, credentials: agent-controls §1-2, §4, §6 (their issues).
+        // credentials: agent-controls §6 (the credentials issue).
         // Identities are shown only where deciding got to them (not for an invalid path or
         // an ambiguous identity).
-        let shown = match (checked_path(&live.policy, &request), ident) {
-            (Ok(_), Ok(i)) => i,
+        let shown = match (path_ok, ident) {
+            (true, Ok(i)) => i,
             _ => Identity::default(),
         };
-        let response = check_response(&decision, shown, decision_id, live.policy.settings.deny_status, &live.revision);
-        let owned = |v: Option<&str>| if self.keep_identities { v.map(str::to_owned) } else { None };
-        let identities = (owned(shown.agent), owned(shown.on_behalf_of));
-        let summary = self.summary(request, &decision, identities);
-        Some((decision, cache, summary, Some(response)))
+        // Owned copies only where a later stage or the record needs them.
+        let keep = self.keep_identities || !takes.is_empty() || live.policy.settings.quarantine.is_some();
+        let owned = |v: Option<&str>| if keep { v.map(str::to_owned) } else { None };
+        let (agent, on_behalf_of) = (owned(shown.agent), owned(shown.on_behalf_of));
+        let (response, pending) = if takes.is_empty() {
+            let deny_status = live.policy.settings.deny_status;
+            (Some(check_response(&decision, shown, decision_id, deny_status, &live.revision)), None)
+        } else {
+            (None, Some(Pending { takes, agent: agent.clone(), on_behalf_of: on_behalf_of.clone() }))
+        };
+        let counted = if live.policy.settings.quarantine.is_some() { agent.clone() } else { None };
+        let summary = self.summary(request, &decision, (agent, on_behalf_of));
+        Some(Staged { decision, cache, summary, response, pending, agent: counted })
     }
 
     /// Stage `request`: the Envoy adapter (a body over the limit counts as truncated).
@@ -159,6 +206,45 @@ impl Checker {
             r.body.truncated = true;
         }
         Some(r)
+    }
+
+    /// Stage `quarantine`: after `invalid_path` and `invalid_identity` (which evaluation
+    /// reports), before every rule, in every mode.
+    fn quarantine(&self, path_ok: bool, ident: Result<Identity<'_>, AmbiguousIdentity>, now: Timestamp) -> bool {
+        match (path_ok, ident) {
+            (true, Ok(Identity { agent: Some(a), .. })) => self.state.is_quarantined(a, now),
+            _ => false,
+        }
+    }
+
+    /// Stage `limits`: take from the buckets; over a limit → 429 (counted only in a dry
+    /// run), store unreachable → each limit's `on_store_error`.
+    async fn limits(&self, live: &LivePolicy, decision: &mut Decision, takes: &[LimitTake], now: Timestamp) {
+        let plain: Vec<Take> = takes.iter().map(|t| t.take.clone()).collect();
+        match self.state.take(&plain, now).await {
+            Ok(TakeOutcome::Taken(_)) => {}
+            Ok(TakeOutcome::Limited { index, retry_after_us }) => {
+                let Some(t) = takes.get(index) else { return };
+                let retry_after_s = retry_after_us.div_ceil(1_000_000).max(1);
+                decision.verdict = verdict_over_limit(&live.policy);
+                decision.limit = Some(t.hit(HitKind::Limited { retry_after_s }));
+            }
+            Err(_) => {
+                // The first limit that denies on a store error decides; if none does, the
+                // request goes through uncounted.
+                if let Some(t) = takes.iter().find(|t| t.on_store_error == OnStoreError::Deny) {
+                    decision.limit = Some(t.hit(HitKind::StoreError));
+                    if live.policy.settings.mode == Mode::DryRun {
+                        decision.verdict = Verdict::DryRunAllow { global: true };
+                    } else {
+                        decision.verdict = Verdict::Deny;
+                        decision.rule = RuleId::StateUnavailable;
+                    }
+                } else if let Some(t) = takes.first() {
+                    decision.limit = Some(t.hit(HitKind::StoreError));
+                }
+            }
+        }
     }
 
     /// What the record says about the request, moving its strings.
@@ -178,4 +264,136 @@ impl Checker {
         summary.on_behalf_of = on_behalf_of;
         summary
     }
+}
+
+/// What the synchronous stages hand to the asynchronous ones.
+struct Staged {
+    decision: Decision,
+    cache: CacheLookup,
+    summary: RequestSummary,
+    /// Built at once unless limits must be taken first.
+    response: Option<CheckResponse>,
+    pending: Option<Pending>,
+    /// The agent, where deciding got to it (deny counting).
+    agent: Option<String>,
+}
+
+impl Staged {
+    fn refused(decision: Decision) -> Staged {
+        Staged {
+            decision,
+            cache: CacheLookup::Skipped,
+            summary: RequestSummary::empty(),
+            response: None,
+            pending: None,
+            agent: None,
+        }
+    }
+}
+
+/// A response waiting for the limits stage.
+struct Pending {
+    takes: Vec<LimitTake>,
+    agent: Option<String>,
+    on_behalf_of: Option<String>,
+}
+
+impl Pending {
+    fn respond(&self, decision: &Decision, decision_id: &str, live: &LivePolicy) -> CheckResponse {
+        let ident = Identity { agent: self.agent.as_deref(), on_behalf_of: self.on_behalf_of.as_deref() };
+        check_response(decision, ident, decision_id, live.policy.settings.deny_status, &live.revision)
+    }
+}
+
+/// One bucket to take from, and the limit it belongs to.
+struct LimitTake {
+    take: Take,
+    rule: Arc<str>,
+    index: usize,
+    quota: u64,
+    window_s: u64,
+    on_store_error: OnStoreError,
+}
+
+impl LimitTake {
+    fn hit(&self, kind: HitKind) -> LimitHit {
+        LimitHit { rule: self.rule.clone(), index: self.index, kind, quota: self.quota, window_s: self.window_s }
+    }
+}
+
+/// A limit refuses: 429, or in a global dry run, let through and recorded.
+fn verdict_over_limit(policy: &crate::policy::Policy) -> Verdict {
+    match policy.settings.mode {
+        Mode::DryRun => Verdict::DryRunAllow { global: true },
+        Mode::Enforce => Verdict::RateLimited,
+    }
+}
+
+/// The takes for every limit of every allow rule with limits that allowed the request (or
+/// one of its batch elements); the same bucket charged by several elements is charged once
+/// with their summed cost. `Err`: a key part or a cost is unknown (deny, charge nothing).
+fn limit_takes(
+    policy: &crate::policy::Policy,
+    req: &Request,
+    ident: Result<Identity<'_>, AmbiguousIdentity>,
+    decision: &Decision,
+) -> Result<Vec<LimitTake>, LimitHit> {
+    if decision.limited.is_empty() || !decision.allowed() {
+        return Ok(Vec::new());
+    }
+    let ident = ident.unwrap_or_default();
+    let path = checked_path(policy, req).unwrap_or("");
+    let mut out: Vec<(LimitTake, f64)> = Vec::new();
+    for by in &decision.limited {
+        let Some(rule) = policy.rules.get(by.rule) else { continue };
+        let mut caps = Captures::new();
+        if let Some(paths) = &rule.paths {
+            let _ = paths.iter().any(|p| p.matches(path, &mut caps));
+        }
+        for (index, limit) in rule.limits.iter().enumerate() {
+            let unknown = || LimitHit {
+                rule: rule.id.clone(),
+                index,
+                kind: HitKind::Unknown,
+                quota: limit.count,
+                window_s: limit.window_s,
+            };
+            let key = limits::key(&rule.id, index, limit, req, (ident.agent, ident.on_behalf_of), &caps, by.element)
+                .map_err(|_| unknown())?;
+            let cost = limits::cost(limit, req, by.element).map_err(|_| unknown())?;
+            match out.iter_mut().find(|(t, _)| t.take.key == key) {
+                Some((_, c)) => *c += cost,
+                None => out.push((
+                    LimitTake {
+                        take: Take { key, interval_us: limit.interval_us, burst: limit.burst, cost_us: 0 },
+                        rule: rule.id.clone(),
+                        index,
+                        quota: limit.count,
+                        window_s: limit.window_s,
+                        on_store_error: limit.on_store_error,
+                    },
+                    cost,
+                )),
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .filter_map(|(mut t, cost)| {
+            let limit = policy.rules.iter().find(|r| r.id == t.rule)?.limits.get(t.index)?;
+            t.take = limits::take(std::mem::take(&mut t.take.key), limit, cost);
+            Some(t)
+        })
+        .collect())
+}
+
+/// Whether a deny counts toward automatic quarantine: a deny by policy (a rule, the default,
+/// a limit, an invalid path), not one hallpass makes about itself or its dependencies, and
+/// not the quarantine itself.
+fn counts_toward_quarantine(d: &Decision) -> bool {
+    !d.allowed()
+        && !matches!(
+            d.rule,
+            RuleId::Quarantined | RuleId::StateUnavailable | RuleId::InternalError | RuleId::InvalidRequest
+        )
 }

@@ -16,8 +16,9 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use envoy_types::pb::google::rpc;
 
+use crate::limits::HitKind;
 use crate::policy::eval::Identity;
-use crate::policy::{Decision, RuleId};
+use crate::policy::{Decision, RuleId, Verdict};
 
 /// The upstream request header carrying the decision id on allow.
 pub const DECISION_ID_HEADER: &str = "x-hallpass-decision-id";
@@ -64,6 +65,16 @@ fn s(v: &str) -> Value {
 
 /// The message a denied caller reads.
 pub fn deny_message(d: &Decision) -> String {
+    if d.verdict == Verdict::RateLimited {
+        if let Some(h) = &d.limit {
+            return format!(
+                "Rate limit of rule `{}` reached ({} per {}).",
+                h.rule,
+                h.quota,
+                crate::limits::window_name(h.window_s)
+            );
+        }
+    }
     if let Some(m) = &d.message {
         return m.to_string();
     }
@@ -87,7 +98,8 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
         + usize::from(ident.agent.is_some())
         + usize::from(ident.on_behalf_of.is_some())
         + usize::from(d.dry_run())
-        + usize::from(!d.dry_run_rules.is_empty());
+        + usize::from(!d.dry_run_rules.is_empty())
+        + usize::from(d.limit.is_some());
     let mut fields = HashMap::with_capacity(n);
     fields.insert("decision".to_string(), s(if d.allowed() { "allow" } else { "deny" }));
     fields.insert("rule".to_string(), s(d.rule.as_str()));
@@ -108,6 +120,9 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
         let joined: Vec<&str> = d.dry_run_rules.iter().map(|r| &**r).collect();
         fields.insert("dry_run_rules".to_string(), s(&joined.join(",")));
     }
+    if let Some(h) = &d.limit {
+        fields.insert("limit".to_string(), s(&format!("{}.{}:{}", h.rule, h.index, h.kind.label())));
+    }
     Struct { fields }
 }
 
@@ -119,15 +134,50 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
+/// The `error` of a deny body: `rate_limited` over a limit, `unavailable` when a state store
+/// or credential hallpass depends on failed (503: retrying later may succeed), `forbidden`
+/// otherwise.
+pub fn deny_error(d: &Decision) -> &'static str {
+    if d.verdict == Verdict::RateLimited {
+        return "rate_limited";
+    }
+    match d.rule {
+        RuleId::StateUnavailable => "unavailable",
+        _ => "forbidden",
+    }
+}
+
+/// Seconds until a rate-limited request would go through.
+fn retry_after(d: &Decision) -> Option<u64> {
+    match d.limit.as_ref().map(|h| h.kind) {
+        Some(HitKind::Limited { retry_after_s }) if d.verdict == Verdict::RateLimited => Some(retry_after_s),
+        _ => None,
+    }
+}
+
 /// The JSON body of a deny.
 pub fn deny_body(d: &Decision, decision_id: &str) -> String {
-    serde_json::json!({
-        "error": "forbidden",
+    let mut body = serde_json::json!({
+        "error": deny_error(d),
         "rule": d.rule.as_str(),
         "message": deny_message(d),
         "decision_id": decision_id,
-    })
-    .to_string()
+    });
+    if let (Some(n), Some(o)) = (retry_after(d), body.as_object_mut()) {
+        o.insert("retry_after_s".into(), n.into());
+    }
+    body.to_string()
+}
+
+fn deny_headers(d: &Decision, decision_id: &str) -> Vec<HeaderValueOption> {
+    let mut h = vec![header("content-type", "application/json"), header(DECISION_ID_HEADER, decision_id)];
+    if let (Some(n), Some(hit)) = (retry_after(d), &d.limit) {
+        let (policy, state) = crate::limits::headers(hit, n);
+        h.push(header("retry-after", &n.to_string()));
+        h.push(header("ratelimit-policy", &policy));
+        h.push(header("ratelimit", &state));
+    }
+    h
 }
 
 /// Build the CheckResponse for a decision.
@@ -158,7 +208,7 @@ pub fn check_response(
             dynamic_metadata,
             http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                 status: Some(HttpStatus { code: i32::from(d.deny_status(deny_status)) }),
-                headers: vec![header("content-type", "application/json"), header(DECISION_ID_HEADER, decision_id)],
+                headers: deny_headers(d, decision_id),
                 body: deny_body(d, decision_id),
             })),
         }

@@ -79,9 +79,20 @@ impl Authz {
         &self.checker.policy
     }
 
+    /// Use this state store and quarantine list (the default: in memory, nothing kept).
+    pub fn with_state(mut self, state: Arc<crate::quarantine::StateRuntime>) -> Authz {
+        self.checker.state = state;
+        self
+    }
+
+    /// The state store and quarantine list in use.
+    pub fn state(&self) -> &Arc<crate::quarantine::StateRuntime> {
+        &self.checker.state
+    }
+
     /// Decide one CheckRequest at `now`: the pipeline of [`crate::check`].
-    pub fn decide(&self, req: CheckRequest, now: Timestamp) -> Checked {
-        self.checker.check(req, now)
+    pub async fn decide(&self, req: CheckRequest, now: Timestamp) -> Checked {
+        self.checker.check(req, now).await
     }
 }
 
@@ -92,7 +103,7 @@ impl Authorization for Authz {
             tokio::time::sleep(d).await;
         }
         let start = Instant::now();
-        let c = self.decide(request.into_inner(), Timestamp::now());
+        let c = self.decide(request.into_inner(), Timestamp::now()).await;
         let elapsed = start.elapsed();
         if let Some(m) = &self.metrics {
             m.record(&c.decision, elapsed.as_secs_f64());
@@ -102,6 +113,9 @@ impl Authorization for Authz {
             }
             if c.cache != CacheLookup::Skipped {
                 m.cache_lookup(c.cache == CacheLookup::Hit);
+            }
+            if let Some(hit) = &c.decision.limit {
+                m.limit(hit);
             }
         }
         let mut c = c;

@@ -219,7 +219,7 @@ fn addr(what: &str, s: &str) -> Result<SocketAddr, String> {
 
 /// Parse a duration such as `250ms`, `5s`, `2m`.
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
-    let bad = || format!("{what} `{s}` is not a duration such as 250ms, 5s or 2m");
+    let bad = || format!("{what} `{s}` is not a duration such as 250ms, 5s, 2m, 1h or 1d");
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (num, unit) = (t.get(..split).ok_or_else(bad)?, t.get(split..).ok_or_else(bad)?);
@@ -228,6 +228,8 @@ pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3_600))),
+        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
         _ => Err(bad()),
     }
 }
@@ -402,7 +404,9 @@ mod tests {
         assert_eq!(parse_duration("x", "250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("x", "5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("x", "2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "s", "5", "5h", "-1s", "1.5s"] {
+        assert_eq!(parse_duration("x", "3h"), Ok(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_duration("x", "1d"), Ok(Duration::from_secs(86_400)));
+        for bad in ["", "s", "5", "5w", "-1s", "1.5s", "1m30s"] {
             assert!(parse_duration("x", bad).is_err(), "{bad}");
         }
     }

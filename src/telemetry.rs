@@ -53,6 +53,101 @@ pub struct Metrics {
     invalid_paths: IntCounterVec,
     log_dropped: IntCounter,
     handles: Handles,
+    limits: IntCounterVec,
+    /// Metrics of the state store and quarantines.
+    pub state: StateMetrics,
+}
+
+/// Metrics of the state store (agent-controls.md §7) and of quarantines (§5). Handles are
+/// resolved once per operation name; nothing here is on the Check path except a limited
+/// request's store operation.
+#[derive(Clone)]
+pub struct StateMetrics {
+    ops: IntCounterVec,
+    seconds: HistogramVec,
+    up: IntGauge,
+    quarantined: IntGauge,
+    quarantines: IntCounterVec,
+    deny_dropped: IntCounter,
+}
+
+/// Store operations (label `op`).
+pub const STATE_OPS: [&str; 5] = ["take", "count_deny", "quarantine", "lift", "quarantines"];
+
+impl StateMetrics {
+    fn new(registry: &Registry) -> Result<StateMetrics, prometheus::Error> {
+        let ops = IntCounterVec::new(
+            Opts::new(
+                "hallpass_state_operations_total",
+                "State store operations by operation and result (ok, error, timeout).",
+            ),
+            &["op", "result"],
+        )?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new("hallpass_state_operation_duration_seconds", "State store operation latency.")
+                .buckets(vec![1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1]),
+            &["op"],
+        )?;
+        let up = IntGauge::new("hallpass_state_store_up", "1 when the state store answered its last operation.")?;
+        let quarantined =
+            IntGauge::new("hallpass_quarantined_agents", "Agents quarantined now (as last read from the store).")?;
+        let quarantines = IntCounterVec::new(
+            Opts::new("hallpass_quarantines_total", "Quarantines set by this replica, by source (auto, manual)."),
+            &["source"],
+        )?;
+        let deny_dropped = IntCounter::new(
+            "hallpass_deny_events_dropped_total",
+            "Denies not counted toward automatic quarantine because the queue to the store was full.",
+        )?;
+        for op in STATE_OPS {
+            for r in ["ok", "error", "timeout"] {
+                ops.with_label_values(&[op, r]);
+            }
+            seconds.with_label_values(&[op]);
+        }
+        for src in ["auto", "manual"] {
+            quarantines.with_label_values(&[src]);
+        }
+        up.set(1);
+        registry.register(Box::new(ops.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        registry.register(Box::new(up.clone()))?;
+        registry.register(Box::new(quarantined.clone()))?;
+        registry.register(Box::new(quarantines.clone()))?;
+        registry.register(Box::new(deny_dropped.clone()))?;
+        Ok(StateMetrics { ops, seconds, up, quarantined, quarantines, deny_dropped })
+    }
+
+    /// One store operation.
+    pub fn operation(&self, op: &str, err: Option<&crate::state::StoreError>, secs: f64) {
+        let result = match err {
+            None => "ok",
+            Some(crate::state::StoreError::Timeout) => "timeout",
+            Some(_) => "error",
+        };
+        self.ops.with_label_values(&[op, result]).inc();
+        self.seconds.with_label_values(&[op]).observe(secs);
+    }
+
+    /// Whether the store answered its last operation.
+    pub fn store_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    /// Agents quarantined now.
+    pub fn quarantined_agents(&self, n: usize) {
+        self.quarantined.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A quarantine set here (`auto` or `manual`).
+    pub fn quarantined(&self, source: &str) {
+        self.quarantines.with_label_values(&[source]).inc();
+    }
+
+    /// A deny event dropped.
+    pub fn deny_event_dropped(&self) {
+        self.deny_dropped.inc();
+    }
 }
 
 /// Body outcomes, all pre-registered so dashboards see zeros.
@@ -161,6 +256,15 @@ impl Metrics {
         for r in ["hit", "miss"] {
             cache_lookups.with_label_values(&[r]);
         }
+        let limits = IntCounterVec::new(
+            Opts::new(
+                "hallpass_limit_events_total",
+                "Limits that refused or could not decide, by rule and result (limited, unknown, store_error).",
+            ),
+            &["rule", "result"],
+        )?;
+        registry.register(Box::new(limits.clone()))?;
+        let state = StateMetrics::new(&registry)?;
         let handles = Handles {
             by_rule: Arc::new(ArcSwap::from_pointee(HashMap::default())),
             seconds: [check_seconds.with_label_values(&["allow"]), check_seconds.with_label_values(&["deny"])],
@@ -178,6 +282,8 @@ impl Metrics {
             cache_entries,
             bodies,
             invalid_paths,
+            limits,
+            state,
             log_dropped,
             handles,
         };
@@ -233,6 +339,11 @@ impl Metrics {
         if let Some(h) = self.handles.seconds.get(usize::from(!d.allowed())) {
             h.observe(seconds);
         }
+    }
+
+    /// A limit refused a request, or could not decide (its rule, and what happened).
+    pub fn limit(&self, hit: &crate::limits::LimitHit) {
+        self.limits.with_label_values(&[&hit.rule, hit.kind.label()]).inc();
     }
 
     /// Count a cache lookup.

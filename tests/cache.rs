@@ -10,6 +10,9 @@
     reason = "tests may panic"
 )]
 
+mod common;
+
+use common::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,8 +224,8 @@ fn cached_decisions_equal_uncached_decisions() {
         } else {
             pool[(rng.next() % pool.len() as u64) as usize].clone()
         };
-        let a = cached.decide(req.clone(), now);
-        let b = uncached.decide(req, now);
+        let a = ready(cached.decide(req.clone(), now));
+        let b = ready(uncached.decide(req, now));
         assert_eq!(a.decision, b.decision, "request {i} at {now}: cache changed the decision");
         assert_ne!(a.decision_id, b.decision_id);
         hits += usize::from(a.cache_hit());
@@ -247,24 +250,24 @@ fn a_hit_gets_a_fresh_decision_id_and_is_marked() {
             .build()
     };
     // Stored on second sight, served from the third.
-    let first = a.decide(pay("bot-a", 5), now);
+    let first = ready(a.decide(pay("bot-a", 5), now));
     assert!(!first.cache_hit());
     assert_eq!(cache.entry_count(), 0, "a one-off request is not stored");
-    assert!(!a.decide(pay("bot-a", 5), now).cache_hit());
-    let second = a.decide(pay("bot-a", 5), now);
+    assert!(!ready(a.decide(pay("bot-a", 5), now)).cache_hit());
+    let second = ready(a.decide(pay("bot-a", 5), now));
     assert!(second.cache_hit());
     assert!(first.decision.allowed());
     assert_eq!(first.decision, second.decision);
     assert_ne!(first.decision_id, second.decision_id);
     assert_eq!(cache.entry_count(), 1);
     // The body is part of the key.
-    let big = a.decide(pay("bot-a", 5000), now);
+    let big = ready(a.decide(pay("bot-a", 5000), now));
     assert!(!big.cache_hit() && !big.decision.allowed());
-    let big = a.decide(pay("bot-a", 5000), now);
+    let big = ready(a.decide(pay("bot-a", 5000), now));
     assert!(!big.cache_hit() && !big.decision.allowed());
     // Body-less decisions are not cached at all.
     let get = || CheckRequestBuilder::new("GET", "/echo?who=bot-a").header("x-agent-id", "bot-a").build();
-    assert!(!a.decide(get(), now).cache_hit() && !a.decide(get(), now).cache_hit());
+    assert!(!ready(a.decide(get(), now)).cache_hit() && !ready(a.decide(get(), now)).cache_hit());
     assert_eq!(cache.entry_count(), 2);
 }
 
@@ -283,10 +286,10 @@ fn entries_do_not_outlive_a_time_window_boundary() {
     // 16:59:59 in Berlin on a Monday: allowed; one second later the 08:00-18:00 window has closed.
     let before: jiff::Timestamp = "2026-11-23T16:59:59Z".parse().unwrap();
     let after: jiff::Timestamp = "2026-11-23T17:00:00Z".parse().unwrap();
-    assert!(a.decide(req(), before).decision.allowed());
-    assert!(a.decide(req(), before).decision.allowed());
-    assert!(a.decide(req(), before).cache_hit());
-    let d = a.decide(req(), after);
+    assert!(ready(a.decide(req(), before)).decision.allowed());
+    assert!(ready(a.decide(req(), before)).decision.allowed());
+    assert!(ready(a.decide(req(), before)).cache_hit());
+    let d = ready(a.decide(req(), after));
     assert!(!d.cache_hit(), "the entry expired at the boundary despite the 1h TTL");
     assert!(!d.decision.allowed());
 }

@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::ready;
 use std::path::{Path, PathBuf};
 
 use common::CorpusFile;
@@ -73,7 +74,7 @@ fn corpus_decisions() {
         let fname = file.file_name().unwrap().to_string_lossy().to_string();
         for case in &corpus.cases {
             total += 1;
-            let checked = authz.decide(case.request.to_check_request(), case.request.now());
+            let checked = ready(authz.decide(case.request.to_check_request(), case.request.now()));
             let (decision, resp) = (checked.decision, checked.response);
             let got_decision = if decision.allowed() { "allow" } else { "deny" };
             let got = (got_decision.to_string(), decision.rule.as_str().to_string(), decision.dry_run());

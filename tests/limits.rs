@@ -9,6 +9,9 @@
     reason = "tests may panic"
 )]
 
+mod common;
+
+use common::ready;
 use hallpass::policy::eval::MAX_BATCH;
 use hallpass::policy::Policy;
 use hallpass::request::build::CheckRequestBuilder;
@@ -41,7 +44,7 @@ fn authz() -> Authz {
 }
 
 fn decide(a: &Authz, b: CheckRequestBuilder) -> (bool, String) {
-    let d = a.decide(b.build(), jiff::Timestamp::now()).decision;
+    let d = ready(a.decide(b.build(), jiff::Timestamp::now())).decision;
     (d.allowed(), d.rule.as_str().to_string())
 }
 

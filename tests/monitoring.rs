@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::ready;
 use std::path::Path;
 use std::process::Command;
 
@@ -78,7 +79,7 @@ fn every_metric_named_in_dashboard_and_alerts_is_exported() {
     let a = hallpass::service::Authz::from_policy(
         hallpass::policy::Policy::from_yaml("version: 1\nrules: []\n", "p.yaml").unwrap(),
     );
-    let c = a.decide(CheckRequestBuilder::new("GET", "/x").build(), jiff::Timestamp::now());
+    let c = ready(a.decide(CheckRequestBuilder::new("GET", "/x").build(), jiff::Timestamp::now()));
     m.record(&c.decision, 1e-6);
     m.policy_loaded("abc", 0, jiff::Timestamp::now());
     let expo = m.render();

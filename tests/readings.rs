@@ -10,6 +10,9 @@
     reason = "tests may panic"
 )]
 
+mod common;
+
+use common::ready;
 use hallpass::policy::Policy;
 use hallpass::request::build::CheckRequestBuilder;
 use hallpass::service::Authz;
@@ -40,7 +43,7 @@ rules:
 
 fn decide(b: CheckRequestBuilder) -> (bool, String) {
     let a = Authz::from_policy(Policy::from_yaml(POLICY, "readings.yaml").unwrap());
-    let d = a.decide(b.build(), jiff::Timestamp::now()).decision;
+    let d = ready(a.decide(b.build(), jiff::Timestamp::now())).decision;
     (d.allowed(), d.rule.as_str().to_string())
 }
 

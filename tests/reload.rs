@@ -9,6 +9,9 @@
     reason = "tests may panic"
 )]
 
+mod common;
+
+use common::ready;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,7 +58,11 @@ fn configmap_update(dir: &Path, old: &str, version: &str, text: &str) {
 
 fn rule_for_x(store: &PolicyStore) -> String {
     let a = Authz::new(store.handle(), None);
-    a.decide(CheckRequestBuilder::new("GET", "/x").build(), jiff::Timestamp::now()).decision.rule.as_str().to_string()
+    ready(a.decide(CheckRequestBuilder::new("GET", "/x").build(), jiff::Timestamp::now()))
+        .decision
+        .rule
+        .as_str()
+        .to_string()
 }
 
 async fn wait_for(store: &PolicyStore, rule: &str, within: Duration) -> Option<Duration> {

@@ -128,6 +128,13 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
         },
         deny_status,
         allow_path_semicolons: def.settings.allow_path_semicolons.unwrap_or(false),
+        quarantine: def.settings.quarantine.as_ref().and_then(|q| match compile_quarantine(q) {
+            Ok(q) => Some(q),
+            Err(m) => {
+                errs.top(m);
+                None
+            }
+        }),
     };
 
     let identity = match &def.identity {
@@ -512,6 +519,29 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
     if dry_run && effect == Effect::Allow {
         msgs.push("`dry_run: true` is only for deny rules (an allow rule in dry run would mean nothing)".into());
     }
+    let mut limits = Vec::new();
+    if let Some(defs) = &rd.limits {
+        if effect != Effect::Allow {
+            msgs.push("`limits` are only for allow rules (they bound what a rule lets through)".into());
+        } else if defs.is_empty() {
+            msgs.push("`limits` is an empty list; omit it for no limits".into());
+        }
+        // A `path.<capture>` part must be captured by every path pattern of the rule.
+        let captures: Vec<&str> = match &paths {
+            None => Vec::new(),
+            Some(ps) => {
+                let mut names: Vec<&str> = ps.first().map(|p| p.capture_names().collect()).unwrap_or_default();
+                names.retain(|n| ps.iter().all(|p| p.capture_names().any(|m| m == *n)));
+                names
+            }
+        };
+        for (n, d) in defs.iter().enumerate() {
+            match crate::limits::compile(d, &format!("limits[{n}]"), &captures) {
+                Ok(l) => limits.push(l),
+                Err(m) => msgs.push(m),
+            }
+        }
+    }
     if !msgs.is_empty() {
         return Err(msgs);
     }
@@ -532,7 +562,27 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
         message: rd.message.as_deref().map(Arc::from),
         dry_run,
         reads_body,
+        limits,
         line: None,
+    })
+}
+
+fn compile_quarantine(q: &crate::policy::model::QuarantineDef) -> Result<crate::state::AutoQuarantine, String> {
+    let after_denies = q.after_denies.filter(|n| *n >= 1).ok_or_else(|| {
+        "`settings.quarantine.after_denies` is required and at least 1 (e.g. `after_denies: 20`)".to_string()
+    })?;
+    let dur = |key: &str, v: &Option<String>| -> Result<std::time::Duration, String> {
+        let v = v.as_deref().ok_or_else(|| format!("`settings.quarantine.{key}` is required (e.g. `1m`)"))?;
+        let d = crate::settings::parse_duration(&format!("`settings.quarantine.{key}`"), v)?;
+        if d.is_zero() {
+            return Err(format!("`settings.quarantine.{key}` must be longer than 0"));
+        }
+        Ok(d)
+    };
+    Ok(crate::state::AutoQuarantine {
+        after_denies,
+        within: dur("within", &q.within)?,
+        duration: dur("for", &q.duration)?,
     })
 }
 

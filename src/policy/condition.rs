@@ -368,13 +368,13 @@ pub fn json_eq(a: &Json, b: &Json) -> Tri {
 }
 
 /// Where a JSON Pointer leads.
-enum Found<'a> {
+pub(crate) enum Found<'a> {
     Value(&'a Json),
     Missing,
     Unknown,
 }
 
-fn lookup<'a>(root: &'a Json, pointer: &[Box<str>]) -> Found<'a> {
+pub(crate) fn lookup<'a>(root: &'a Json, pointer: &[Box<str>]) -> Found<'a> {
     let mut cur = root;
     for tok in pointer {
         cur = match cur {

@@ -74,7 +74,7 @@ pub(super) fn condition(v: &Value, scope: &Scope<'_>, at: &str) -> Result<Condit
     Ok(Condition::Field { pointer, test })
 }
 
-fn parse_pointer(p: &str) -> Result<Vec<Box<str>>, String> {
+pub(crate) fn parse_pointer(p: &str) -> Result<Vec<Box<str>>, String> {
     if p.is_empty() {
         return Ok(Vec::new());
     }

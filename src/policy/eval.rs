@@ -32,6 +32,11 @@ pub enum RuleId {
     InvalidRequest,
     /// Deciding failed inside hallpass (a bug); the request is denied.
     InternalError,
+    /// The agent is quarantined (agent-controls.md §5).
+    Quarantined,
+    /// A limit could not be read from the state store in time and its `on_store_error` is
+    /// `deny` (agent-controls.md §4).
+    StateUnavailable,
 }
 
 /// A decision hallpass makes itself, without a policy rule: its id, and the message a denied
@@ -68,7 +73,7 @@ impl DenyStatus {
 }
 
 /// Every built-in decision, in [`RuleId`] order.
-pub const BUILTINS: [Builtin; 5] = [
+pub const BUILTINS: [Builtin; 7] = [
     Builtin { id: "default", message: "No policy rule allows this request.", status: DenyStatus::Policy },
     Builtin { id: "invalid_path", message: "The request path is not acceptable", status: DenyStatus::Policy },
     Builtin {
@@ -87,6 +92,16 @@ pub const BUILTINS: [Builtin; 5] = [
         message: "The authorization service failed to decide; the request is denied.",
         status: DenyStatus::Policy,
     },
+    Builtin {
+        id: "quarantined",
+        message: "This agent is quarantined: every request it makes is denied until the quarantine ends or is lifted.",
+        status: DenyStatus::Fixed(403),
+    },
+    Builtin {
+        id: "state_unavailable",
+        message: "The state store that keeps this rule's limits could not be reached; the request is denied.",
+        status: DenyStatus::Fixed(503),
+    },
 ];
 
 impl RuleId {
@@ -99,6 +114,8 @@ impl RuleId {
             RuleId::InvalidIdentity => 2,
             RuleId::InvalidRequest => 3,
             RuleId::InternalError => 4,
+            RuleId::Quarantined => 5,
+            RuleId::StateUnavailable => 6,
         };
         BUILTINS.get(i)
     }
@@ -127,6 +144,8 @@ pub enum Verdict {
         /// The whole policy is in dry run.
         global: bool,
     },
+    /// Refuse it with 429: the deciding allow rule's limit has no room (`Decision::limit`).
+    RateLimited,
 }
 
 /// The outcome of deciding one request. This record is what the decision log says.
@@ -146,24 +165,42 @@ pub struct Decision {
     /// The deciding rule matched on an unknown part (a deny rule): which part. An auditor
     /// tells "denied because the body could not be read" from "denied because it matched".
     pub unknown: Option<Part>,
+    /// The allow rules with `limits` that allowed this request (or a batch element of it):
+    /// what the limits stage charges. Empty (and unallocated) when no such rule allowed it.
+    pub limited: Vec<LimitedBy>,
+    /// What the limits stage found, when a limit refused the request (or would have, in a
+    /// dry run) or a key part or cost was unknown.
+    pub limit: Option<crate::limits::LimitHit>,
+}
+
+/// An allow rule with limits that allowed a request, or batch element `element` of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitedBy {
+    /// The rule's position in the policy.
+    pub rule: usize,
+    /// The batch element, for batches.
+    pub element: Option<usize>,
 }
 
 impl Decision {
     /// Whether Envoy lets the request through.
     pub fn allowed(&self) -> bool {
-        !matches!(self.verdict, Verdict::Deny)
+        !matches!(self.verdict, Verdict::Deny | Verdict::RateLimited)
     }
 
     /// The HTTP status of this decision as a deny, given the policy's `deny_status`: a
     /// built-in decision's own status, else `deny_status`.
     pub fn deny_status(&self, deny_status: u16) -> u16 {
+        if self.verdict == Verdict::RateLimited {
+            return 429;
+        }
         self.rule.builtin().map_or(deny_status, |b| b.status.code(deny_status))
     }
 
     /// What the policy decided before any global dry run.
     pub fn policy_effect(&self) -> Effect {
         match self.verdict {
-            Verdict::Deny | Verdict::DryRunAllow { global: true } => Effect::Deny,
+            Verdict::Deny | Verdict::RateLimited | Verdict::DryRunAllow { global: true } => Effect::Deny,
             Verdict::Allow | Verdict::DryRunAllow { global: false } => Effect::Allow,
         }
     }
@@ -173,7 +210,8 @@ impl Decision {
         matches!(self.verdict, Verdict::DryRunAllow { .. })
     }
 
-    fn builtin(rule: RuleId) -> Decision {
+    /// A deny by a built-in rule.
+    pub fn builtin(rule: RuleId) -> Decision {
         Decision {
             verdict: Verdict::Deny,
             rule,
@@ -181,6 +219,8 @@ impl Decision {
             dry_run_rules: Vec::new(),
             path_error: None,
             unknown: None,
+            limited: Vec::new(),
+            limit: None,
         }
     }
 
@@ -691,6 +731,8 @@ struct Outcome {
     message: Option<Arc<str>>,
     dry_run_rules: Vec<Arc<str>>,
     unknown: Option<Part>,
+    /// The deciding allow rule's index, when it has limits.
+    limited: Option<usize>,
 }
 
 fn first_segment(path: &str) -> &str {
@@ -839,13 +881,14 @@ fn decide_one<T: Tracer>(
             }
         }
     }
-    match decided.and_then(|(i, m)| policy.rules.get(i).map(|r| (r, m))) {
-        Some((rule, m)) => Outcome {
+    match decided.and_then(|(i, m)| policy.rules.get(i).map(|r| (i, r, m))) {
+        Some((i, rule, m)) => Outcome {
             effect: rule.effect,
             rule: RuleId::Rule(rule.id.clone()),
             message: if rule.effect == Effect::Deny { rule.message.clone() } else { None },
             dry_run_rules,
             unknown: if m.result == Tri::Unknown { m.part } else { None },
+            limited: (rule.effect == Effect::Allow && !rule.limits.is_empty()).then_some(i),
         },
         None => Outcome {
             effect: policy.settings.default,
@@ -853,6 +896,7 @@ fn decide_one<T: Tracer>(
             message: None,
             dry_run_rules,
             unknown: None,
+            limited: None,
         },
     }
 }
@@ -977,8 +1021,15 @@ pub fn evaluate_traced<T: Tracer>(
     } else {
         body_shape(policy, req, cands)
     };
+    let mut limited = Vec::new();
     let outcome = match shape_now {
-        Shape::Single(view) => decide_one(policy, cands, &cx, view, None, tracer),
+        Shape::Single(view) => {
+            let o = decide_one(policy, cands, &cx, view, None, tracer);
+            if let Some(rule) = o.limited {
+                limited.push(LimitedBy { rule, element: None });
+            }
+            o
+        }
         Shape::Batch(items) => {
             let mut first_outcome: Option<Outcome> = None;
             let mut dry_run_rules: Vec<Arc<str>> = Vec::new();
@@ -1001,6 +1052,9 @@ pub fn evaluate_traced<T: Tracer>(
                     }
                     continue;
                 }
+                if let Some(rule) = o.limited {
+                    limited.push(LimitedBy { rule, element: Some(n) });
+                }
                 if first_outcome.is_none() {
                     first_outcome = Some(o);
                 }
@@ -1015,6 +1069,7 @@ pub fn evaluate_traced<T: Tracer>(
                     message: None,
                     dry_run_rules: Vec::new(),
                     unknown: None,
+                    limited: None,
                 },
             };
             o.dry_run_rules = dry_run_rules;
@@ -1034,6 +1089,9 @@ pub fn evaluate_traced<T: Tracer>(
         dry_run_rules: outcome.dry_run_rules,
         path_error: None,
         unknown: outcome.unknown,
+        // Only a request that goes through on an allow rule is charged.
+        limited: if outcome.effect == Effect::Allow { limited } else { Vec::new() },
+        limit: None,
     }
 }
 

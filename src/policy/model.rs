@@ -44,6 +44,9 @@ pub struct SettingsDef {
     /// `;` in a path is an ordinary character (default false: `invalid_path`).
     #[serde(default)]
     pub allow_path_semicolons: Option<bool>,
+    /// Automatic quarantine (agent-controls.md §5).
+    #[serde(default)]
+    pub quarantine: Option<QuarantineDef>,
 }
 
 /// allow | deny.
@@ -110,6 +113,57 @@ pub struct RuleDef {
     pub message: Option<String>,
     /// This rule alone in dry run (deny rules only).
     pub dry_run: Option<bool>,
+    /// Rate limits and budgets (allow rules only; agent-controls.md §4).
+    pub limits: Option<Vec<LimitDef>>,
+}
+
+/// One entry of a rule's `limits:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitDef {
+    /// Key parts: agent, on_behalf_of, mcp.tool, path.<capture>, header.<name>.
+    pub per: Option<Vec<String>>,
+    /// `N/s|m|h|d`.
+    pub rate: Option<String>,
+    /// Requests that may come at once (default N).
+    pub burst: Option<u64>,
+    /// What a request costs (default 1).
+    pub cost: Option<CostDef>,
+    /// deny (default) | allow, when the state store cannot be reached.
+    pub on_store_error: Option<OnStoreErrorDef>,
+}
+
+/// `cost:` of a limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostDef {
+    /// JSON Pointer into the body.
+    pub field: Option<String>,
+    /// Cost is the length of the array there.
+    pub length: Option<bool>,
+}
+
+/// `on_store_error:` of a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreErrorDef {
+    /// Deny with `state_unavailable`.
+    Deny,
+    /// Let it through uncounted.
+    Allow,
+}
+
+/// `settings.quarantine:` — automatic quarantine.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineDef {
+    /// Denies that trigger a quarantine.
+    pub after_denies: Option<u32>,
+    /// The window they are counted in, e.g. `1m`.
+    pub within: Option<String>,
+    /// How long the quarantine lasts, e.g. `15m`.
+    #[serde(rename = "for")]
+    pub duration: Option<String>,
 }
 
 /// `mcp:` of a rule.

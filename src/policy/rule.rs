@@ -47,6 +47,8 @@ pub struct Settings {
     pub deny_status: u16,
     /// `;` in a path is an ordinary character instead of `invalid_path`.
     pub allow_path_semicolons: bool,
+    /// Automatic quarantine, if set.
+    pub quarantine: Option<crate::state::AutoQuarantine>,
 }
 
 /// Where an identity comes from.
@@ -155,6 +157,8 @@ pub struct Rule {
     pub dry_run: bool,
     /// Whether matching needs the parsed body (`body` or `mcp`).
     pub reads_body: bool,
+    /// Limits and budgets (allow rules; empty when none).
+    pub limits: Vec<crate::limits::Limit>,
     /// Line of the rule's `id:` in the source, for messages.
     pub line: Option<usize>,
 }

@@ -185,3 +185,13 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// Run a future that completes without waiting (the Check pipeline on the in-memory state
+/// store never waits): one poll with a no-op waker.
+pub fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the Check waited: only the in-memory state store is used here"),
+    }
+}

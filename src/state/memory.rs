@@ -1,0 +1,202 @@
+//! The in-process store: limit buckets and deny counts in bounded maps, quarantines in a
+//! map written through to `state.dir/quarantine.json` (atomic rename) when a directory is
+//! set, so a quarantine survives a restart. Every operation completes without waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+
+use super::{bucket_after, gcra, micros, AutoQuarantine, Quarantine, StateStore, StoreError, Take, TakeOutcome};
+
+/// Default most limit buckets kept (~100 bytes each plus the key).
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// The in-process store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    /// Limit buckets: key → theoretical arrival time (µs). Bounded by `max_keys`.
+    buckets: Mutex<HashMap<Box<str>, i64>>,
+    /// Deny times (µs) per agent, at most `after_denies` each; bounded by `max_keys` agents.
+    denies: Mutex<HashMap<Box<str>, VecDeque<i64>>>,
+    /// Quarantines by agent.
+    quarantines: Mutex<HashMap<String, Quarantine>>,
+    max_keys: usize,
+    dir: Option<PathBuf>,
+}
+
+impl MemoryStore {
+    /// A store keeping at most `max_keys` limit buckets, nothing persisted.
+    pub fn ephemeral(max_keys: usize) -> MemoryStore {
+        MemoryStore {
+            buckets: Mutex::new(HashMap::new()),
+            denies: Mutex::new(HashMap::new()),
+            quarantines: Mutex::new(HashMap::new()),
+            max_keys,
+            dir: None,
+        }
+    }
+
+    /// A store keeping at most `max_keys` limit buckets (and as many deny counters); with
+    /// `dir`, quarantines are read from and written to `dir/quarantine.json`.
+    pub fn new(max_keys: usize, dir: Option<PathBuf>) -> Result<MemoryStore, String> {
+        let mut quarantines = HashMap::new();
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).map_err(|e| format!("state.dir {}: {e}", d.display()))?;
+            let file = d.join("quarantine.json");
+            match std::fs::read(&file) {
+                Ok(bytes) => {
+                    let list: Vec<Quarantine> = serde_json::from_slice(&bytes)
+                        .map_err(|e| format!("{}: not a quarantine list: {e}", file.display()))?;
+                    quarantines.extend(list.into_iter().map(|q| (q.agent.clone(), q)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", file.display())),
+            }
+        }
+        Ok(MemoryStore {
+            buckets: Mutex::new(HashMap::new()),
+            denies: Mutex::new(HashMap::new()),
+            quarantines: Mutex::new(quarantines),
+            max_keys,
+            dir,
+        })
+    }
+
+    fn persist(&self, map: &HashMap<String, Quarantine>) -> Result<(), StoreError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let mut list: Vec<&Quarantine> = map.values().collect();
+        list.sort_by(|a, b| a.agent.cmp(&b.agent));
+        let text = serde_json::to_vec_pretty(&list).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let tmp = dir.join(".quarantine.json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, dir.join("quarantine.json")))
+            .map_err(|e| StoreError::Unavailable(format!("writing {}: {e}", dir.display())))
+    }
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError::Unavailable("memory store lock poisoned".into())
+}
+
+impl StateStore for MemoryStore {
+    async fn take(&self, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
+        let now = micros(now);
+        let mut map = self.buckets.lock().map_err(poisoned)?;
+        let mut new_tats = Vec::with_capacity(takes.len());
+        for (index, t) in takes.iter().enumerate() {
+            let tat = map.get(t.key.as_str()).copied().unwrap_or(now);
+            match gcra(tat, now, t) {
+                Ok(n) => new_tats.push(n),
+                Err(retry_after_us) => return Ok(TakeOutcome::Limited { index, retry_after_us }),
+            }
+        }
+        let new_keys = takes.iter().filter(|t| !map.contains_key(t.key.as_str())).count();
+        if map.len() + new_keys > self.max_keys {
+            // A bucket whose arrival time has passed is full again: forgetting it changes nothing.
+            map.retain(|_, tat| *tat > now);
+            if map.len() + new_keys > self.max_keys {
+                return Err(StoreError::Full(self.max_keys));
+            }
+        }
+        let mut buckets = Vec::with_capacity(takes.len());
+        for (t, n) in takes.iter().zip(new_tats) {
+            buckets.push(bucket_after(n, now, t));
+            match map.get_mut(t.key.as_str()) {
+                Some(v) => *v = n,
+                None => {
+                    map.insert(Box::from(t.key.as_str()), n);
+                }
+            }
+        }
+        Ok(TakeOutcome::Taken(buckets))
+    }
+
+    async fn count_deny(
+        &self,
+        agent: &str,
+        _id: &str,
+        auto: AutoQuarantine,
+        now: Timestamp,
+    ) -> Result<Option<Quarantine>, StoreError> {
+        let at = micros(now);
+        let window = i64::try_from(auto.within.as_micros()).unwrap_or(i64::MAX);
+        let reached = {
+            let mut map = self.denies.lock().map_err(poisoned)?;
+            if !map.contains_key(agent) && map.len() >= self.max_keys {
+                map.retain(|_, times| times.back().is_some_and(|t| at.saturating_sub(*t) < window));
+                if map.len() >= self.max_keys {
+                    return Err(StoreError::Full(self.max_keys));
+                }
+            }
+            let times = map.entry(Box::from(agent)).or_default();
+            times.push_back(at);
+            while times.front().is_some_and(|t| at.saturating_sub(*t) >= window) {
+                times.pop_front();
+            }
+            while times.len() > auto.after_denies as usize {
+                times.pop_front();
+            }
+            let reached = times.len() >= auto.after_denies as usize;
+            if reached {
+                map.remove(agent);
+            }
+            reached
+        };
+        if !reached {
+            return Ok(None);
+        }
+        let mut q = self.quarantines.lock().map_err(poisoned)?;
+        if q.get(agent).is_some_and(|e| e.in_force(now)) {
+            return Ok(None);
+        }
+        let entry = auto_entry(agent, auto, now);
+        q.insert(agent.to_owned(), entry.clone());
+        self.persist(&q)?;
+        Ok(Some(entry))
+    }
+
+    async fn quarantine(&self, entry: Quarantine) -> Result<(), StoreError> {
+        let mut q = self.quarantines.lock().map_err(poisoned)?;
+        q.insert(entry.agent.clone(), entry);
+        self.persist(&q)
+    }
+
+    async fn lift(&self, agent: &str) -> Result<bool, StoreError> {
+        let mut q = self.quarantines.lock().map_err(poisoned)?;
+        let had = q.remove(agent).is_some();
+        self.persist(&q)?;
+        Ok(had)
+    }
+
+    async fn quarantines(&self, now: Timestamp) -> Result<Vec<Quarantine>, StoreError> {
+        let mut q = self.quarantines.lock().map_err(poisoned)?;
+        let before = q.len();
+        q.retain(|_, e| e.in_force(now));
+        if q.len() != before {
+            self.persist(&q)?;
+        }
+        let mut list: Vec<Quarantine> = q.values().cloned().collect();
+        list.sort_by(|a, b| a.agent.cmp(&b.agent));
+        Ok(list)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The quarantine an automatic trigger sets.
+pub fn auto_entry(agent: &str, auto: AutoQuarantine, now: Timestamp) -> Quarantine {
+    let until = now
+        .checked_add(jiff::SignedDuration::try_from(auto.duration).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX);
+    Quarantine {
+        agent: agent.to_owned(),
+        since: now,
+        until,
+        reason: format!("{} denies within {}s", auto.after_denies, auto.within.as_secs()),
+        by: "auto".to_owned(),
+    }
+}
