@@ -30,6 +30,8 @@ command -v go >/dev/null 2>&1 || APT_NEED="$APT_NEED golang-go"
 [ -f /usr/share/java/tomcat10-catalina.jar ] || APT_NEED="$APT_NEED libtomcat10-java"
 command -v javac >/dev/null 2>&1 || APT_NEED="$APT_NEED default-jdk-headless"
 command -v npm >/dev/null 2>&1 || APT_NEED="$APT_NEED nodejs npm"
+# a real Redis for the shared state store (tests/state_redis.rs; redis-benchmark for benches)
+command -v redis-server >/dev/null 2>&1 || APT_NEED="$APT_NEED redis-server"
 if [ -n "$APT_NEED" ]; then
   echo "== installing$APT_NEED (Debian packages)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

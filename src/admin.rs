@@ -28,6 +28,8 @@ pub struct AdminState {
     pub store: Arc<PolicyStore>,
     /// The decision cache, to report its size.
     pub cache: Option<Arc<DecisionCache>>,
+    /// The state store, reported by `/readyz`.
+    pub state: Option<Arc<crate::quarantine::StateRuntime>>,
 }
 
 fn policy_status(state: &AdminState) -> String {
@@ -88,7 +90,17 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") => {
             if state.ready.load(Ordering::Acquire) {
-                ("200 OK", "text/plain", "ready\n".to_string())
+                // An unreachable state store does not make the pod unready: every Check is
+                // still answered (limits follow on_store_error, quarantines the last list
+                // read), and taking every replica out at once when Redis blips would turn a
+                // degraded store into an outage. It is reported here, in
+                // hallpass_state_store_up and by the HallpassStateStoreDown alert.
+                match &state.state {
+                    Some(s) if !s.store_up() => {
+                        ("200 OK", "text/plain", format!("ready; state store ({}) unreachable\n", s.store.backend()))
+                    }
+                    _ => ("200 OK", "text/plain", "ready\n".to_string()),
+                }
             } else {
                 ("503 Service Unavailable", "text/plain", "not ready\n".to_string())
             }

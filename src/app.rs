@@ -14,10 +14,15 @@ use tokio::net::TcpListener;
 
 use crate::admin;
 use crate::cache::DecisionCache;
+use crate::control;
 use crate::decision_log::{DecisionLog, Sink};
+use crate::quarantine::StateRuntime;
 use crate::reload::{self, PolicyStore};
 use crate::service::{self, Authz, Lifecycle};
-use crate::settings::{LogSink, ServerSettings};
+use crate::settings::{LogSink, ServerSettings, StateOptions};
+use crate::state::memory::MemoryStore;
+use crate::state::redis::RedisStore;
+use crate::state::Store;
 use crate::telemetry::Metrics;
 
 /// Why the server could not start or stopped with an error.
@@ -45,6 +50,8 @@ pub enum ServeError {
     StoppedUnexpectedly,
     /// A server task panicked or was cancelled.
     Task(tokio::task::JoinError),
+    /// The state store could not be set up (`state.dir` unusable, a bad Redis URL).
+    State(String),
 }
 
 impl fmt::Display for ServeError {
@@ -57,6 +64,7 @@ impl fmt::Display for ServeError {
             ServeError::Server(e) => write!(f, "the gRPC server failed: {e}"),
             ServeError::StoppedUnexpectedly => f.write_str("the gRPC server stopped unexpectedly"),
             ServeError::Task(e) => write!(f, "a server task failed: {e}"),
+            ServeError::State(m) => write!(f, "state store: {m}"),
         }
     }
 }
@@ -68,6 +76,7 @@ impl std::error::Error for ServeError {}
 pub struct Bound {
     grpc: TcpListener,
     admin: TcpListener,
+    control: Option<TcpListener>,
 }
 
 impl Bound {
@@ -79,6 +88,11 @@ impl Bound {
     /// The admin (`/metrics`, `/healthz`, `/readyz`, `/policy`) address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    /// The control API's address, if it is on.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -99,7 +113,15 @@ pub async fn bind(settings: &ServerSettings) -> Result<Bound, ServeError> {
         addr: settings.admin_listen,
         source,
     })?;
-    Ok(Bound { grpc, admin })
+    let control = match settings.control_listen {
+        None => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServeError::Listen {
+            flag: "--control-listen",
+            addr,
+            source,
+        })?),
+    };
+    Ok(Bound { grpc, admin, control })
 }
 
 /// Run the server on `bound` until `shutdown` resolves (the one cancellation signal: it
@@ -114,6 +136,20 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let s = settings;
     let cache = s.cache.map(|c| Arc::new(DecisionCache::new(c)));
+    let backend = match &s.state {
+        StateOptions::Memory { dir, max_keys } => {
+            Store::Memory(Arc::new(MemoryStore::new(*max_keys, dir.clone()).map_err(ServeError::State)?))
+        }
+        StateOptions::Redis { url, prefix, timeout } => {
+            Store::Redis(RedisStore::new(url, prefix, *timeout).map_err(ServeError::State)?)
+        }
+    };
+    let state = Arc::new(StateRuntime::new(backend, Some(metrics.state.clone())));
+    // The quarantine list in force before the first Check (a store that cannot be read now
+    // is retried every REFRESH; limits follow on_store_error meanwhile).
+    if let Err(e) = state.refresh(jiff::Timestamp::now()).await {
+        tracing::warn!(error = %e, "state store not reachable at start");
+    }
     {
         let live = store.handle().load();
         tracing::info!(
@@ -122,7 +158,9 @@ pub async fn run(
             rules = live.policy.rules.len(),
             grpc_listen = %shown(bound.grpc_addr()),
             admin_listen = %shown(bound.admin_addr()),
+            control_listen = %shown(bound.control_addr()),
             cache = cache.is_some(),
+            state = state.store.backend(),
             "hallpass serving"
         );
     }
@@ -150,10 +188,18 @@ pub async fn run(
         metrics: metrics.clone(),
         store: store.clone(),
         cache: cache.clone(),
+        state: Some(state.clone()),
     };
     let admin_task = tokio::spawn(admin::run(bound.admin, admin_state, stopped(stop_rx.clone())));
     let reload_task = tokio::spawn(reload::watch(store.clone(), s.reload, stop_rx.clone()));
-    let mut authz = Authz::new(store.handle(), Some(metrics.clone())).with_max_body_bytes(s.max_body_bytes);
+    let state_task = tokio::spawn(state.clone().run(stopped(stop_rx.clone())));
+    let control_task = bound.control.map(|l| {
+        let cs = control::ControlState { state: state.clone(), policy: store.clone() };
+        tokio::spawn(control::run(l, cs, stopped(stop_rx.clone())))
+    });
+    let mut authz = Authz::new(store.handle(), Some(metrics.clone()))
+        .with_max_body_bytes(s.max_body_bytes)
+        .with_state(state.clone());
     if let Some(c) = &cache {
         authz = authz.with_cache(c.clone());
     }
@@ -186,6 +232,10 @@ pub async fn run(
     let drained = tokio::time::timeout(s.drain_delay + s.grace, grpc_task).await;
     admin_task.abort();
     reload_task.abort();
+    state_task.abort();
+    if let Some(t) = control_task {
+        t.abort();
+    }
     if let Some(w) = log_writer {
         // The server (and with it every sender) is gone: let the writer flush what is queued.
         let _ = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || w.join())).await;

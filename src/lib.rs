@@ -31,6 +31,7 @@ pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod check;
+pub mod control;
 pub mod decision_log;
 pub mod explain;
 pub mod limits;

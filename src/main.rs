@@ -65,6 +65,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Quarantine agents through a running hallpass's control API.
+    Quarantine {
+        #[command(subcommand)]
+        verb: QuarantineVerb,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Where the control API is and how to authenticate.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The control API, e.g. http://127.0.0.1:9193.
+    #[arg(long, global = true, env = "HALLPASS_SERVER", default_value = "http://127.0.0.1:9193")]
+    server: String,
+    /// A file holding the bearer token (the first line).
+    #[arg(long, global = true, env = "HALLPASS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum QuarantineVerb {
+    /// List the quarantined agents.
+    List,
+    /// Quarantine an agent: every request it makes is denied.
+    Add {
+        /// The agent id.
+        agent: String,
+        /// How long, e.g. 1h (default: until lifted).
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift an agent's quarantine.
+    Lift {
+        /// The agent id.
+        agent: String,
+    },
 }
 
 /// Exit status for a configuration error (an invalid policy or settings file, a bad flag):
@@ -80,6 +120,48 @@ fn main() -> ExitCode {
             check(CheckArgs { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json })
         }
         Command::Serve(o) => serve(o),
+        Command::Quarantine { verb, server } => quarantine(verb, &server),
+    }
+}
+
+fn quarantine(verb: QuarantineVerb, server: &ServerArgs) -> ExitCode {
+    let Some(file) = &server.token_file else {
+        eprintln!("hallpass quarantine: --token-file FILE is required (the control API needs a bearer token)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let token = match std::fs::read_to_string(file) {
+        Ok(t) => t.lines().next().unwrap_or("").trim().to_string(),
+        Err(e) => {
+            eprintln!("hallpass quarantine: cannot read {}: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (method, path, body) = match &verb {
+        QuarantineVerb::List => ("GET", "/v1/quarantine".to_string(), None),
+        QuarantineVerb::Add { agent, duration, reason } => (
+            "POST",
+            "/v1/quarantine".to_string(),
+            Some(serde_json::json!({ "agent": agent, "for": duration, "reason": reason }).to_string()),
+        ),
+        QuarantineVerb::Lift { agent } => {
+            let enc = percent_encoding::utf8_percent_encode(agent, percent_encoding::NON_ALPHANUMERIC).to_string();
+            ("DELETE", format!("/v1/quarantine/{enc}"), None)
+        }
+    };
+    match hallpass::control::client::call(&server.server, &token, method, &path, body.as_deref()) {
+        Ok((status, text)) => {
+            println!("{}", text.trim_end());
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("hallpass quarantine: the control API answered {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("hallpass quarantine: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -223,7 +305,9 @@ fn serve(o: Overrides) -> ExitCode {
             // A listener that cannot be bound or a log file that cannot be opened is the
             // configuration's fault.
             match e {
-                app::ServeError::Listen { .. } | app::ServeError::DecisionLog { .. } => ExitCode::from(EXIT_CONFIG),
+                app::ServeError::Listen { .. } | app::ServeError::DecisionLog { .. } | app::ServeError::State(_) => {
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 _ => ExitCode::FAILURE,
             }
         }

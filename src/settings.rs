@@ -80,6 +80,72 @@ pub struct DecisionLogSection {
     pub include_query: Option<bool>,
 }
 
+/// `state:` in the config file (agent-controls.md §7).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// `memory` (default) or `redis`.
+    pub backend: Option<StateBackendDef>,
+    /// Memory store: keep quarantines (and, later, grants) here across restarts.
+    pub dir: Option<PathBuf>,
+    /// Memory store: most limit buckets kept (default 100000).
+    pub max_keys: Option<usize>,
+    /// Redis store.
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+/// `memory` | `redis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackendDef {
+    /// In process (one replica).
+    Memory,
+    /// Redis (replicas share limits, deny counts and quarantines).
+    Redis,
+}
+
+/// `state.redis:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: Option<String>,
+    /// Prefix of every key (default `hallpass:`).
+    pub key_prefix: Option<String>,
+    /// Deadline of each operation (default 50ms).
+    pub timeout: Option<String>,
+}
+
+/// The state store `serve` runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateOptions {
+    /// In process.
+    Memory {
+        /// Where quarantines persist.
+        dir: Option<PathBuf>,
+        /// Most limit buckets.
+        max_keys: usize,
+    },
+    /// Redis.
+    Redis {
+        /// The URL (may carry a password: never logged).
+        url: String,
+        /// Key prefix.
+        prefix: String,
+        /// Per-operation deadline.
+        timeout: Duration,
+    },
+}
+
+/// `control:` in the config file (agent-controls.md §3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Listen address of the control API (off unless set; never the admin port).
+    pub listen: Option<String>,
+}
+
 /// Where decision records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogSink {
@@ -133,6 +199,12 @@ pub struct ConfigFile {
     /// Decision records.
     #[serde(default)]
     pub decision_log: DecisionLogSection,
+    /// The state store.
+    #[serde(default)]
+    pub state: StateSection,
+    /// The control API.
+    #[serde(default)]
+    pub control: ControlSection,
 }
 
 /// The settings `serve` runs with.
@@ -164,6 +236,10 @@ pub struct ServerSettings {
     pub decision_log_buffer: usize,
     /// Whether records include the query.
     pub decision_log_query: bool,
+    /// The state store.
+    pub state: StateOptions,
+    /// The control API's address, if on.
+    pub control_listen: Option<SocketAddr>,
 }
 
 /// `hallpass serve` flags (each also a `HALLPASS_*` variable); they override the config file.
@@ -211,6 +287,18 @@ pub struct Overrides {
     /// Decision records: stdout, stderr, off, or a file path [default: stdout].
     #[arg(long, env = "HALLPASS_DECISION_LOG")]
     pub decision_log: Option<String>,
+    /// The state store: memory or redis [default: memory].
+    #[arg(long, env = "HALLPASS_STATE_BACKEND", value_enum)]
+    pub state_backend: Option<StateBackendDef>,
+    /// Memory store: keep quarantines in this directory across restarts.
+    #[arg(long, env = "HALLPASS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Redis store URL, e.g. redis://redis:6379 (implies --state-backend redis).
+    #[arg(long, env = "HALLPASS_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// The control API (approvals, grants, quarantine) listen address [default: off].
+    #[arg(long, env = "HALLPASS_CONTROL_LISTEN")]
+    pub control_listen: Option<String>,
 }
 
 fn addr(what: &str, s: &str) -> Result<SocketAddr, String> {
@@ -318,6 +406,37 @@ impl ServerSettings {
             return Err(SettingsError::Value("reload interval must be more than 0".into()));
         }
         let debounce = duration("reload debounce", None, file.reload.debounce, reload_defaults.debounce)?;
+        let redis_url = o.redis_url.or(file.state.redis.url);
+        let backend = o.state_backend.or(file.state.backend).unwrap_or(if redis_url.is_some() {
+            StateBackendDef::Redis
+        } else {
+            StateBackendDef::Memory
+        });
+        let state = match backend {
+            StateBackendDef::Memory => StateOptions::Memory {
+                dir: o.state_dir.or(file.state.dir).map(|d| match (&base, d.is_relative()) {
+                    (Some(b), true) => b.join(d),
+                    _ => d,
+                }),
+                max_keys: file.state.max_keys.unwrap_or(crate::state::memory::DEFAULT_MAX_KEYS).max(1),
+            },
+            StateBackendDef::Redis => StateOptions::Redis {
+                url: redis_url.ok_or_else(|| {
+                    SettingsError::Value("the redis state store needs `state.redis.url` (or --redis-url)".into())
+                })?,
+                prefix: file.state.redis.key_prefix.unwrap_or_else(|| crate::state::redis::DEFAULT_PREFIX.into()),
+                timeout: duration(
+                    "state.redis.timeout",
+                    None,
+                    file.state.redis.timeout,
+                    crate::state::redis::DEFAULT_TIMEOUT,
+                )?,
+            },
+        };
+        let control_listen = match o.control_listen.or(file.control.listen) {
+            None => None,
+            Some(a) => Some(addr("--control-listen", &a)?),
+        };
         Ok(ServerSettings {
             policy,
             grpc_listen: addr("--grpc-listen", &grpc)?,
@@ -332,6 +451,8 @@ impl ServerSettings {
             decision_log: LogSink::parse(o.decision_log.or(file.decision_log.sink).as_deref().unwrap_or("stdout")),
             decision_log_buffer: file.decision_log.buffer.unwrap_or(8192).max(1),
             decision_log_query: file.decision_log.include_query.unwrap_or(false),
+            state,
+            control_listen,
         })
     }
 }

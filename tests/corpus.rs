@@ -92,11 +92,21 @@ fn corpus_decisions() {
                 ));
                 continue;
             }
+            if let Some(f) = deny_fields_disagree(&case.expect, &resp) {
+                failures.push(format!("{fname} / {}: {f}", case.name));
+            }
             // `hallpass check` explains with the same evaluation core (a tracer that goes on
-            // through every rule): its decision must be the one Check made.
+            // through every rule): its decision must be the one Check made — before the state
+            // stages (quarantine, limits), which explain does not run.
             let req = hallpass::request::Request::from_check_request(case.request.to_check_request()).unwrap();
             let (explained, traces) = hallpass::policy::explain(&policy, &req, case.request.now());
-            if explained != decision {
+            let stateful = decision.limit.is_some() || decision.rule == hallpass::policy::eval::RuleId::Quarantined;
+            if stateful {
+                if decision.limit.is_some() && explained.rule != decision.rule {
+                    failures
+                        .push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", case.name));
+                }
+            } else if explained != decision {
                 failures.push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", case.name));
             }
             if matches!(decision.rule, hallpass::policy::eval::RuleId::Rule(_))
@@ -123,6 +133,41 @@ fn corpus_decisions() {
     }
     assert!(failures.is_empty(), "{} of {total} corpus cases failed:\n{}", failures.len(), failures.join("\n"));
     eprintln!("{total} corpus cases in {} files passed", files.len());
+}
+
+/// The deny's status, body `error` and `retry-after`, where the case names them.
+fn deny_fields_disagree(want: &common::Expect, resp: &envoy_types::ext_authz::v3::pb::CheckResponse) -> Option<String> {
+    if want.status.is_none() && want.error.is_none() && want.retry_after.is_none() {
+        return None;
+    }
+    let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response else {
+        return Some("expected a denied response with status/error/retry-after".into());
+    };
+    let status = d.status.as_ref().map(|s| s.code);
+    let body: serde_json::Value = serde_json::from_str(&d.body).unwrap_or_default();
+    let retry = d
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "retry-after")
+        .and_then(|h| h.value.parse::<u64>().ok());
+    let mut bad = Vec::new();
+    if let Some(s) = want.status {
+        if status != Some(i32::from(s)) {
+            bad.push(format!("status {status:?}, want {s}"));
+        }
+    }
+    if let Some(e) = &want.error {
+        if body["error"] != e.as_str() {
+            bad.push(format!("error {}, want {e}", body["error"]));
+        }
+    }
+    if let Some(r) = want.retry_after {
+        if retry != Some(r) || body["retry_after_s"] != r {
+            bad.push(format!("retry-after {retry:?} / body {}, want {r}", body["retry_after_s"]));
+        }
+    }
+    (!bad.is_empty()).then(|| bad.join("; "))
 }
 
 #[derive(Deserialize)]

@@ -135,6 +135,7 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
                 None
             }
         }),
+        control_approvers_file: def.settings.control.as_ref().and_then(|c| c.approvers_file.clone()),
     };
 
     let identity = match &def.identity {
@@ -545,7 +546,8 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
     if !msgs.is_empty() {
         return Err(msgs);
     }
-    let reads_body = body.is_some() || mcp.is_some();
+    // A rule with limits charges a JSON-RPC batch per element, so it reads the body too.
+    let reads_body = body.is_some() || mcp.is_some() || !limits.is_empty();
     Ok(Rule {
         id: Arc::from(id),
         effect,

@@ -47,6 +47,17 @@ pub struct SettingsDef {
     /// Automatic quarantine (agent-controls.md §5).
     #[serde(default)]
     pub quarantine: Option<QuarantineDef>,
+    /// The control API (agent-controls.md §3).
+    #[serde(default)]
+    pub control: Option<ControlDef>,
+}
+
+/// `settings.control:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlDef {
+    /// YAML list of `{name, token_sha256}`; relative to the policy file.
+    pub approvers_file: Option<String>,
 }
 
 /// allow | deny.

@@ -49,6 +49,8 @@ pub struct Settings {
     pub allow_path_semicolons: bool,
     /// Automatic quarantine, if set.
     pub quarantine: Option<crate::state::AutoQuarantine>,
+    /// The control API's approvers file (relative to the policy file), if set.
+    pub control_approvers_file: Option<String>,
 }
 
 /// Where an identity comes from.

@@ -41,6 +41,12 @@ pub struct Expect {
     pub rule: String,
     #[serde(default)]
     pub dry_run: bool,
+    /// The HTTP status of a deny (checked when given).
+    pub status: Option<u16>,
+    /// The deny body's `error` (checked when given).
+    pub error: Option<String>,
+    /// The `retry-after` header of a 429, seconds (checked when given).
+    pub retry_after: Option<u64>,
 }
 
 /// One case.

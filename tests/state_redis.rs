@@ -1,0 +1,283 @@
+//! Two hallpass replicas (the whole server, in-process on port 0) sharing one real Redis
+//! (Debian's `redis-server`, started by the test on a free port with an append-only file):
+//! one limit enforced together, a quarantine set through one replica in force on the other
+//! within a second, automatic quarantine counted across both, and Redis killed mid-run —
+//! limits deny with `state_unavailable` (or allow where `on_store_error: allow`), quarantines
+//! stay in force, nothing panics — and service back when Redis returns.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "tests may panic")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::ext_authz::v3::pb::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use hallpass::app;
+use hallpass::reload::PolicyStore;
+use hallpass::request::build::CheckRequestBuilder;
+use hallpass::settings::{Overrides, ServerSettings};
+use hallpass::telemetry::Metrics;
+
+const TOKEN: &str = "redis-test-approver-token";
+
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(bin: &Path, dir: &Path, port: Option<u16>) -> Redis {
+        let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis { child, port, dir: dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r.pong() {
+            assert!(Instant::now() < deadline, "redis-server did not answer on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn pong(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Replica {
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    control: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), app::ServeError>>>,
+}
+
+impl Replica {
+    async fn start(policy: &Path, redis: &str) -> Replica {
+        let settings = ServerSettings::resolve(Overrides {
+            policy: Some(policy.to_path_buf()),
+            grpc_listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            control_listen: Some("127.0.0.1:0".into()),
+            drain_delay: Some("0s".into()),
+            decision_log: Some("off".into()),
+            redis_url: Some(redis.into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let store = Arc::new(PolicyStore::open(&settings.policy, Some(metrics.clone())).unwrap());
+        let bound = app::bind(&settings).await.unwrap();
+        let (grpc, admin, control) =
+            (bound.grpc_addr().unwrap(), bound.admin_addr().unwrap(), bound.control_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(settings, bound, store, metrics, async move {
+            let _ = stopped.await;
+        }));
+        Replica { grpc, admin, control, stop: Some(stop), task: Some(task) }
+    }
+
+    /// (status, rule): status 200 for an allow.
+    async fn check(&self, method: &str, path: &str, agent: &str) -> (i32, String) {
+        let mut c = AuthorizationClient::connect(format!("http://{}", self.grpc)).await.unwrap();
+        let req = CheckRequestBuilder::new(method, path).header("x-agent-id", agent).build();
+        let resp = c.check(req).await.unwrap().into_inner();
+        let rule = match resp.dynamic_metadata.as_ref().and_then(|m| m.fields.get("rule")).and_then(|v| v.kind.clone())
+        {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => s,
+            _ => String::new(),
+        };
+        let status = match resp.http_response {
+            Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+            Some(HttpResponse::OkResponse(_)) => 200,
+            _ => 0,
+        };
+        (status, rule)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let r = tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap()).await;
+        assert!(matches!(r, Ok(Ok(Ok(())))), "replica stopped cleanly (no panic): {r:?}");
+    }
+}
+
+async fn http(addr: SocketAddr, method: &'static str, path: String, body: Option<String>) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        hallpass::control::client::call(&format!("http://{addr}"), TOKEN, method, &path, body.as_deref()).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn setup(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(TOKEN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {digest}\n")).unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"version: 1
+identity:
+  agent: [{header: x-agent-id}]
+settings:
+  quarantine: { after_denies: 15, within: 1m, for: 10m }
+  control: { approvers_file: approvers.yaml }
+rules:
+  - id: no-deletes
+    effect: deny
+    methods: [DELETE]
+  - id: search
+    effect: allow
+    methods: [GET]
+    paths: ["/search"]
+    limits:
+      - { per: [agent], rate: "10/m" }
+  - id: open
+    effect: allow
+    methods: [GET]
+    paths: ["/open"]
+    limits:
+      - { per: [agent], rate: "1000/s", on_store_error: allow }
+"#,
+    )
+    .unwrap();
+    policy
+}
+
+async fn until(within: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f().await {
+            return Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_limits_and_quarantines_through_redis() {
+    let Some(bin) = common::tool("redis-server") else { return };
+    let dir = std::env::temp_dir().join(format!("hallpass-redis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let policy = setup(&dir);
+    let mut redis = Redis::start(&bin, &dir, None);
+    let (a, b) = (Replica::start(&policy, &redis.url()).await, Replica::start(&policy, &redis.url()).await);
+
+    // -- one limit, two replicas: an agent alternating between them gets 10 in total, not 20.
+    let mut allowed = 0;
+    let mut limited = 0;
+    for i in 0..24 {
+        let r = if i % 2 == 0 { &a } else { &b };
+        match r.check("GET", "/search", "bot-1").await {
+            (200, _) => allowed += 1,
+            (429, rule) if rule == "search" => limited += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((allowed, limited), (10, 14), "one shared bucket of 10 across both replicas");
+    assert_eq!(b.check("GET", "/search", "bot-2").await.0, 200, "another agent has its own bucket");
+
+    // -- a quarantine set through replica A is in force on replica B within 1 s.
+    let (st, body) =
+        http(a.control, "POST", "/v1/quarantine".into(), Some(r#"{"agent":"bot-3","reason":"test"}"#.into())).await;
+    assert_eq!(st, 201, "{body}");
+    let took =
+        until(Duration::from_secs(2), async || b.check("GET", "/open", "bot-3").await == (403, "quarantined".into()))
+            .await;
+    assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "quarantine on B after {took:?}");
+    eprintln!("quarantine set through A, in force on B after {took:?}");
+    // Lifted through B: A lets it through again within 1 s.
+    let (st, body) = http(b.control, "DELETE", "/v1/quarantine/bot-3".into(), None).await;
+    assert_eq!(st, 200, "{body}");
+    let took = until(Duration::from_secs(2), async || a.check("GET", "/open", "bot-3").await.0 == 200).await;
+    assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "lifted on A after {took:?}");
+    eprintln!("quarantine lifted through B, lifted on A after {took:?}");
+
+    // -- automatic quarantine counts denies across replicas: 8 on A and 7 on B make 15 (the
+    // 14 rate-limited requests of bot-1 above did not reach it).
+    assert_eq!(a.check("GET", "/open", "bot-1").await.0, 200, "bot-1: 14 denies, not quarantined");
+    for i in 0..15 {
+        let r = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(r.check("DELETE", "/x", "bot-4").await, (403, "no-deletes".into()));
+    }
+    let took = until(Duration::from_secs(2), async || {
+        a.check("GET", "/open", "bot-4").await.1 == "quarantined"
+            && b.check("GET", "/open", "bot-4").await.1 == "quarantined"
+    })
+    .await;
+    assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "auto quarantine on both after {took:?}");
+    eprintln!("automatic quarantine in force on both after {took:?}");
+
+    // -- Redis killed mid-run: limits deny with state_unavailable (503) or allow where
+    // on_store_error: allow; the quarantine stays in force; nothing panics.
+    redis.kill();
+    let t = Instant::now();
+    assert_eq!(a.check("GET", "/search", "bot-5").await, (503, "state_unavailable".into()));
+    assert!(t.elapsed() < Duration::from_secs(2), "a store error is answered within the timeout: {:?}", t.elapsed());
+    assert_eq!(b.check("GET", "/open", "bot-5").await.0, 200, "on_store_error: allow");
+    tokio::time::sleep(Duration::from_millis(600)).await; // several failed refreshes
+    assert_eq!(a.check("GET", "/open", "bot-4").await.1, "quarantined", "the last list read stays in force");
+    assert_eq!(b.check("GET", "/open", "bot-4").await.1, "quarantined");
+    let (_, ready) = tokio::task::spawn_blocking({
+        let admin = a.admin;
+        move || {
+            let mut s = TcpStream::connect(admin).unwrap();
+            write!(s, "GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            ((), out)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ready.contains("state store (redis) unreachable"), "{ready}");
+
+    // -- Redis back (same port, same append-only file): limits work again, the quarantine
+    // (kept by Redis) still holds.
+    let port = redis.port;
+    let redis_dir = redis.dir.clone();
+    drop(redis);
+    let _redis = Redis::start(&bin, &redis_dir, Some(port));
+    let took = until(Duration::from_secs(10), async || a.check("GET", "/search", "bot-5").await.0 == 200).await;
+    assert!(took.is_some(), "service recovered when Redis returned");
+    eprintln!("limits answered again {took:?} after Redis returned");
+    assert_eq!(b.check("GET", "/search", "bot-5").await.0, 200);
+    assert_eq!(b.check("GET", "/open", "bot-4").await.1, "quarantined");
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
