@@ -86,6 +86,22 @@ impl Serialize for DecisionRecord {
         if let Some(p) = d.unknown {
             m.serialize_field("unknown", p.as_str())?;
         }
+        if let Some(h) = &d.limit {
+            let retry = match h.kind {
+                crate::limits::HitKind::Limited { retry_after_s } => Some(retry_after_s),
+                _ => None,
+            };
+            m.serialize_field(
+                "limit",
+                &serde_json::json!({
+                    "rule": &*h.rule,
+                    "index": h.index,
+                    "result": h.kind.label(),
+                    "rate": format!("{}/{}", h.quota, crate::limits::window_unit(h.window_s)),
+                    "retry_after_s": retry,
+                }),
+            )?;
+        }
         m.serialize_field("dry_run", &d.dry_run())?;
         let dry: Vec<&str> = d.dry_run_rules.iter().map(|r| &**r).collect();
         m.serialize_field("dry_run_rules", &dry)?;

@@ -327,6 +327,16 @@ pub fn window_name(window_s: u64) -> &'static str {
     }
 }
 
+/// `s`, `m`, `h`, `d` (as a rate is written).
+pub fn window_unit(window_s: u64) -> &'static str {
+    match window_s {
+        1 => "s",
+        60 => "m",
+        3_600 => "h",
+        _ => "d",
+    }
+}
+
 /// `ratelimit-policy` and `ratelimit` header values (draft-ietf-httpapi-ratelimit-headers):
 /// the policy named after the rule and limit, its quota and window; remaining 0 and the
 /// seconds until it would go through.

@@ -117,7 +117,24 @@ fn requests() -> Vec<CheckRequest> {
             .build(),
         mcp(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list""#).build(),
         CheckRequest { attributes: None },
+        // crm-create-deal: a burst of 5 per agent, the 6th (a cache hit) is rate limited
+        // (11-16): the limits stage runs after the cache.
+        deal(1),
+        deal(2),
+        deal(3),
+        deal(5),
+        deal(5),
+        deal(5),
     ]
+}
+
+fn deal(n: u32) -> CheckRequest {
+    CheckRequestBuilder::new("POST", "/api/deals")
+        .host("crm.example.com")
+        .header("x-agent-id", "sales-assistant")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"discount_percent":{n}}}"#))
+        .build()
 }
 
 // ---- a small JSON Schema checker: the subset docs/decision-log.schema.json uses ----------
@@ -316,6 +333,17 @@ async fn records_validate_and_metrics_move() {
     assert_eq!(by(7, "rule"), "mcp-no-shell");
     assert!(recs[7].get("unknown").is_none() && recs[6].get("unknown").is_none(), "a plain match has no `unknown`");
     assert_eq!(by(10, "rule"), "invalid_request");
+    assert_eq!((by(15, "decision"), by(15, "rule")), ("allow".into(), "crm-create-deal".into()));
+    assert!(recs[15].get("limit").is_none(), "a request within its limit has no `limit`");
+    assert_eq!(by(16, "cache_hit"), true, "a cached decision is still charged and limited");
+    assert_eq!(
+        (by(16, "decision"), by(16, "rule"), by(16, "policy_effect")),
+        ("deny".into(), "crm-create-deal".into(), "deny".into())
+    );
+    assert_eq!(
+        by(16, "limit"),
+        serde_json::json!({"rule": "crm-create-deal", "index": 0, "result": "limited", "rate": "30/h", "retry_after_s": 120})
+    );
     assert_eq!(recs.iter().map(|r| r["policy_revision"].clone()).collect::<std::collections::HashSet<_>>().len(), 1);
 
     // ---- metrics ----
@@ -329,11 +357,14 @@ async fn records_validate_and_metrics_move() {
     assert_eq!(value(r#"hallpass_decisions_total{decision="deny",dry_run="false",rule="no-deletes"}"#), 1.0);
     assert_eq!(value(r#"hallpass_decisions_total{decision="allow",dry_run="false",rule="mail-send"}"#), 3.0);
     assert_eq!(value(r#"hallpass_invalid_path_total{reason="encoded_slash"}"#), 1.0);
-    // Parsed: two sends before the cache hit, the external send, run_shell, the batch.
-    assert_eq!(value(r#"hallpass_request_bodies_total{outcome="json"}"#), 5.0);
-    assert_eq!(value(r#"hallpass_request_bodies_total{outcome="not_read"}"#), 1.0);
+    assert_eq!(value(r#"hallpass_limit_events_total{result="limited",rule="crm-create-deal"}"#), 1.0);
+    assert_eq!(value(r#"hallpass_decisions_total{decision="deny",dry_run="false",rule="crm-create-deal"}"#), 1.0);
+    // Parsed: two sends before the cache hit, the external send, run_shell, the batch, and the
+    // deals but the last (the third identical one: a cache hit, body not read).
+    assert_eq!(value(r#"hallpass_request_bodies_total{outcome="json"}"#), 10.0);
+    assert_eq!(value(r#"hallpass_request_bodies_total{outcome="not_read"}"#), 2.0);
     assert_eq!(value(r#"hallpass_request_bodies_total{outcome="unparseable"}"#), 1.0);
-    assert_eq!(value(r#"hallpass_cache_lookups_total{result="hit"}"#), 1.0);
+    assert_eq!(value(r#"hallpass_cache_lookups_total{result="hit"}"#), 2.0);
     assert!(value(r#"hallpass_cache_lookups_total{result="miss"}"#) >= 3.0);
     assert_eq!(
         value(r#"hallpass_check_duration_seconds_count{decision="deny"}"#)
