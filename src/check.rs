@@ -194,7 +194,12 @@ impl Checker {
         } else {
             (None, Some(Pending { takes, agent: agent.clone(), on_behalf_of: on_behalf_of.clone() }))
         };
-        let counted = if live.policy.settings.quarantine.is_some() { agent.clone() } else { None };
+        // Denies count toward automatic quarantine for the resolved agent, also when the path
+        // was refused (probing with paths that cannot be read is a deny like any other).
+        let counted = match (live.policy.settings.quarantine, ident) {
+            (Some(_), Ok(i)) => i.agent.map(str::to_owned),
+            _ => None,
+        };
         let summary = self.summary(request, &decision, (agent, on_behalf_of));
         Some(Staged { decision, cache, summary, response, pending, agent: counted })
     }
