@@ -174,7 +174,37 @@ fn scaling(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench, scaling);
+/// The cost of a limit (agent-controls.md §4) on the memory store: the same body-less Check
+/// against the example policy, and against it with a limit on the deciding rule (one GCRA
+/// bucket per agent and user, so high that it never refuses here).
+fn limits(c: &mut Criterion) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml")).unwrap();
+    let limited_text = text.replacen(
+        "    paths: [\"/v1/users/{user}/messages/{id}\"]\n",
+        "    paths: [\"/v1/users/{user}/messages/{id}\"]\n    limits:\n      - { per: [agent, on_behalf_of], rate: \"1000/s\", burst: 1000000000000 }\n",
+        1,
+    );
+    assert_ne!(text, limited_text, "the limit was added to mail-read");
+    let plain = Authz::from_policy(Policy::from_yaml(&text, "policy.yaml").unwrap());
+    let limited = Authz::from_policy(Policy::from_yaml(&limited_text, "limited.yaml").unwrap());
+    let now = jiff::Timestamp::now();
+    for (name, authz) in
+        [("check/bodyless unlimited rule", &plain), ("check/bodyless limited rule (memory store)", &limited)]
+    {
+        let d = ready(authz.decide(read_mail().build(), now)).decision;
+        assert!(d.allowed() && d.rule.as_str() == "mail-read" && d.limit.is_none(), "{name}: {d:?}");
+        assert_eq!(d.limited.is_empty(), name.contains("unlimited"), "{name}: the limit is taken");
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || read_mail().build(),
+                |r| black_box(ready(authz.decide(r, now))),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(benches, bench, scaling, limits);
 criterion_main!(benches);
 
 /// Run a future that completes without waiting (the Check pipeline on the in-memory state

@@ -4,7 +4,9 @@
 # server-side on CPU 1, the load generator on CPU 0, SCHED_IDLE spinners keeping both cores
 # awake (docs/benchmarks.md). Two hallpass processes run side by side, one with records off
 # and one writing records to a file, each behind its own Envoy; a third Envoy without
-# ext_authz is the baseline. Rounds interleave the three.
+# ext_authz is the baseline, and a fourth points at a do-nothing ext_authz server (nullserver,
+# answering allow at once) for performance.md target 6 (added latency ≤ 1.2× a do-nothing
+# server's, records on). Rounds interleave the four.
 #   closed loop: 16 requests in flight, throughput (records on / off)
 #   fixed rate:  RATE (default 1000/s), latency added over Envoy alone
 # Needs: target/release/hallpass, and loadgen + nullserver (benches/harness); .venv/bin/envoy.
@@ -28,7 +30,8 @@ taskset -c 1 "$BIN/hallpass" serve --policy config/policy.yaml --grpc-listen 127
   --decision-log off --log-level warn & PIDS+=($!)
 taskset -c 1 "$BIN/hallpass" serve --policy config/policy.yaml --grpc-listen 127.0.0.1:9493 --admin-listen 127.0.0.1:9494 \
   --decision-log "$OUT/decisions.jsonl" --log-level warn & PIDS+=($!)
-wait_port 8481; wait_port 9491; wait_port 9493
+taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9495 2>/dev/null & PIDS+=($!)
+wait_port 8481; wait_port 9491; wait_port 9493; wait_port 9495
 
 python3 -c 'import base64,json; print(json.dumps({"keys":[{"kty":"oct","alg":"HS256","kid":"x","k":base64.urlsafe_b64encode(b"bench-secret-bench-secret-bench!").rstrip(b"=").decode()}]}))' > "$OUT/jwks.json"
 make_cfg() { # $1 name, $2 ext_authz port or none, $3 listener port
@@ -45,8 +48,8 @@ open(p, "w").write(s)
 PY
   fi
 }
-make_cfg none none 18480; make_cfg off 9491 18490; make_cfg on 9493 18500
-for n in none off on; do
+make_cfg none none 18480; make_cfg off 9491 18490; make_cfg on 9493 18500; make_cfg null 9495 18510
+for n in none off on null; do
   port=$(grep -o "port_value: 18[0-9]*" "$OUT/$n.yaml" | head -1 | cut -d' ' -f2)
   taskset -c 1 .venv/bin/envoy -c "$OUT/$n.yaml" --concurrency 1 --disable-hot-restart --base-id $((RANDOM % 1000 + 1100)) -l error >/dev/null 2>&1 & PIDS+=($!)
   wait_port "$port"
@@ -65,7 +68,7 @@ open(sys.argv[1], "wb").write(head + body)
 PY
 : > "$OUT/runs.jsonl"
 for round in $(seq "${ROUNDS:-3}"); do
-  for n in none off on; do
+  for n in none off on null; do
     port=$(grep -o "port_value: 18[0-9]*" "$OUT/$n.yaml" | head -1 | cut -d' ' -f2)
     taskset -c 0 "$BIN/loadgen" --http "127.0.0.1:$port" --request-file "$OUT/post.http" --concurrency 16 \
       --duration "$DUR" --warmup 1 --label "closed-$n#$round" | tee -a "$OUT/runs.jsonl"
@@ -89,9 +92,10 @@ print(f"closed loop, 16 in flight (requests/s per round): Envoy alone {rps['none
 print(f"  records on / off: median {med(ratio):.2f}x ({f(ratio)})")
 for q in ("p50_us", "p90_us", "p99_us"):
     alone = [by["rate-none"][k][q] for k in rounds]
-    add = {n: [by[f"rate-{n}"][k][q] - a for k, a in zip(rounds, alone)] for n in ("off", "on")}
-    print(f"fixed rate {q[:-3]}: Envoy alone {med(alone):.0f} us; records off adds {med(add['off']):+.0f} us "
-          f"({', '.join(f'{x:+.0f}' for x in add['off'])}); on adds {med(add['on']):+.0f} us ({', '.join(f'{x:+.0f}' for x in add['on'])})")
+    add = {n: [by[f"rate-{n}"][k][q] - a for k, a in zip(rounds, alone)] for n in ("off", "on", "null")}
+    print(f"fixed rate {q[:-3]}: Envoy alone {med(alone):.0f} us; adds: "
+          + "; ".join(f"{n} {med(v):+.0f} us ({', '.join(f'{x:+.0f}' for x in v)})" for n, v in add.items())
+          + f"; records on / null: {med(add['on']) / med(add['null']):.2f}x")
 errs = sum(r["errors"] + r["denied"] for v in by.values() for r in v.values())
 print(f"{errs} errors or non-2xx over all runs")
 PY

@@ -94,8 +94,18 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
                 // still answered (limits follow on_store_error, quarantines the last list
                 // read), and taking every replica out at once when Redis blips would turn a
                 // degraded store into an outage. It is reported here, in
-                // hallpass_state_store_up and by the HallpassStateStoreDown alert.
+                // hallpass_state_store_up and by the HallpassStateStoreDown alert. Only a
+                // replica that has never read the quarantine list is not ready: it cannot
+                // tell whom to refuse.
                 match &state.state {
+                    Some(s) if !s.quarantines_known() => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!(
+                            "not ready: the quarantine list has not been read from the state store ({}) yet\n",
+                            s.store.backend()
+                        ),
+                    ),
                     Some(s) if !s.store_up() => {
                         ("200 OK", "text/plain", format!("ready; state store ({}) unreachable\n", s.store.backend()))
                     }

@@ -164,15 +164,22 @@ impl Checker {
         let takes = match limit_takes(&live.policy, &request, ident, &decision) {
             Ok(t) => t,
             Err(hit) => {
-                // A key part or the cost cannot be read: denied, nothing charged.
+                // A key part or the cost cannot be read, or the cost can never fit: denied,
+                // nothing charged.
                 decision.verdict = match live.policy.settings.mode {
                     Mode::DryRun => Verdict::DryRunAllow { global: true },
                     Mode::Enforce => Verdict::Deny,
                 };
-                decision.message = Some(Arc::from(format!(
-                    "Limit {} of rule `{}` cannot be applied: a key part or the cost is missing or ambiguous in this request.",
-                    hit.index, hit.rule
-                )));
+                decision.message = Some(Arc::from(match hit.kind {
+                    HitKind::TooLarge => format!(
+                        "The cost of this request exceeds what limit {} of rule `{}` allows at once (its burst): it can never go through.",
+                        hit.index, hit.rule
+                    ),
+                    _ => format!(
+                        "Limit {} of rule `{}` cannot be applied: a key part or the cost is missing or ambiguous in this request.",
+                        hit.index, hit.rule
+                    ),
+                }));
                 decision.limit = Some(hit);
                 Vec::new()
             }
@@ -228,27 +235,17 @@ impl Checker {
         let plain: Vec<Take> = takes.iter().map(|t| t.take.clone()).collect();
         match self.state.take(&plain, now).await {
             Ok(TakeOutcome::Taken(_)) => {}
-            Ok(TakeOutcome::Limited { index, retry_after_us }) => {
-                let Some(t) = takes.get(index) else { return };
-                let retry_after_s = retry_after_us.div_ceil(1_000_000).max(1);
-                decision.verdict = verdict_over_limit(&live.policy);
-                decision.limit = Some(t.hit(HitKind::Limited { retry_after_s }));
-            }
-            Err(_) => {
-                // The first limit that denies on a store error decides; if none does, the
-                // request goes through uncounted.
-                if let Some(t) = takes.iter().find(|t| t.on_store_error == OnStoreError::Deny) {
-                    decision.limit = Some(t.hit(HitKind::StoreError));
-                    if live.policy.settings.mode == Mode::DryRun {
-                        decision.verdict = Verdict::DryRunAllow { global: true };
-                    } else {
-                        decision.verdict = Verdict::Deny;
-                        decision.rule = RuleId::StateUnavailable;
-                    }
-                } else if let Some(t) = takes.first() {
-                    decision.limit = Some(t.hit(HitKind::StoreError));
+            Ok(TakeOutcome::Limited { index, retry_after_us }) => match takes.get(index) {
+                Some(t) => {
+                    let retry_after_s = retry_after_us.div_ceil(1_000_000).max(1);
+                    decision.verdict = verdict_over_limit(&live.policy);
+                    decision.limit = Some(t.hit(HitKind::Limited { retry_after_s }));
                 }
-            }
+                // An answer that names no limit of this request: the store is not answering
+                // what was asked; treat it as a failed store (never as room).
+                None => store_failed(live, decision, takes),
+            },
+            Err(_) => store_failed(live, decision, takes),
         }
     }
 
@@ -326,6 +323,22 @@ impl LimitTake {
     }
 }
 
+/// The state store failed (or answered nonsense): the first limit that denies on a store
+/// error decides (`state_unavailable`, 503); if none does, the request goes through uncounted.
+fn store_failed(live: &LivePolicy, decision: &mut Decision, takes: &[LimitTake]) {
+    if let Some(t) = takes.iter().find(|t| t.on_store_error == OnStoreError::Deny) {
+        decision.limit = Some(t.hit(HitKind::StoreError));
+        if live.policy.settings.mode == Mode::DryRun {
+            decision.verdict = Verdict::DryRunAllow { global: true };
+        } else {
+            decision.verdict = Verdict::Deny;
+            decision.rule = RuleId::StateUnavailable;
+        }
+    } else if let Some(t) = takes.first() {
+        decision.limit = Some(t.hit(HitKind::StoreError));
+    }
+}
+
 /// A limit refuses: 429, or in a global dry run, let through and recorded.
 fn verdict_over_limit(policy: &crate::policy::Policy) -> Verdict {
     match policy.settings.mode {
@@ -382,14 +395,19 @@ fn limit_takes(
             }
         }
     }
-    Ok(out
-        .into_iter()
-        .filter_map(|(mut t, cost)| {
-            let limit = policy.rules.iter().find(|r| r.id == t.rule)?.limits.get(t.index)?;
-            t.take = limits::take(std::mem::take(&mut t.take.key), limit, cost);
-            Some(t)
-        })
-        .collect())
+    let mut takes = Vec::with_capacity(out.len());
+    for (mut t, cost) in out {
+        let Some(limit) = policy.rules.iter().find(|r| r.id == t.rule).and_then(|r| r.limits.get(t.index)) else {
+            continue;
+        };
+        t.take = limits::take(std::mem::take(&mut t.take.key), limit, cost);
+        if t.take.cost_us > t.take.interval_us.saturating_mul(t.take.burst) {
+            // More than the bucket holds: it can never fit, so no retry-after would be true.
+            return Err(t.hit(HitKind::TooLarge));
+        }
+        takes.push(t);
+    }
+    Ok(takes)
 }
 
 /// Whether a deny counts toward automatic quarantine: a deny by policy (a rule, the default,

@@ -64,6 +64,12 @@ fn approvers_file(st: &ControlState) -> Option<PathBuf> {
     Some(if f.is_relative() { st.policy.path().parent().unwrap_or(Path::new(".")).join(f) } else { f.to_path_buf() })
 }
 
+/// [`approver`] off the async runtime (it reads the approvers file).
+async fn authenticate(st: &ControlState, headers: &HeaderMap) -> Result<String, &'static str> {
+    let (st, headers) = (st.clone(), headers.clone());
+    tokio::task::spawn_blocking(move || approver(&st, &headers)).await.unwrap_or(Err("authentication failed"))
+}
+
 /// The approver a request authenticates as, or why not (a 401).
 fn approver(st: &ControlState, headers: &HeaderMap) -> Result<String, &'static str> {
     let unauthorized = |m: &'static str| m;
@@ -107,7 +113,7 @@ fn entry_json(q: &Quarantine) -> serde_json::Value {
 }
 
 async fn list_quarantine(State(st): State<ControlState>, headers: HeaderMap) -> Response {
-    if let Err(m) = approver(&st, &headers) {
+    if let Err(m) = authenticate(&st, &headers).await {
         return error(StatusCode::UNAUTHORIZED, m);
     }
     let list: Vec<serde_json::Value> = st.state.quarantines(Timestamp::now()).iter().map(entry_json).collect();
@@ -124,7 +130,7 @@ struct AddQuarantine {
 }
 
 async fn add_quarantine(State(st): State<ControlState>, headers: HeaderMap, body: Bytes) -> Response {
-    let by = match approver(&st, &headers) {
+    let by = match authenticate(&st, &headers).await {
         Ok(n) => n,
         Err(m) => return error(StatusCode::UNAUTHORIZED, m),
     };
@@ -133,7 +139,10 @@ async fn add_quarantine(State(st): State<ControlState>, headers: HeaderMap, body
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
     if req.agent.is_empty() || req.agent.len() > MAX_AGENT || req.agent.chars().any(char::is_control) {
-        return error(StatusCode::BAD_REQUEST, format!("`agent` must be 1-{MAX_AGENT} printable characters"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`agent` must be 1-{MAX_AGENT} bytes without control characters"),
+        );
     }
     let now = Timestamp::now();
     let until = match req.duration.as_deref() {
@@ -158,7 +167,7 @@ async fn lift_quarantine(
     headers: HeaderMap,
     UrlPath(agent): UrlPath<String>,
 ) -> Response {
-    let by = match approver(&st, &headers) {
+    let by = match authenticate(&st, &headers).await {
         Ok(n) => n,
         Err(m) => return error(StatusCode::UNAUTHORIZED, m),
     };

@@ -200,6 +200,8 @@ pub enum HitKind {
     Unknown,
     /// The store could not be reached and `on_store_error` decided.
     StoreError,
+    /// The cost exceeds the burst: the request can never fit (denied, nothing charged).
+    TooLarge,
 }
 
 impl HitKind {
@@ -209,6 +211,7 @@ impl HitKind {
             HitKind::Limited { .. } => "limited",
             HitKind::Unknown => "unknown",
             HitKind::StoreError => "store_error",
+            HitKind::TooLarge => "too_large",
         }
     }
 }

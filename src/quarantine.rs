@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,11 @@ pub struct StateRuntime {
     deny_rx: std::sync::Mutex<Option<mpsc::Receiver<DenyEvent>>>,
     metrics: Option<StateMetrics>,
     up: AtomicBool,
+    /// Local changes (quarantine, lift) so far: a refresh that began before one is discarded,
+    /// so an older list never undoes a newer change.
+    changes: AtomicU64,
+    /// The quarantine list has been read from the store at least once.
+    read_once: AtomicBool,
 }
 
 impl std::fmt::Debug for StateRuntime {
@@ -70,6 +75,8 @@ impl StateRuntime {
             deny_rx: std::sync::Mutex::new(deny_rx),
             metrics,
             up: AtomicBool::new(true),
+            changes: AtomicU64::new(0),
+            read_once: AtomicBool::new(false),
         }
     }
 
@@ -81,6 +88,13 @@ impl StateRuntime {
     /// Whether the store answered its last operation (for `/readyz`).
     pub fn store_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether the quarantine list has been read from the store at least once: until then a
+    /// replica cannot know whom to refuse, and `/readyz` says not ready (a pod started while
+    /// Redis is down takes no traffic rather than letting quarantined agents through).
+    pub fn quarantines_known(&self) -> bool {
+        self.read_once.load(Ordering::Acquire)
     }
 
     /// The quarantine of `agent` in force at `now`, from the local copy.
@@ -154,6 +168,7 @@ impl StateRuntime {
     }
 
     fn apply(&self, q: Quarantine) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
         let mut next = HashMap::clone(&self.view.load());
         next.insert(Box::from(q.agent.as_str()), q);
         self.publish(next);
@@ -181,6 +196,7 @@ impl StateRuntime {
     /// Lift a quarantine: in the store, then here at once. Whether there was one.
     pub async fn lift(&self, agent: &str, by: &str) -> Result<bool, StoreError> {
         let had = self.timed("lift", self.store.lift(agent)).await?;
+        self.changes.fetch_add(1, Ordering::AcqRel);
         let mut next = HashMap::clone(&self.view.load());
         let here = next.remove(agent).is_some();
         self.publish(next);
@@ -191,7 +207,14 @@ impl StateRuntime {
     /// Read the quarantine list from the store into the local copy; on failure the last
     /// copy stays.
     pub async fn refresh(&self, now: Timestamp) -> Result<(), StoreError> {
+        let before = self.changes.load(Ordering::Acquire);
         let list = self.timed("quarantines", self.store.quarantines(now)).await?;
+        self.read_once.store(true, Ordering::Release);
+        if self.changes.load(Ordering::Acquire) != before {
+            // A change made here while this list was read: the list may predate it. The next
+            // refresh reads a list that includes it.
+            return Ok(());
+        }
         self.publish(list.into_iter().map(|q| (Box::from(q.agent.as_str()), q)).collect());
         Ok(())
     }

@@ -412,26 +412,44 @@ impl ServerSettings {
         } else {
             StateBackendDef::Memory
         });
+        // A directory from the config file is relative to it; one from a flag, to the cwd.
+        let dir = match (o.state_dir, file.state.dir) {
+            (Some(d), _) => Some(d),
+            (None, Some(d)) => Some(match (&base, d.is_relative()) {
+                (Some(b), true) => b.join(d),
+                _ => d,
+            }),
+            (None, None) => None,
+        };
         let state = match backend {
             StateBackendDef::Memory => StateOptions::Memory {
-                dir: o.state_dir.or(file.state.dir).map(|d| match (&base, d.is_relative()) {
-                    (Some(b), true) => b.join(d),
-                    _ => d,
-                }),
+                dir,
                 max_keys: file.state.max_keys.unwrap_or(crate::state::memory::DEFAULT_MAX_KEYS).max(1),
             },
-            StateBackendDef::Redis => StateOptions::Redis {
-                url: redis_url.ok_or_else(|| {
-                    SettingsError::Value("the redis state store needs `state.redis.url` (or --redis-url)".into())
-                })?,
-                prefix: file.state.redis.key_prefix.unwrap_or_else(|| crate::state::redis::DEFAULT_PREFIX.into()),
-                timeout: duration(
+            StateBackendDef::Redis => {
+                if dir.is_some() || file.state.max_keys.is_some() {
+                    return Err(SettingsError::Value(
+                        "`state.dir` and `state.max_keys` are for the memory store; with redis, Redis keeps the state"
+                            .into(),
+                    ));
+                }
+                let timeout = duration(
                     "state.redis.timeout",
                     None,
                     file.state.redis.timeout,
                     crate::state::redis::DEFAULT_TIMEOUT,
-                )?,
-            },
+                )?;
+                if timeout.is_zero() {
+                    return Err(SettingsError::Value("`state.redis.timeout` must be longer than 0".into()));
+                }
+                StateOptions::Redis {
+                    url: redis_url.ok_or_else(|| {
+                        SettingsError::Value("the redis state store needs `state.redis.url` (or --redis-url)".into())
+                    })?,
+                    prefix: file.state.redis.key_prefix.unwrap_or_else(|| crate::state::redis::DEFAULT_PREFIX.into()),
+                    timeout,
+                }
+            }
         };
         let control_listen = match o.control_listen.or(file.control.listen) {
             None => None,

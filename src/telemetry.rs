@@ -58,9 +58,9 @@ pub struct Metrics {
     pub state: StateMetrics,
 }
 
-/// Metrics of the state store (agent-controls.md §7) and of quarantines (§5). Handles are
-/// resolved once per operation name; nothing here is on the Check path except a limited
-/// request's store operation.
+/// Metrics of the state store (agent-controls.md §7) and of quarantines (§5). On the Check
+/// path only for a request whose allowing rule has limits (its one store operation), and for
+/// a refused limit (`hallpass_limit_events_total`): a labelled-vector lookup each.
 #[derive(Clone)]
 pub struct StateMetrics {
     ops: IntCounterVec,

@@ -412,6 +412,39 @@ fn through_real_envoy() {
     let r = mcp(r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#);
     expect("MCP batch allowed", r.status == 200, format!("{r:?}"));
 
+    // -- a limit (crm-create-deal: 5 at once per agent): the 6th deal is answered 429 by
+    // Envoy with retry-after and the ratelimit headers, and never reaches the upstream.
+    let sales = format!("Bearer {}", jwt("sales-assistant", None, JWT_SECRET));
+    let deal = |n: u32| {
+        let body = format!(r#"{{"discount_percent":{n}}}"#);
+        let h = [
+            ("host", "crm.example.com".to_string()),
+            ("authorization", sales.clone()),
+            ("content-type", "application/json".to_string()),
+        ];
+        go("POST", "/api/deals", &h, Some(body.as_bytes()))
+    };
+    let statuses: Vec<u16> = (1..=5).map(|n| deal(n).status).collect();
+    expect("5 deals within the burst", statuses == vec![200; 5], format!("{statuses:?}"));
+    let r = deal(6);
+    expect("6th deal rate limited", r.status == 429, format!("{r:?}"));
+    if r.status == 429 {
+        let b = r.json();
+        expect(
+            "429 body",
+            b["error"] == "rate_limited" && b["rule"] == "crm-create-deal" && b["retry_after_s"] == 120,
+            format!("{b}"),
+        );
+        let h = |k: &str| r.headers.get(k).cloned().unwrap_or_default();
+        expect(
+            "429 headers",
+            h("retry-after") == "120"
+                && h("ratelimit-policy") == r#""crm-create-deal.0";q=30;w=3600"#
+                && h("ratelimit") == r#""crm-create-deal.0";r=0;t=120"#,
+            format!("{:?}", r.headers),
+        );
+    }
+
     // -- the path attack corpus: none of these may reach bob's mailbox (or anything) as allowed
     for p in [
         "/v1/users/alice/messages/../../bob/messages/m1",

@@ -163,15 +163,17 @@ fn shipped_configs_inside_the_manifests_are_the_tested_ones() {
         configmap_file(&docs, "hallpass-grafana-dashboard", "hallpass-dashboard.json"),
         read("k8s/monitoring/hallpass-dashboard.json")
     );
-    // The Envoy config validates with the real Envoy.
+    // The Envoy config, and the global rate limit example built on it (docs/scaling-out.md),
+    // validate with the real Envoy.
     if let Some(envoy) = venv_tool("envoy") {
         let jwks = dir.join("jwks.json");
         std::fs::write(&jwks, read("k8s/jwks.json")).unwrap();
-        let cfg = dir.join("envoy.yaml");
-        std::fs::write(&cfg, read("envoy/envoy.yaml").replace("/etc/hallpass/jwks.json", jwks.to_str().unwrap()))
-            .unwrap();
-        let out = Command::new(envoy).args(["--mode", "validate", "-c", cfg.to_str().unwrap()]).output().unwrap();
-        assert!(out.status.success(), "envoy --mode validate: {}", String::from_utf8_lossy(&out.stderr));
+        for file in ["envoy/envoy.yaml", "envoy/ratelimit-example.yaml"] {
+            let cfg = dir.join(Path::new(file).file_name().unwrap());
+            std::fs::write(&cfg, read(file).replace("/etc/hallpass/jwks.json", jwks.to_str().unwrap())).unwrap();
+            let out = Command::new(&envoy).args(["--mode", "validate", "-c", cfg.to_str().unwrap()]).output().unwrap();
+            assert!(out.status.success(), "envoy --mode validate {file}: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }
 

@@ -82,6 +82,14 @@ fn every_metric_named_in_dashboard_and_alerts_is_exported() {
     let c = ready(a.decide(CheckRequestBuilder::new("GET", "/x").build(), jiff::Timestamp::now()));
     m.record(&c.decision, 1e-6);
     m.policy_loaded("abc", 0, jiff::Timestamp::now());
+    // `hallpass_limit_events_total` has a series only once a limit refused something.
+    m.limit(&hallpass::limits::LimitHit {
+        rule: std::sync::Arc::from("r"),
+        index: 0,
+        kind: hallpass::limits::HitKind::Limited { retry_after_s: 1 },
+        quota: 1,
+        window_s: 60,
+    });
     let expo = m.render();
     let alerts = std::fs::read_to_string(Path::new(DIR).join("hallpass-alerts.yaml")).unwrap();
     let mut text = dashboard_exprs().join("\n");

@@ -139,6 +139,18 @@ async fn http(addr: SocketAddr, method: &'static str, path: String, body: Option
     .unwrap()
 }
 
+async fn readyz(admin: SocketAddr) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(admin).unwrap();
+        write!(s, "GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        (out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
+    })
+    .await
+    .unwrap()
+}
+
 fn setup(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let digest = {
@@ -252,19 +264,12 @@ async fn replicas_share_limits_and_quarantines_through_redis() {
     tokio::time::sleep(Duration::from_millis(600)).await; // several failed refreshes
     assert_eq!(a.check("GET", "/open", "bot-4").await.1, "quarantined", "the last list read stays in force");
     assert_eq!(b.check("GET", "/open", "bot-4").await.1, "quarantined");
-    let (_, ready) = tokio::task::spawn_blocking({
-        let admin = a.admin;
-        move || {
-            let mut s = TcpStream::connect(admin).unwrap();
-            write!(s, "GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            ((), out)
-        }
-    })
-    .await
-    .unwrap();
+    let (_, ready) = readyz(a.admin).await;
     assert!(ready.contains("state store (redis) unreachable"), "{ready}");
+    // A replica started now has never read the quarantine list: not ready (it cannot tell
+    // whom to refuse), and it still refuses nothing it should not: limits fail closed.
+    let c = Replica::start(&policy, &redis.url()).await;
+    assert_eq!(readyz(c.admin).await.0, 503, "a replica that never read the quarantine list is not ready");
 
     // -- Redis back (same port, same append-only file): limits work again, the quarantine
     // (kept by Redis) still holds.
@@ -275,9 +280,15 @@ async fn replicas_share_limits_and_quarantines_through_redis() {
     let took = until(Duration::from_secs(10), async || a.check("GET", "/search", "bot-5").await.0 == 200).await;
     assert!(took.is_some(), "service recovered when Redis returned");
     eprintln!("limits answered again {took:?} after Redis returned");
-    assert_eq!(b.check("GET", "/search", "bot-5").await.0, 200);
+    // Each replica reconnects on its own.
+    let took = until(Duration::from_secs(10), async || b.check("GET", "/search", "bot-6").await.0 == 200).await;
+    assert!(took.is_some(), "replica B recovered too");
     assert_eq!(b.check("GET", "/open", "bot-4").await.1, "quarantined");
+    let took = until(Duration::from_secs(5), async || readyz(c.admin).await.0 == 200).await;
+    assert!(took.is_some(), "the late replica is ready once it has read the list");
+    assert_eq!(c.check("GET", "/open", "bot-4").await.1, "quarantined");
     a.stop().await;
     b.stop().await;
+    c.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -153,21 +153,38 @@ impl StateStore for MemoryStore {
         }
         let entry = auto_entry(agent, auto, now);
         q.insert(agent.to_owned(), entry.clone());
-        self.persist(&q)?;
+        // The quarantine is in force here even if it cannot be written to `state.dir` (a kill
+        // switch never fails open); it would not survive a restart.
+        if let Err(e) = self.persist(&q) {
+            tracing::warn!(error = %e, agent, "automatic quarantine not persisted");
+        }
         Ok(Some(entry))
     }
 
     async fn quarantine(&self, entry: Quarantine) -> Result<(), StoreError> {
         let mut q = self.quarantines.lock().map_err(poisoned)?;
-        q.insert(entry.agent.clone(), entry);
-        self.persist(&q)
+        let agent = entry.agent.clone();
+        let old = q.insert(agent.clone(), entry);
+        if let Err(e) = self.persist(&q) {
+            // Not persisted: the change is undone, so what the API reports (an error) is true.
+            match old {
+                Some(o) => q.insert(agent, o),
+                None => q.remove(&agent),
+            };
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn lift(&self, agent: &str) -> Result<bool, StoreError> {
         let mut q = self.quarantines.lock().map_err(poisoned)?;
-        let had = q.remove(agent).is_some();
-        self.persist(&q)?;
-        Ok(had)
+        let Some(old) = q.remove(agent) else { return Ok(false) };
+        if let Err(e) = self.persist(&q) {
+            // Not persisted: the quarantine stays in force (never lifted by a failed call).
+            q.insert(agent.to_owned(), old);
+            return Err(e);
+        }
+        Ok(true)
     }
 
     async fn quarantines(&self, now: Timestamp) -> Result<Vec<Quarantine>, StoreError> {
@@ -175,7 +192,11 @@ impl StateStore for MemoryStore {
         let before = q.len();
         q.retain(|_, e| e.in_force(now));
         if q.len() != before {
-            self.persist(&q)?;
+            // Ended quarantines are gone either way; a failed write only leaves them on disk,
+            // where they are ended too.
+            if let Err(e) = self.persist(&q) {
+                tracing::warn!(error = %e, "ended quarantines not removed from state.dir");
+            }
         }
         let mut list: Vec<Quarantine> = q.values().cloned().collect();
         list.sort_by(|a, b| a.agent.cmp(&b.agent));
@@ -198,5 +219,52 @@ pub fn auto_entry(agent: &str, auto: AutoQuarantine, now: Timestamp) -> Quaranti
         until,
         reason: format!("{} denies within {}s", auto.after_denies, auto.within.as_secs()),
         by: "auto".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(agent: &str, now: Timestamp) -> Quarantine {
+        Quarantine { agent: agent.into(), since: now, until: Timestamp::MAX, reason: "test".into(), by: "ops".into() }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the memory store never waits"),
+        }
+    }
+
+    #[test]
+    fn quarantines_survive_a_restart_and_a_failed_write_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("hallpass-mem-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let now = Timestamp::now();
+        let m = MemoryStore::new(10, Some(dir.clone())).unwrap();
+        block_on(m.quarantine(q("bot-1", now))).unwrap();
+        let again = MemoryStore::new(10, Some(dir.clone())).unwrap();
+        assert_eq!(block_on(again.quarantines(now)).unwrap().len(), 1, "read back after a restart");
+        // The directory disappears: writes fail, and what failed is not in force either way.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(block_on(again.quarantine(q("bot-2", now))).is_err());
+        assert!(block_on(again.lift("bot-1")).is_err());
+        let agents: Vec<String> = block_on(again.quarantines(now)).unwrap().into_iter().map(|q| q.agent).collect();
+        assert_eq!(agents, vec!["bot-1".to_string()], "bot-2 not quarantined, bot-1 not lifted");
+    }
+
+    #[test]
+    fn the_bucket_map_is_bounded_and_full_is_an_error() {
+        let m = MemoryStore::ephemeral(2);
+        let now = Timestamp::now();
+        let take = |k: &str| Take { key: k.into(), interval_us: 1_000_000, burst: 10, cost_us: 1_000_000 };
+        assert!(matches!(block_on(m.take(&[take("a")], now)), Ok(TakeOutcome::Taken(_))));
+        assert!(matches!(block_on(m.take(&[take("b")], now)), Ok(TakeOutcome::Taken(_))));
+        assert_eq!(block_on(m.take(&[take("c")], now)), Err(StoreError::Full(2)));
+        // Once a bucket is full again (its arrival time passed), it is forgotten to make room.
+        let later = now.checked_add(jiff::SignedDuration::from_secs(2)).unwrap();
+        assert!(matches!(block_on(m.take(&[take("c")], later)), Ok(TakeOutcome::Taken(_))));
     }
 }

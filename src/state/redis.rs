@@ -7,8 +7,9 @@
 //! Keys (all under `key_prefix`, default `hallpass:`): `limit:<rule>:<n>:<parts>` (a GCRA
 //! arrival time in µs, expiring when the bucket is full again), `denies:<agent>` (a sorted set
 //! of deny times, expiring after the window), `quarantine` (a hash agent → JSON entry).
-//! Redis Cluster is not supported (one script touches several keys): use one primary, with
-//! Sentinel or a managed service for failover.
+//! Redis Cluster is not supported (one script touches several keys), nor Sentinel discovery or
+//! TLS (the `redis` crate is built without them): give hallpass an address that always points
+//! at the current primary (a managed Redis endpoint, or a Sentinel-aware proxy).
 
 use std::time::Duration;
 
@@ -78,6 +79,24 @@ redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
 return 1
 ";
 
+/// Every quarantine entry, deleting those ended by ARGV[1] (ms) in the same atomic step (so
+/// an agent quarantined again meanwhile is never deleted). KEYS: quarantine hash. Returns the
+/// flat list agent, entry, … of the rest (entries that cannot be read are kept and returned).
+const QUARANTINES: &str = r"
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local ok, e = pcall(cjson.decode, all[i + 1])
+  if ok and type(e) == 'table' and tonumber(e['until_ms']) and tonumber(e['until_ms']) <= tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+return out
+";
+
 /// A quarantine as stored in the hash: the entry and its end in ms (for the script).
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {
@@ -93,6 +112,7 @@ pub struct RedisStore {
     timeout: Duration,
     take: std::sync::Arc<Script>,
     count_deny: std::sync::Arc<Script>,
+    list: std::sync::Arc<Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -123,6 +143,7 @@ impl RedisStore {
             timeout,
             take: std::sync::Arc::new(Script::new(TAKE)),
             count_deny: std::sync::Arc::new(Script::new(COUNT_DENY)),
+            list: std::sync::Arc::new(Script::new(QUARANTINES)),
         })
     }
 
@@ -151,10 +172,12 @@ impl StateStore for RedisStore {
         let mut conn = self.conn.clone();
         let out: Vec<i64> = self.within(inv.invoke_async(&mut conn)).await?;
         match out.as_slice() {
-            [0, index, retry] => Ok(TakeOutcome::Limited {
-                index: usize::try_from(*index).unwrap_or(0),
-                retry_after_us: u64::try_from(*retry).unwrap_or(0),
-            }),
+            [0, index, retry] => match (usize::try_from(*index), u64::try_from(*retry)) {
+                (Ok(index), Ok(retry_after_us)) if index < takes.len() => {
+                    Ok(TakeOutcome::Limited { index, retry_after_us })
+                }
+                _ => Err(StoreError::Unavailable(format!("unexpected answer from the limit script: {out:?}"))),
+            },
             [1, used @ ..] if used.len() == takes.len() => {
                 Ok(TakeOutcome::Taken(used.iter().zip(takes).map(|(u, t)| bucket_after(*u, 0, t)).collect()))
             }
@@ -205,10 +228,14 @@ impl StateStore for RedisStore {
     async fn quarantines(&self, now: Timestamp) -> Result<Vec<Quarantine>, StoreError> {
         let mut conn = self.conn.clone();
         let key = self.key("quarantine");
-        let all: Vec<(String, String)> = self.within(redis::cmd("HGETALL").arg(&key).query_async(&mut conn)).await?;
-        let mut list = Vec::with_capacity(all.len());
-        for (agent, json) in all {
-            match serde_json::from_str::<Stored>(&json) {
+        let mut inv = self.list.prepare_invoke();
+        inv.key(&key).arg(now.as_millisecond());
+        let flat: Vec<String> = self.within(inv.invoke_async(&mut conn)).await?;
+        let mut list = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks(2) {
+            let [agent, json] = pair else { continue };
+            let agent = agent.clone();
+            match serde_json::from_str::<Stored>(json) {
                 Ok(s) if s.entry.in_force(now) => list.push(s.entry),
                 Ok(_) => {}
                 // An entry hallpass cannot read still quarantines its agent (fail closed), for
