@@ -33,7 +33,7 @@ use crate::policy::{Decision, Mode, RuleId, Verdict};
 use crate::quarantine::StateRuntime;
 use crate::reload::{LivePolicy, PolicyHandle};
 use crate::request::Request;
-use crate::response::{check_response, DecisionIds};
+use crate::response::{check_response, rpc_call, DecisionIds, RpcCall};
 use crate::state::{Take, TakeOutcome};
 
 /// Whether, and how, the decision cache answered.
@@ -132,6 +132,7 @@ impl Checker {
                 &decision_id,
                 live.policy.settings.deny_status,
                 &live.revision,
+                None,
             )
         });
         if let (Some(auto), Some(agent)) = (live.policy.settings.quarantine, staged.agent.as_deref()) {
@@ -195,11 +196,17 @@ impl Checker {
         let keep = self.keep_identities || !takes.is_empty() || live.policy.settings.quarantine.is_some();
         let owned = |v: Option<&str>| if keep { v.map(str::to_owned) } else { None };
         let (agent, on_behalf_of) = (owned(shown.agent), owned(shown.on_behalf_of));
+        // A denied JSON-RPC call is answered in JSON-RPC (agent-controls §8); read only for a
+        // request that is denied, or may be by its limits.
+        // A request its limits may still refuse is parsed only if it can be JSON-RPC at all.
+        let maybe_rpc = !decision.allowed()
+            || (!takes.is_empty() && memchr::memmem::find(&request.body.bytes, b"\"jsonrpc\"").is_some());
+        let rpc = (live.policy.settings.mcp_jsonrpc_responses && maybe_rpc).then(|| rpc_call(&request)).flatten();
         let (response, pending) = if takes.is_empty() {
             let deny_status = live.policy.settings.deny_status;
-            (Some(check_response(&decision, shown, decision_id, deny_status, &live.revision)), None)
+            (Some(check_response(&decision, shown, decision_id, deny_status, &live.revision, rpc.as_ref())), None)
         } else {
-            (None, Some(Pending { takes, agent: agent.clone(), on_behalf_of: on_behalf_of.clone() }))
+            (None, Some(Pending { takes, agent: agent.clone(), on_behalf_of: on_behalf_of.clone(), rpc }))
         };
         // Denies count toward automatic quarantine for the resolved agent, also when the path
         // was refused (probing with paths that cannot be read is a deny like any other).
@@ -298,12 +305,20 @@ struct Pending {
     takes: Vec<LimitTake>,
     agent: Option<String>,
     on_behalf_of: Option<String>,
+    rpc: Option<RpcCall>,
 }
 
 impl Pending {
     fn respond(&self, decision: &Decision, decision_id: &str, live: &LivePolicy) -> CheckResponse {
         let ident = Identity { agent: self.agent.as_deref(), on_behalf_of: self.on_behalf_of.as_deref() };
-        check_response(decision, ident, decision_id, live.policy.settings.deny_status, &live.revision)
+        check_response(
+            decision,
+            ident,
+            decision_id,
+            live.policy.settings.deny_status,
+            &live.revision,
+            self.rpc.as_ref(),
+        )
     }
 }
 

@@ -13,6 +13,10 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` over plain HTTP.
 //! - [`app`]: the server as library code: listeners, watcher, writer, one cancellation
 //!   signal, one drain (what `hallpass serve` runs; tests start it in-process on port 0).
+//! - [`state`]: the state store (memory or Redis) behind one trait; [`quarantine`]: the
+//!   quarantine list in force and deny counting around it; [`limits`]: rate limits and
+//!   budgets of allow rules; [`control`]: the authenticated control API (and its client);
+//!   [`approvals`]: approval ids (the canonical reading of an action).
 //! - [`settings`]: server configuration (file + flags); [`explain`]: the `check` command's report.
 
 #![cfg_attr(
@@ -29,6 +33,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod approvals;
 pub mod cache;
 pub mod check;
 pub mod control;

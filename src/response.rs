@@ -180,13 +180,73 @@ fn deny_headers(d: &Decision, decision_id: &str) -> Vec<HeaderValueOption> {
     h
 }
 
-/// Build the CheckResponse for a decision.
+/// A single JSON-RPC call (not a notification, not a batch): what an MCP-native answer needs
+/// (agent-controls.md §8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcCall {
+    /// The call's `id` (a string or a number), echoed in the answer.
+    pub id: serde_json::Value,
+    /// A `tools/call`: answered as a tool result with `isError`; any other method as a
+    /// JSON-RPC error.
+    pub tool_call: bool,
+}
+
+/// The JSON-RPC call a request's body is, if it is exactly one call with an `id`: an object
+/// with `"jsonrpc": "2.0"`, a string `method` and a string or number `id`, read strictly
+/// (members spelt exactly). Anything else — a batch, a notification, an unparseable,
+/// truncated or other body — is answered with a plain HTTP deny.
+pub fn rpc_call(req: &crate::request::Request) -> Option<RpcCall> {
+    if req.body.truncated {
+        return None;
+    }
+    let crate::request::Parsed::Json(serde_json::Value::Object(o)) = req.body.parsed() else { return None };
+    if o.get("jsonrpc").and_then(|v| v.as_str()) != Some("2.0") {
+        return None;
+    }
+    let method = o.get("method")?.as_str()?;
+    let id = o.get("id")?;
+    if !(id.is_string() || id.is_number()) {
+        return None;
+    }
+    Some(RpcCall { id: id.clone(), tool_call: method == "tools/call" })
+}
+
+/// The JSON-RPC answer to a denied call: a `tools/call` gets a tool result with `isError`
+/// whose text the model reads; any other method a JSON-RPC error. Both carry the HTTP deny
+/// body (`_meta."dev.hallpass/decision"`, `error.data`).
+pub fn rpc_deny_body(d: &Decision, decision_id: &str, call: &RpcCall) -> String {
+    let deny: serde_json::Value = serde_json::from_str(&deny_body(d, decision_id)).unwrap_or_default();
+    let message = deny_message(d);
+    let answer = if call.tool_call {
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": call.id,
+            "result": {
+                "content": [{"type": "text", "text": format!("{message} (rule {})", d.rule.as_str())}],
+                "isError": true,
+                "_meta": {"dev.hallpass/decision": deny},
+            },
+        })
+    } else {
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": call.id,
+            "error": {"code": -32001, "message": message, "data": deny},
+        })
+    };
+    answer.to_string()
+}
+
+/// Build the CheckResponse for a decision. `rpc`: the request is one JSON-RPC call and the
+/// policy answers those natively (a deny becomes HTTP 200 with a JSON-RPC answer; records,
+/// metadata and metrics still say deny).
 pub fn check_response(
     d: &Decision,
     ident: Identity<'_>,
     decision_id: &str,
     deny_status: u16,
     revision: &str,
+    rpc: Option<&RpcCall>,
 ) -> CheckResponse {
     let dynamic_metadata = Some(metadata(d, ident, decision_id, revision));
     if d.allowed() {
@@ -199,6 +259,10 @@ pub fn check_response(
             })),
         }
     } else {
+        let (status, body) = match rpc {
+            Some(call) => (200, rpc_deny_body(d, decision_id, call)),
+            None => (d.deny_status(deny_status), deny_body(d, decision_id)),
+        };
         CheckResponse {
             status: Some(rpc::Status {
                 code: GRPC_PERMISSION_DENIED,
@@ -207,9 +271,9 @@ pub fn check_response(
             }),
             dynamic_metadata,
             http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                status: Some(HttpStatus { code: i32::from(d.deny_status(deny_status)) }),
+                status: Some(HttpStatus { code: i32::from(status) }),
                 headers: deny_headers(d, decision_id),
-                body: deny_body(d, decision_id),
+                body,
             })),
         }
     }

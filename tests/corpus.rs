@@ -145,6 +145,16 @@ fn deny_fields_disagree(want: &common::Expect, resp: &envoy_types::ext_authz::v3
     };
     let status = d.status.as_ref().map(|s| s.code);
     let body: serde_json::Value = serde_json::from_str(&d.body).unwrap_or_default();
+    // A JSON-RPC answer (agent-controls §8) carries the deny body inside.
+    let body = if body.get("jsonrpc").is_some() {
+        body["result"]["_meta"]["dev.hallpass/decision"]
+            .as_object()
+            .or_else(|| body["error"]["data"].as_object())
+            .map(|o| serde_json::Value::Object(o.clone()))
+            .unwrap_or_default()
+    } else {
+        body
+    };
     let retry = d
         .headers
         .iter()

@@ -400,7 +400,20 @@ fn through_real_envoy() {
     expect("MCP allowed tool", r.status == 200, format!("{r:?}"));
     let r =
         mcp(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_shell","arguments":{"cmd":"id"}}}"#);
-    expect("MCP shell refused", r.status == 403 && r.json()["rule"] == "mcp-no-shell", format!("{r:?}"));
+    // A denied tools/call is answered in JSON-RPC (agent-controls §8): HTTP 200 reaches the
+    // client as hallpass sent it, never the upstream (whose echo would carry `headers`).
+    let b = r.json();
+    expect(
+        "MCP shell refused, answered as a JSON-RPC tool error",
+        r.status == 200
+            && b["id"] == 1
+            && b["result"]["isError"] == true
+            && b["result"]["content"][0]["text"] == "Shell tools are not available to agents. (rule mcp-no-shell)"
+            && b["result"]["_meta"]["dev.hallpass/decision"]["rule"] == "mcp-no-shell"
+            && b.get("headers").is_none()
+            && r.headers.get("content-type").map(String::as_str) == Some("application/json"),
+        format!("{r:?}"),
+    );
     let r = mcp(
         r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/workspace/../etc/shadow"}}}]"#,
     );

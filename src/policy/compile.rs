@@ -136,6 +136,7 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
             }
         }),
         control_approvers_file: def.settings.control.as_ref().and_then(|c| c.approvers_file.clone()),
+        mcp_jsonrpc_responses: def.settings.mcp_responses != Some(crate::policy::model::McpResponsesDef::Http),
     };
 
     let identity = match &def.identity {

@@ -50,6 +50,19 @@ pub struct SettingsDef {
     /// The control API (agent-controls.md §3).
     #[serde(default)]
     pub control: Option<ControlDef>,
+    /// How a denied JSON-RPC call is answered: `jsonrpc` (default) or `http`.
+    #[serde(default)]
+    pub mcp_responses: Option<McpResponsesDef>,
+}
+
+/// `settings.mcp_responses:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpResponsesDef {
+    /// A JSON-RPC response (HTTP 200) the model can read.
+    Jsonrpc,
+    /// A plain HTTP deny.
+    Http,
 }
 
 /// `settings.control:`.

@@ -51,6 +51,8 @@ pub struct Settings {
     pub quarantine: Option<crate::state::AutoQuarantine>,
     /// The control API's approvers file (relative to the policy file), if set.
     pub control_approvers_file: Option<String>,
+    /// Answer a denied JSON-RPC call with a JSON-RPC response (agent-controls.md §8).
+    pub mcp_jsonrpc_responses: bool,
 }
 
 /// Where an identity comes from.

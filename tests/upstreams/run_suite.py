@@ -476,6 +476,16 @@ def rule_from_decision_log(group: Group, req: dict) -> str | None:
     return None
 
 
+def rpc_deny(body):
+    """The deny body inside hallpass's JSON-RPC answer to a denied call, if it is one."""
+    if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
+        return None
+    inner = ((body.get("result") or {}).get("_meta") or {}).get("dev.hallpass/decision")
+    if inner is None:
+        inner = (body.get("error") or {}).get("data")
+    return inner if isinstance(inner, dict) and inner.get("error") else None
+
+
 def run_case(case, group: Group, record_file: Path, expect_bypass: bool, nonce: str):
     """Returns (ok, text)."""
     problems, notes = [], []
@@ -491,6 +501,11 @@ def run_case(case, group: Group, record_file: Path, expect_bypass: bool, nonce: 
     body = r.json()
     if head_deny(a, r) and not r.body.strip():
         body = {"error": "forbidden", "rule": rule_from_decision_log(group, a)}
+    # A denied single JSON-RPC call is answered in JSON-RPC with HTTP 200 (agent-controls
+    # §8); the deny body is inside. Judge it as the HTTP deny it stands for.
+    rpc = rpc_deny(body) if r.status == 200 else None
+    if rpc is not None:
+        body, r = rpc, Resp(403, r.headers, r.body)
     rule = body.get("rule") if isinstance(body, dict) else None
     if expect_bypass:
         if not (200 <= r.status < 300):
