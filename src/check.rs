@@ -250,9 +250,11 @@ impl Checker {
                 }
                 // An answer that names no limit of this request: the store is not answering
                 // what was asked; treat it as a failed store (never as room).
-                None => store_failed(live, decision, takes),
+                None => store_failed(live, decision, takes, false),
             },
-            Err(_) => store_failed(live, decision, takes),
+            // A full memory store is not an outage to ride out: the key space it bounds is
+            // one clients can grow, so `on_store_error: allow` must not open on it.
+            Err(e) => store_failed(live, decision, takes, matches!(e, crate::state::StoreError::Full(_))),
         }
     }
 
@@ -330,18 +332,27 @@ struct LimitTake {
     quota: u64,
     window_s: u64,
     on_store_error: OnStoreError,
+    per_agent: bool,
 }
 
 impl LimitTake {
     fn hit(&self, kind: HitKind) -> LimitHit {
-        LimitHit { rule: self.rule.clone(), index: self.index, kind, quota: self.quota, window_s: self.window_s }
+        LimitHit {
+            rule: self.rule.clone(),
+            index: self.index,
+            kind,
+            quota: self.quota,
+            window_s: self.window_s,
+            per_agent: self.per_agent,
+        }
     }
 }
 
 /// The state store failed (or answered nonsense): the first limit that denies on a store
 /// error decides (`state_unavailable`, 503); if none does, the request goes through uncounted.
-fn store_failed(live: &LivePolicy, decision: &mut Decision, takes: &[LimitTake]) {
-    if let Some(t) = takes.iter().find(|t| t.on_store_error == OnStoreError::Deny) {
+/// `always_deny`: every limit denies (the memory store is full).
+fn store_failed(live: &LivePolicy, decision: &mut Decision, takes: &[LimitTake], always_deny: bool) {
+    if let Some(t) = takes.iter().find(|t| always_deny || t.on_store_error == OnStoreError::Deny) {
         decision.limit = Some(t.hit(HitKind::StoreError));
         if live.policy.settings.mode == Mode::DryRun {
             decision.verdict = Verdict::DryRunAllow { global: true };
@@ -390,7 +401,14 @@ fn limit_takes(
                 kind: HitKind::Unknown,
                 quota: limit.count,
                 window_s: limit.window_s,
+                per_agent: limit.per.contains(&limits::KeyPart::Agent),
             };
+            // A body that may be a JSON-RPC batch but was not decided element by element
+            // (longer than hallpass decides, mixed, unreadable, truncated) cannot be charged
+            // per element: the limit is unknown.
+            if by.element.is_none() && limits::unsplit_batch(req) {
+                return Err(unknown());
+            }
             let key = limits::key(&rule.id, index, limit, req, (ident.agent, ident.on_behalf_of), &caps, by.element)
                 .map_err(|_| unknown())?;
             let cost = limits::cost(limit, req, by.element).map_err(|_| unknown())?;
@@ -404,6 +422,7 @@ fn limit_takes(
                         quota: limit.count,
                         window_s: limit.window_s,
                         on_store_error: limit.on_store_error,
+                        per_agent: limit.per.contains(&limits::KeyPart::Agent),
                     },
                     cost,
                 )),
@@ -429,7 +448,14 @@ fn limit_takes(
 /// a limit, an invalid path), not one hallpass makes about itself or its dependencies, and
 /// not the quarantine itself.
 fn counts_toward_quarantine(d: &Decision) -> bool {
+    // A 429 from a bucket the agent shares with others (its key has no `agent` part) may be
+    // another agent's doing: it does not count, or one agent could get another quarantined.
+    let shared_bucket = d
+        .limit
+        .as_ref()
+        .is_some_and(|h| matches!(h.kind, HitKind::Limited { .. } | HitKind::StoreError) && !h.per_agent);
     !d.allowed()
+        && !shared_bucket
         && !matches!(
             d.rule,
             RuleId::Quarantined | RuleId::StateUnavailable | RuleId::InternalError | RuleId::InvalidRequest

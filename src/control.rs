@@ -41,8 +41,10 @@ pub struct ControlState {
     pub policy: Arc<PolicyStore>,
 }
 
-/// Longest agent id accepted.
-const MAX_AGENT: usize = 256;
+/// Longest agent id accepted (SPIFFE ids run long).
+const MAX_AGENT: usize = 2048;
+/// Largest request body read (before authentication as well).
+const MAX_BODY: usize = 64 * 1024;
 
 /// An approver as listed in the approvers file.
 #[derive(Debug, Deserialize)]
@@ -129,10 +131,18 @@ struct AddQuarantine {
     reason: Option<String>,
 }
 
-async fn add_quarantine(State(st): State<ControlState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn add_quarantine(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let by = match authenticate(&st, &headers).await {
         Ok(n) => n,
         Err(m) => return error(StatusCode::UNAUTHORIZED, m),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), format!("body: {}", e.body_text())),
     };
     let req: AddQuarantine = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -148,9 +158,14 @@ async fn add_quarantine(State(st): State<ControlState>, headers: HeaderMap, body
     let until = match req.duration.as_deref() {
         None => Timestamp::MAX,
         Some(d) => match crate::settings::parse_duration("`for`", d) {
-            Ok(d) if !d.is_zero() => now
-                .checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
-                .unwrap_or(Timestamp::MAX),
+            Ok(d) if !d.is_zero() => {
+                match jiff::SignedDuration::try_from(d).ok().and_then(|d| now.checked_add(d).ok()) {
+                    Some(t) => t,
+                    None => {
+                        return error(StatusCode::BAD_REQUEST, "`for` is too long; omit it to quarantine until lifted")
+                    }
+                }
+            }
             Ok(_) => return error(StatusCode::BAD_REQUEST, "`for` must be longer than 0"),
             Err(m) => return error(StatusCode::BAD_REQUEST, m),
         },
@@ -165,11 +180,15 @@ async fn add_quarantine(State(st): State<ControlState>, headers: HeaderMap, body
 async fn lift_quarantine(
     State(st): State<ControlState>,
     headers: HeaderMap,
-    UrlPath(agent): UrlPath<String>,
+    agent: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
     let by = match authenticate(&st, &headers).await {
         Ok(n) => n,
         Err(m) => return error(StatusCode::UNAUTHORIZED, m),
+    };
+    let UrlPath(agent) = match agent {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("agent in the path: {}", e.body_text())),
     };
     match st.state.lift(&agent, &by).await {
         Ok(true) => Json(serde_json::json!({ "lifted": agent })).into_response(),
@@ -182,12 +201,18 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+}
+
 /// The control API's routes.
 pub fn router(st: ControlState) -> Router {
     Router::new()
         .route("/v1/quarantine", get(list_quarantine).post(add_quarantine))
         .route("/v1/quarantine/{agent}", delete(lift_quarantine))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(st)
 }
 

@@ -122,8 +122,9 @@ pub fn compile(def: &LimitDef, at: &str, captures: &[&str]) -> Result<Limit, Str
         "d" => 86_400,
         _ => return Err(bad_rate()),
     };
-    // One unit adds window / count; at least 1 µs (a rate above 10^6/s is not a limit).
-    let interval_us = (window_s * 1_000_000 / count).max(1);
+    // One unit adds window / count, rounded up to whole microseconds (never more than the
+    // rate written; a rate above 10^6/s is not a limit and is held to 10^6/s).
+    let interval_us = (window_s * 1_000_000).div_ceil(count).max(1);
     let burst = match def.burst {
         None => count,
         Some(0) => return Err(format!("{at}: `burst` must be at least 1")),
@@ -186,6 +187,8 @@ pub struct LimitHit {
     pub quota: u64,
     /// Window, seconds.
     pub window_s: u64,
+    /// The limit's key has an `agent` part (the bucket is the agent's own).
+    pub per_agent: bool,
 }
 
 /// What happened to a limit.
@@ -278,7 +281,9 @@ pub fn key(
             KeyPart::Agent => ident.0.map(str::to_owned),
             KeyPart::OnBehalfOf => ident.1.map(str::to_owned),
             KeyPart::McpTool => mcp_tool(body_view(req, element)).map(str::to_owned),
-            KeyPart::Capture(c) => captures.get(c).map(str::to_owned),
+            // A capture with a `;` (only with `settings.allow_path_semicolons`) is read by some
+            // upstreams without its parameter: `bob;1` and `bob` are one user there.
+            KeyPart::Capture(c) => captures.get(c).filter(|v| !v.contains(';')).map(str::to_owned),
             KeyPart::Header(h) => {
                 let mut vals = req.header_values(h);
                 match (vals.next(), vals.next()) {
@@ -302,6 +307,25 @@ pub fn key(
         k.push_str(&parts);
     }
     Ok(k)
+}
+
+/// Whether the body may be a JSON-RPC batch that was not decided element by element: its
+/// first significant byte (after a UTF-8 byte order mark, whitespace and the NULs of UTF-16 or
+/// UTF-32) is `[`, and it is not a JSON array of which no element is a JSON-RPC object.
+pub fn unsplit_batch(req: &Request) -> bool {
+    let bytes = req.body.bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&req.body.bytes);
+    let first = bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0 | 0xFE | 0xFF));
+    if first != Some(&b'[') {
+        return false;
+    }
+    match req.body.parsed() {
+        Parsed::Json(Json::Array(items)) => items.iter().any(|i| {
+            i.as_object().is_some_and(|o| {
+                o.keys().any(|k| k.eq_ignore_ascii_case("jsonrpc") || k.eq_ignore_ascii_case("method"))
+            })
+        }),
+        _ => true,
+    }
 }
 
 /// The take for limit `limit` with key `key`, for a request costing `cost` units.
@@ -384,7 +408,7 @@ mod tests {
     #[test]
     fn costs_round_up_to_whole_microseconds() {
         let l = compile(&def("3/s"), "x", &[]).unwrap();
-        assert_eq!(take("k".into(), &l, 1.0).cost_us, 333_333);
+        assert_eq!(take("k".into(), &l, 1.0).cost_us, 333_334, "rounded up: never more than 3/s");
         assert_eq!(take("k".into(), &l, 0.5).cost_us, 166_667);
         assert_eq!(take("k".into(), &l, 1e300).cost_us, u64::MAX);
     }

@@ -129,6 +129,15 @@ async fn control_api_quarantines_with_approvers_and_refuses_bad_input() {
         assert_eq!(st, 400, "{bad}: {err}");
         assert!(err["error"].as_str().unwrap().contains(what), "{bad}: {err}");
     }
+    let (st, err) = srv.api(TOKEN, "POST", "/v1/quarantine", Some(r#"{"agent":"bot-1","for":"99999999999d"}"#)).await;
+    assert_eq!(st, 400, "a duration beyond the calendar is refused, not read as `until lifted`: {err}");
+    let (st, err) = srv.api(TOKEN, "PUT", "/v1/quarantine", Some(body)).await;
+    assert_eq!((st, err["error"].as_str().is_some()), (405, true), "{err}");
+    let big = format!(r#"{{"agent":"bot-1","reason":"{}"}}"#, "x".repeat(100 * 1024));
+    let (st, err) = srv.api(TOKEN, "POST", "/v1/quarantine", Some(&big)).await;
+    assert_eq!((st, err["error"].as_str().is_some()), (413, true), "{err}");
+    let (st, err) = srv.api(TOKEN, "DELETE", "/v1/quarantine/%FF", None).await;
+    assert_eq!((st, err["error"].as_str().is_some()), (400, true), "{err}");
     let (st, list) = srv.api(TOKEN, "GET", "/v1/quarantine", None).await;
     assert_eq!((st, list["quarantined"].as_array().unwrap().len()), (200, 0), "{list}");
     let (st, err) = srv.api(TOKEN, "DELETE", "/v1/quarantine/nobody", None).await;

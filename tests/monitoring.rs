@@ -89,6 +89,7 @@ fn every_metric_named_in_dashboard_and_alerts_is_exported() {
         kind: hallpass::limits::HitKind::Limited { retry_after_s: 1 },
         quota: 1,
         window_s: 60,
+        per_agent: true,
     });
     let expo = m.render();
     let alerts = std::fs::read_to_string(Path::new(DIR).join("hallpass-alerts.yaml")).unwrap();

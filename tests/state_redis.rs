@@ -254,6 +254,17 @@ async fn replicas_share_limits_and_quarantines_through_redis() {
     assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "auto quarantine on both after {took:?}");
     eprintln!("automatic quarantine in force on both after {took:?}");
 
+    // -- a bucket whose value is not a number (someone wrote to Redis) is not a full bucket:
+    // the limit fails as a store error (503 with on_store_error: deny), never resets.
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+        s.write_all(b"SET hallpass:limit:search:0:5:bot-7; garbage\r\n").unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"+OK"), "{:?}", &buf[..n]);
+    }
+    assert_eq!(a.check("GET", "/search", "bot-7").await, (503, "state_unavailable".into()));
+
     // -- Redis killed mid-run: limits deny with state_unavailable (503) or allow where
     // on_store_error: allow; the quarantine stays in force; nothing panics.
     redis.kill();

@@ -36,7 +36,15 @@ local tats = {}
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[3 * i - 2])
   local tolerance = interval * tonumber(ARGV[3 * i - 1])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  local raw = redis.call('GET', KEYS[i])
+  local tat = now
+  if raw then
+    tat = tonumber(raw)
+    -- a value that is not a finite number is not a full bucket: fail (on_store_error)
+    if not tat or tat ~= tat or tat == math.huge or tat == -math.huge then
+      return redis.error_reply('hallpass: unreadable limit bucket ' .. KEYS[i])
+    end
+  end
   if tat < now then tat = now end
   local new = tat + tonumber(ARGV[3 * i])
   local allow_at = new - tolerance
@@ -79,15 +87,18 @@ redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
 return 1
 ";
 
-/// Every quarantine entry, deleting those ended by ARGV[1] (ms) in the same atomic step (so
-/// an agent quarantined again meanwhile is never deleted). KEYS: quarantine hash. Returns the
-/// flat list agent, entry, … of the rest (entries that cannot be read are kept and returned).
+/// Every quarantine entry, deleting those ended by Redis's clock in the same atomic step (so
+/// an agent quarantined again meanwhile is never deleted, and no replica's clock ends another
+/// replica's quarantines early). KEYS: quarantine hash. Returns the flat list agent, entry, …
+/// of the rest (entries that cannot be read are kept and returned).
 const QUARANTINES: &str = r"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local all = redis.call('HGETALL', KEYS[1])
 local out = {}
 for i = 1, #all, 2 do
   local ok, e = pcall(cjson.decode, all[i + 1])
-  if ok and type(e) == 'table' and tonumber(e['until_ms']) and tonumber(e['until_ms']) <= tonumber(ARGV[1]) then
+  if ok and type(e) == 'table' and tonumber(e['until_ms']) and tonumber(e['until_ms']) <= now_ms then
     redis.call('HDEL', KEYS[1], all[i])
   else
     out[#out + 1] = all[i]
@@ -229,7 +240,7 @@ impl StateStore for RedisStore {
         let mut conn = self.conn.clone();
         let key = self.key("quarantine");
         let mut inv = self.list.prepare_invoke();
-        inv.key(&key).arg(now.as_millisecond());
+        inv.key(&key);
         let flat: Vec<String> = self.within(inv.invoke_async(&mut conn)).await?;
         let mut list = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks(2) {
