@@ -137,11 +137,11 @@ pub async fn run(
     let s = settings;
     let cache = s.cache.map(|c| Arc::new(DecisionCache::new(c)));
     let backend = match &s.state {
-        StateOptions::Memory { dir, max_keys } => {
-            Store::Memory(Arc::new(MemoryStore::new(*max_keys, dir.clone()).map_err(ServeError::State)?))
-        }
-        StateOptions::Redis { url, prefix, timeout } => {
-            Store::Redis(RedisStore::new(url, prefix, *timeout).map_err(ServeError::State)?)
+        StateOptions::Memory { dir, max_keys, max_keys_per_agent } => Store::Memory(Arc::new(
+            MemoryStore::new(*max_keys, *max_keys_per_agent, dir.clone()).map_err(ServeError::State)?,
+        )),
+        StateOptions::Redis { url, prefix, timeout, max_keys_per_agent } => {
+            Store::Redis(RedisStore::new(url, prefix, *timeout, *max_keys_per_agent).map_err(ServeError::State)?)
         }
     };
     let state = Arc::new(StateRuntime::new(backend, Some(metrics.state.clone())));

@@ -122,7 +122,8 @@ impl Checker {
             Err(_) => Staged::refused(Decision::internal_error()),
         };
         if let Some(pending) = staged.pending.take() {
-            self.limits(&live, &mut staged.decision, &pending.takes, now).await;
+            let owner = pending.agent.as_deref().unwrap_or("");
+            self.limits(&live, &mut staged.decision, &pending.takes, owner, now).await;
             staged.response = Some(pending.respond(&staged.decision, &decision_id, &live));
         }
         let response = staged.response.take().unwrap_or_else(|| {
@@ -238,10 +239,33 @@ impl Checker {
 
     /// Stage `limits`: take from the buckets; over a limit → 429 (counted only in a dry
     /// run), store unreachable → each limit's `on_store_error`.
-    async fn limits(&self, live: &LivePolicy, decision: &mut Decision, takes: &[LimitTake], now: Timestamp) {
+    async fn limits(
+        &self,
+        live: &LivePolicy,
+        decision: &mut Decision,
+        takes: &[LimitTake],
+        owner: &str,
+        now: Timestamp,
+    ) {
         let plain: Vec<Take> = takes.iter().map(|t| t.take.clone()).collect();
-        match self.state.take(&plain, now).await {
+        match self.state.take(owner, &plain, now).await {
             Ok(TakeOutcome::Taken(_)) => {}
+            // The agent already has its quota of buckets in use (key parts it chose): denied,
+            // nothing charged; the agent's own doing, so it counts toward quarantine.
+            Ok(TakeOutcome::OverQuota { index }) => match takes.get(index) {
+                Some(t) => {
+                    decision.verdict = match live.policy.settings.mode {
+                        Mode::DryRun => Verdict::DryRunAllow { global: true },
+                        Mode::Enforce => Verdict::Deny,
+                    };
+                    decision.message = Some(Arc::from(format!(
+                        "Limit {} of rule `{}` cannot be applied: this agent has too many distinct limit keys in use.",
+                        t.index, t.rule
+                    )));
+                    decision.limit = Some(t.hit(HitKind::KeyQuota));
+                }
+                None => store_failed(live, decision, takes, false),
+            },
             Ok(TakeOutcome::Limited { index, retry_after_us }) => match takes.get(index) {
                 Some(t) => {
                     let retry_after_s = retry_after_us.div_ceil(1_000_000).max(1);

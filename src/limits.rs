@@ -205,6 +205,9 @@ pub enum HitKind {
     StoreError,
     /// The cost exceeds the burst: the request can never fit (denied, nothing charged).
     TooLarge,
+    /// The agent has its quota of buckets in use and this one would be new (denied, nothing
+    /// charged).
+    KeyQuota,
 }
 
 impl HitKind {
@@ -215,6 +218,7 @@ impl HitKind {
             HitKind::Unknown => "unknown",
             HitKind::StoreError => "store_error",
             HitKind::TooLarge => "too_large",
+            HitKind::KeyQuota => "key_quota",
         }
     }
 }

@@ -82,7 +82,10 @@ impl StateRuntime {
 
     /// An in-memory runtime with nothing persisted (tests, `check`, the default).
     pub fn memory() -> StateRuntime {
-        StateRuntime::new(Store::Memory(Arc::new(MemoryStore::ephemeral(DEFAULT_MAX_KEYS))), None)
+        StateRuntime::new(
+            Store::Memory(Arc::new(MemoryStore::ephemeral(DEFAULT_MAX_KEYS, crate::state::DEFAULT_MAX_KEYS_PER_AGENT))),
+            None,
+        )
     }
 
     /// Whether the store answered its last operation (for `/readyz`).
@@ -135,8 +138,8 @@ impl StateRuntime {
     }
 
     /// Take from every bucket or from none.
-    pub async fn take(&self, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
-        self.timed("take", self.store.take(takes, now)).await
+    pub async fn take(&self, owner: &str, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
+        self.timed("take", self.store.take(owner, takes, now)).await
     }
 
     /// Count a deny of `agent` toward automatic quarantine.

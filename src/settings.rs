@@ -90,6 +90,8 @@ pub struct StateSection {
     pub dir: Option<PathBuf>,
     /// Memory store: most limit buckets kept (default 100000).
     pub max_keys: Option<usize>,
+    /// Most limit buckets one agent may have in use at once (default 1000; both stores).
+    pub max_keys_per_agent: Option<usize>,
     /// Redis store.
     #[serde(default)]
     pub redis: RedisSection,
@@ -126,6 +128,8 @@ pub enum StateOptions {
         dir: Option<PathBuf>,
         /// Most limit buckets.
         max_keys: usize,
+        /// Most limit buckets per agent.
+        max_keys_per_agent: usize,
     },
     /// Redis.
     Redis {
@@ -135,6 +139,8 @@ pub enum StateOptions {
         prefix: String,
         /// Per-operation deadline.
         timeout: Duration,
+        /// Most limit buckets per agent.
+        max_keys_per_agent: usize,
     },
 }
 
@@ -421,10 +427,13 @@ impl ServerSettings {
             }),
             (None, None) => None,
         };
+        let max_keys_per_agent =
+            file.state.max_keys_per_agent.unwrap_or(crate::state::DEFAULT_MAX_KEYS_PER_AGENT).max(1);
         let state = match backend {
             StateBackendDef::Memory => StateOptions::Memory {
                 dir,
                 max_keys: file.state.max_keys.unwrap_or(crate::state::memory::DEFAULT_MAX_KEYS).max(1),
+                max_keys_per_agent,
             },
             StateBackendDef::Redis => {
                 if dir.is_some() || file.state.max_keys.is_some() {
@@ -448,6 +457,7 @@ impl ServerSettings {
                     })?,
                     prefix: file.state.redis.key_prefix.unwrap_or_else(|| crate::state::redis::DEFAULT_PREFIX.into()),
                     timeout,
+                    max_keys_per_agent,
                 }
             }
         };

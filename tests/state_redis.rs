@@ -91,6 +91,7 @@ impl Replica {
             drain_delay: Some("0s".into()),
             decision_log: Some("off".into()),
             redis_url: Some(redis.into()),
+            config: Some(policy.with_file_name("hallpass.yaml")),
             ..Overrides::default()
         })
         .unwrap();
@@ -108,8 +109,16 @@ impl Replica {
 
     /// (status, rule): status 200 for an allow.
     async fn check(&self, method: &str, path: &str, agent: &str) -> (i32, String) {
+        self.check_with(method, path, agent, None).await
+    }
+
+    async fn check_with(&self, method: &str, path: &str, agent: &str, tenant: Option<&str>) -> (i32, String) {
         let mut c = AuthorizationClient::connect(format!("http://{}", self.grpc)).await.unwrap();
-        let req = CheckRequestBuilder::new(method, path).header("x-agent-id", agent).build();
+        let mut b = CheckRequestBuilder::new(method, path).header("x-agent-id", agent);
+        if let Some(t) = tenant {
+            b = b.header("x-tenant", t);
+        }
+        let req = b.build();
         let resp = c.check(req).await.unwrap().into_inner();
         let rule = match resp.dynamic_metadata.as_ref().and_then(|m| m.fields.get("rule")).and_then(|v| v.kind.clone())
         {
@@ -158,6 +167,8 @@ fn setup(dir: &Path) -> PathBuf {
         sha2::Sha256::digest(TOKEN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {digest}\n")).unwrap();
+    // At most 3 buckets per agent: a key part the client chooses cannot fill Redis.
+    std::fs::write(dir.join("hallpass.yaml"), "state:\n  max_keys_per_agent: 3\n").unwrap();
     let policy = dir.join("policy.yaml");
     std::fs::write(
         &policy,
@@ -183,6 +194,12 @@ rules:
     paths: ["/open"]
     limits:
       - { per: [agent], rate: "1000/s", on_store_error: allow }
+  - id: tenant
+    effect: allow
+    methods: [GET]
+    paths: ["/tenant"]
+    limits:
+      - { per: [agent, header.x-tenant], rate: "10/m" }
 "#,
     )
     .unwrap();
@@ -222,6 +239,16 @@ async fn replicas_share_limits_and_quarantines_through_redis() {
     }
     assert_eq!((allowed, limited), (10, 14), "one shared bucket of 10 across both replicas");
     assert_eq!(b.check("GET", "/search", "bot-2").await.0, 200, "another agent has its own bucket");
+
+    // -- a quota of buckets per agent: bot-8 may key 3 buckets by tenant, across replicas;
+    // a 4th new one is refused (403, `key_quota`); its buckets in use still answer; another
+    // agent is not affected.
+    for (r, t) in [(&a, "t1"), (&b, "t2"), (&a, "t3")] {
+        assert_eq!(r.check_with("GET", "/tenant", "bot-8", Some(t)).await.0, 200, "{t}");
+    }
+    assert_eq!(b.check_with("GET", "/tenant", "bot-8", Some("t4")).await, (403, "tenant".into()));
+    assert_eq!(b.check_with("GET", "/tenant", "bot-8", Some("t1")).await.0, 200);
+    assert_eq!(a.check_with("GET", "/tenant", "bot-9", Some("t4")).await.0, 200);
 
     // -- a quarantine set through replica A is in force on replica B within 1 s.
     let (st, body) =

@@ -16,31 +16,61 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// The in-process store.
 #[derive(Debug)]
 pub struct MemoryStore {
-    /// Limit buckets: key → theoretical arrival time (µs). Bounded by `max_keys`.
-    buckets: Mutex<HashMap<Box<str>, i64>>,
+    /// Limit buckets: key → (theoretical arrival time in µs, owner) and buckets in use per
+    /// owner. Bounded by `max_keys` in all and `max_per_owner` per owner.
+    buckets: Mutex<Buckets>,
     /// Deny times (µs) per agent, at most `after_denies` each; bounded by `max_keys` agents.
     denies: Mutex<HashMap<Box<str>, VecDeque<i64>>>,
     /// Quarantines by agent.
     quarantines: Mutex<HashMap<String, Quarantine>>,
     max_keys: usize,
+    max_per_owner: usize,
     dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    tats: HashMap<Box<str>, (i64, Box<str>)>,
+    per_owner: HashMap<Box<str>, usize>,
+    /// When buckets whose time has passed were last swept (µs): at most once a second, so a
+    /// client at its quota cannot make every request sweep the whole map.
+    swept: i64,
+}
+
+impl Buckets {
+    /// Forget the buckets whose arrival time has passed (they are full again: nothing lost).
+    fn sweep(&mut self, now: i64) {
+        let per_owner = &mut self.per_owner;
+        self.tats.retain(|_, (tat, owner)| {
+            let keep = *tat > now;
+            if !keep {
+                if let Some(n) = per_owner.get_mut(&**owner) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            keep
+        });
+        per_owner.retain(|_, n| *n > 0);
+        self.swept = now;
+    }
 }
 
 impl MemoryStore {
     /// A store keeping at most `max_keys` limit buckets, nothing persisted.
-    pub fn ephemeral(max_keys: usize) -> MemoryStore {
+    pub fn ephemeral(max_keys: usize, max_per_owner: usize) -> MemoryStore {
         MemoryStore {
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets::default()),
             denies: Mutex::new(HashMap::new()),
             quarantines: Mutex::new(HashMap::new()),
             max_keys,
+            max_per_owner,
             dir: None,
         }
     }
 
     /// A store keeping at most `max_keys` limit buckets (and as many deny counters); with
     /// `dir`, quarantines are read from and written to `dir/quarantine.json`.
-    pub fn new(max_keys: usize, dir: Option<PathBuf>) -> Result<MemoryStore, String> {
+    pub fn new(max_keys: usize, max_per_owner: usize, dir: Option<PathBuf>) -> Result<MemoryStore, String> {
         let mut quarantines = HashMap::new();
         if let Some(d) = &dir {
             std::fs::create_dir_all(d).map_err(|e| format!("state.dir {}: {e}", d.display()))?;
@@ -56,10 +86,11 @@ impl MemoryStore {
             }
         }
         Ok(MemoryStore {
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets::default()),
             denies: Mutex::new(HashMap::new()),
             quarantines: Mutex::new(quarantines),
             max_keys,
+            max_per_owner,
             dir,
         })
     }
@@ -81,32 +112,43 @@ fn poisoned<T>(_: T) -> StoreError {
 }
 
 impl StateStore for MemoryStore {
-    async fn take(&self, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
+    async fn take(&self, owner: &str, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
         let now = micros(now);
-        let mut map = self.buckets.lock().map_err(poisoned)?;
+        let mut b = self.buckets.lock().map_err(poisoned)?;
         let mut new_tats = Vec::with_capacity(takes.len());
         for (index, t) in takes.iter().enumerate() {
-            let tat = map.get(t.key.as_str()).copied().unwrap_or(now);
+            let tat = b.tats.get(t.key.as_str()).map_or(now, |(tat, _)| *tat);
             match gcra(tat, now, t) {
                 Ok(n) => new_tats.push(n),
                 Err(retry_after_us) => return Ok(TakeOutcome::Limited { index, retry_after_us }),
             }
         }
-        let new_keys = takes.iter().filter(|t| !map.contains_key(t.key.as_str())).count();
-        if map.len() + new_keys > self.max_keys {
-            // A bucket whose arrival time has passed is full again: forgetting it changes nothing.
-            map.retain(|_, tat| *tat > now);
-            if map.len() + new_keys > self.max_keys {
-                return Err(StoreError::Full(self.max_keys));
+        let first_new = takes.iter().position(|t| !b.tats.contains_key(t.key.as_str()));
+        if let Some(index) = first_new {
+            let new_keys = takes.iter().filter(|t| !b.tats.contains_key(t.key.as_str())).count();
+            let over = |b: &Buckets| {
+                (
+                    b.tats.len() + new_keys > self.max_keys,
+                    b.per_owner.get(owner).copied().unwrap_or(0) + new_keys > self.max_per_owner,
+                )
+            };
+            if (over(&b).0 || over(&b).1) && now.saturating_sub(b.swept) >= 1_000_000 {
+                b.sweep(now);
+            }
+            match over(&b) {
+                (_, true) => return Ok(TakeOutcome::OverQuota { index }),
+                (true, false) => return Err(StoreError::Full(self.max_keys)),
+                (false, false) => {}
             }
         }
         let mut buckets = Vec::with_capacity(takes.len());
         for (t, n) in takes.iter().zip(new_tats) {
             buckets.push(bucket_after(n, now, t));
-            match map.get_mut(t.key.as_str()) {
-                Some(v) => *v = n,
+            match b.tats.get_mut(t.key.as_str()) {
+                Some(v) => v.0 = n,
                 None => {
-                    map.insert(Box::from(t.key.as_str()), n);
+                    b.tats.insert(Box::from(t.key.as_str()), (n, Box::from(owner)));
+                    *b.per_owner.entry(Box::from(owner)).or_default() += 1;
                 }
             }
         }
@@ -243,9 +285,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hallpass-mem-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let now = Timestamp::now();
-        let m = MemoryStore::new(10, Some(dir.clone())).unwrap();
+        let m = MemoryStore::new(10, 10, Some(dir.clone())).unwrap();
         block_on(m.quarantine(q("bot-1", now))).unwrap();
-        let again = MemoryStore::new(10, Some(dir.clone())).unwrap();
+        let again = MemoryStore::new(10, 10, Some(dir.clone())).unwrap();
         assert_eq!(block_on(again.quarantines(now)).unwrap().len(), 1, "read back after a restart");
         // The directory disappears: writes fail, and what failed is not in force either way.
         std::fs::remove_dir_all(&dir).unwrap();
@@ -256,15 +298,23 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_map_is_bounded_and_full_is_an_error() {
-        let m = MemoryStore::ephemeral(2);
+    fn the_bucket_map_is_bounded_in_all_and_per_agent() {
+        let m = MemoryStore::ephemeral(3, 2);
         let now = Timestamp::now();
         let take = |k: &str| Take { key: k.into(), interval_us: 1_000_000, burst: 10, cost_us: 1_000_000 };
-        assert!(matches!(block_on(m.take(&[take("a")], now)), Ok(TakeOutcome::Taken(_))));
-        assert!(matches!(block_on(m.take(&[take("b")], now)), Ok(TakeOutcome::Taken(_))));
-        assert_eq!(block_on(m.take(&[take("c")], now)), Err(StoreError::Full(2)));
-        // Once a bucket is full again (its arrival time passed), it is forgotten to make room.
-        let later = now.checked_add(jiff::SignedDuration::from_secs(2)).unwrap();
-        assert!(matches!(block_on(m.take(&[take("c")], later)), Ok(TakeOutcome::Taken(_))));
+        let ok = |r: Result<TakeOutcome, StoreError>| matches!(r, Ok(TakeOutcome::Taken(_)));
+        assert!(ok(block_on(m.take("bot-a", &[take("a1")], now))));
+        assert!(ok(block_on(m.take("bot-a", &[take("a2")], now))));
+        // bot-a's third bucket is over its quota of 2; its existing buckets still work.
+        assert_eq!(block_on(m.take("bot-a", &[take("a3")], now)), Ok(TakeOutcome::OverQuota { index: 0 }));
+        assert!(ok(block_on(m.take("bot-a", &[take("a1")], now))));
+        // Others are not affected by bot-a's quota, until the map as a whole is full.
+        assert!(ok(block_on(m.take("bot-b", &[take("b1")], now))));
+        assert_eq!(block_on(m.take("bot-b", &[take("b2")], now)), Err(StoreError::Full(3)));
+        // Once buckets are full again (their arrival time passed), they are forgotten and
+        // their owner's quota is free.
+        let later = now.checked_add(jiff::SignedDuration::from_secs(5)).unwrap();
+        assert!(ok(block_on(m.take("bot-a", &[take("a3")], later))));
+        assert!(ok(block_on(m.take("bot-b", &[take("b2")], later))));
     }
 }

@@ -25,7 +25,8 @@ pub enum StoreError {
     Timeout,
     /// The store could not be reached or answered with an error.
     Unavailable(String),
-    /// The memory store keeps at most this many limit keys and all of them are in use.
+    /// The store is full: the memory store keeps at most this many limit keys and all are in
+    /// use, or Redis is out of memory (0). A limit never opens on it.
     Full(usize),
 }
 
@@ -34,6 +35,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Timeout => write!(f, "state store timed out"),
             StoreError::Unavailable(e) => write!(f, "state store unavailable: {e}"),
+            StoreError::Full(0) => write!(f, "state store full (out of memory)"),
             StoreError::Full(n) => write!(f, "state store full: {n} limit keys in use"),
         }
     }
@@ -77,7 +79,17 @@ pub enum TakeOutcome {
         /// Microseconds until it would go through.
         retry_after_us: u64,
     },
+    /// Bucket `index` would be new, and its owner (the requesting agent) already has its
+    /// quota of buckets in use: nothing was charged. Key parts a client chooses must not let
+    /// one agent fill the store for everyone.
+    OverQuota {
+        /// Which take.
+        index: usize,
+    },
 }
+
+/// Default most buckets one agent may have in use at once.
+pub const DEFAULT_MAX_KEYS_PER_AGENT: usize = 1_000;
 
 /// The GCRA step for one bucket (the same arithmetic as the Redis script): the theoretical
 /// arrival time `tat` (µs), `now` (µs). `Ok(new_tat)` when the request fits, else
@@ -141,7 +153,14 @@ pub struct AutoQuarantine {
 /// replicas whose clocks differ still share one bucket.
 pub trait StateStore: Send + Sync {
     /// Take from every bucket, or from none (a request over any limit consumes nothing).
-    fn take(&self, takes: &[Take], now: Timestamp) -> impl Future<Output = Result<TakeOutcome, StoreError>> + Send;
+    /// `owner`: the requesting agent (`""` when unidentified), whose new buckets count against
+    /// its quota.
+    fn take(
+        &self,
+        owner: &str,
+        takes: &[Take],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<TakeOutcome, StoreError>> + Send;
 
     /// Count one deny of `agent` (`id` makes it unique); when the count within the window
     /// reaches the threshold, quarantine the agent (unless it already is) and return the
@@ -187,10 +206,10 @@ impl Store {
 }
 
 impl StateStore for Store {
-    async fn take(&self, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
+    async fn take(&self, owner: &str, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
         match self {
-            Store::Memory(m) => m.take(takes, now).await,
-            Store::Redis(r) => r.take(takes, now).await,
+            Store::Memory(m) => m.take(owner, takes, now).await,
+            Store::Redis(r) => r.take(owner, takes, now).await,
         }
     }
 

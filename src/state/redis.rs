@@ -5,7 +5,8 @@
 //! crate's tokio connection manager: connected lazily, re-established after a failure.
 //!
 //! Keys (all under `key_prefix`, default `hallpass:`): `limit:<rule>:<n>:<parts>` (a GCRA
-//! arrival time in µs, expiring when the bucket is full again), `denies:<agent>` (a sorted set
+//! arrival time in µs, expiring when the bucket is full again), `owner:<len>:<agent>` (a sorted
+//! set of the buckets an agent created, for its quota), `denies:<agent>` (a sorted set
 //! of deny times, expiring after the window), `quarantine` (a hash agent → JSON entry).
 //! Redis Cluster is not supported (one script touches several keys), nor Sentinel discovery or
 //! TLS (the `redis` crate is built without them): give hallpass an address that always points
@@ -26,14 +27,19 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "hallpass:";
 
-/// GCRA over every bucket, all or nothing (the arithmetic of [`super::gcra`]).
-/// KEYS: buckets; ARGV: interval_us, burst, cost_us per bucket.
-/// Returns {1, used_us...} when taken, {0, index, retry_after_us} when limited.
+/// GCRA over every bucket, all or nothing (the arithmetic of [`super::gcra`]), with a quota
+/// of buckets per owner. KEYS: buckets, then the owner's set of buckets (scored by the time
+/// each is full again); ARGV: interval_us, burst, cost_us per bucket, then the quota.
+/// Returns {1, used_us...} when taken, {0, index, retry_after_us} when limited, {2, index}
+/// when bucket `index` would be new and the owner is at its quota.
 const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS - 1
+local owner = KEYS[#KEYS]
 local tats = {}
-for i = 1, #KEYS do
+local fresh = {}
+for i = 1, n do
   local interval = tonumber(ARGV[3 * i - 2])
   local tolerance = interval * tonumber(ARGV[3 * i - 1])
   local raw = redis.call('GET', KEYS[i])
@@ -44,6 +50,8 @@ for i = 1, #KEYS do
     if not tat or tat ~= tat or tat == math.huge or tat == -math.huge then
       return redis.error_reply('hallpass: unreadable limit bucket ' .. KEYS[i])
     end
+  else
+    fresh[#fresh + 1] = i
   end
   if tat < now then tat = now end
   local new = tat + tonumber(ARGV[3 * i])
@@ -53,11 +61,22 @@ for i = 1, #KEYS do
   end
   tats[i] = new
 end
+if #fresh > 0 then
+  redis.call('ZREMRANGEBYSCORE', owner, '-inf', now)
+  if redis.call('ZCARD', owner) + #fresh > tonumber(ARGV[3 * n + 1]) then
+    return {2, fresh[1] - 1}
+  end
+end
 local out = {1}
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.floor((tats[i] - now) / 1000) + 1)
+local longest = 0
+for i = 1, n do
+  local ttl = math.floor((tats[i] - now) / 1000) + 1
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+  redis.call('ZADD', owner, string.format('%.0f', tats[i]), KEYS[i])
+  if ttl > longest then longest = ttl end
   out[#out + 1] = tats[i] - now
 end
+if redis.call('PTTL', owner) < longest then redis.call('PEXPIRE', owner, longest) end
 return out
 ";
 
@@ -124,6 +143,7 @@ pub struct RedisStore {
     take: std::sync::Arc<Script>,
     count_deny: std::sync::Arc<Script>,
     list: std::sync::Arc<Script>,
+    max_per_owner: usize,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -133,14 +153,20 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    let text = e.to_string();
+    // Redis out of memory (`maxmemory` with `noeviction`) is a full store, not an outage: a
+    // limit must not open on it (clients can grow the key space).
+    if text.contains("OOM") {
+        return StoreError::Full(0);
+    }
+    StoreError::Unavailable(text)
 }
 
 impl RedisStore {
     /// A store at `url` (`redis://[user:pass@]host:port[/db]`); connects on first use, so a
     /// Redis that is down at start does not keep hallpass from serving (limits then follow
     /// `on_store_error`, `/readyz` reports the store).
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, String> {
+    pub fn new(url: &str, prefix: &str, timeout: Duration, max_per_owner: usize) -> Result<RedisStore, String> {
         let client = redis::Client::open(url).map_err(|e| format!("state.redis.url: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -155,6 +181,7 @@ impl RedisStore {
             take: std::sync::Arc::new(Script::new(TAKE)),
             count_deny: std::sync::Arc::new(Script::new(COUNT_DENY)),
             list: std::sync::Arc::new(Script::new(QUARANTINES)),
+            max_per_owner,
         })
     }
 
@@ -174,12 +201,14 @@ impl RedisStore {
 }
 
 impl StateStore for RedisStore {
-    async fn take(&self, takes: &[Take], _now: Timestamp) -> Result<TakeOutcome, StoreError> {
+    async fn take(&self, owner: &str, takes: &[Take], _now: Timestamp) -> Result<TakeOutcome, StoreError> {
         let mut inv = self.take.prepare_invoke();
         for t in takes {
             inv.key(self.key(&t.key));
             inv.arg(t.interval_us).arg(t.burst).arg(t.cost_us);
         }
+        inv.key(self.key(&format!("owner:{}:{owner}", owner.len())));
+        inv.arg(self.max_per_owner);
         let mut conn = self.conn.clone();
         let out: Vec<i64> = self.within(inv.invoke_async(&mut conn)).await?;
         match out.as_slice() {
@@ -187,6 +216,10 @@ impl StateStore for RedisStore {
                 (Ok(index), Ok(retry_after_us)) if index < takes.len() => {
                     Ok(TakeOutcome::Limited { index, retry_after_us })
                 }
+                _ => Err(StoreError::Unavailable(format!("unexpected answer from the limit script: {out:?}"))),
+            },
+            [2, index] => match usize::try_from(*index) {
+                Ok(index) if index < takes.len() => Ok(TakeOutcome::OverQuota { index }),
                 _ => Err(StoreError::Unavailable(format!("unexpected answer from the limit script: {out:?}"))),
             },
             [1, used @ ..] if used.len() == takes.len() => {
