@@ -19,7 +19,7 @@ use hallpass::request::Request;
 
 const HALLPASS: &str = r#"
 version: 1
-identity: { agent: [principal, { header: x-agent-id }] }
+identity: { agent: [principal, { header: x-agent-id }], on_behalf_of: [{ header: x-on-behalf-of }] }
 groups:
   mail-agents: [triage-bot, summarizer]
   tool-agents: ["@mail-agents", research-bot]
