@@ -23,7 +23,8 @@
 //! Canonical JSON: objects with their keys sorted bytewise (UTF-8), no whitespace, strings
 //! escaped as serde_json escapes them (`"`, `\`, control characters; everything else as is),
 //! numbers as parsed (integers as integers; others in serde_json's shortest round-trip form).
-//! The test vectors in `tests` below were cross-checked with an independent implementation.
+//! docs/approval-ids.md documents the form with the test vectors pinned in `tests` below
+//! (cross-checked with an independent implementation).
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -251,6 +252,7 @@ mod tests {
             canonical_text(&form, ident("sales", None)),
             r#"["hallpass.approval/v1","sales",null,"POST","crm.example.com","/deals",[],{"sha256":"f6cc349059c6c50b183a43c9cf93cf09e8f5a27797dd99e2b6ab29adee286314"}]"#
         );
+        assert_eq!(approval_id(&form, ident("sales", None)), "ap_jsepui7kzv2dvdxsi3ejc5amel");
     }
 
     #[test]
