@@ -5,11 +5,12 @@
 # (docs/benchmarks.md). BIN_A and BIN_B (hallpass binaries, e.g. an older commit built with
 # `cargo build --release` into another target dir) run side by side, each behind its own
 # Envoy, with POLICY (default config/policy.yaml; older binaries may need a policy without
-# newer keys); a third Envoy without
-# ext_authz is the baseline, and a fourth points at a do-nothing ext_authz server (nullserver,
-# answering allow at once) for performance.md target 6 (added latency ≤ 1.2× a do-nothing
-# server's, records on). Rounds interleave the four.
-#   closed loop: 16 requests in flight, throughput (records on / off)
+# newer keys) and the serve flags ARGS_A / ARGS_B (default: records to a file each); a third
+# Envoy without ext_authz is the baseline, and a fourth points at a do-nothing ext_authz
+# server (nullserver, answering allow at once) for performance.md target 6 (added latency
+# ≤ 1.2× a do-nothing server's, records on). Rounds interleave the four.
+# benches/records_envoy.sh runs this with one binary, records off (A) and on (B).
+#   closed loop: 16 requests in flight, throughput (B / A)
 #   fixed rate:  RATE (default 1000/s), latency added over Envoy alone
 # Needs: target/release/hallpass, and loadgen + nullserver (benches/harness); .venv/bin/envoy.
 #   ROUNDS (3), DUR (6 s), RATE (1000)
@@ -29,10 +30,12 @@ for cpu in 0 1; do chrt -i 0 taskset -c "$cpu" sh -c 'while :; do :; done' & PID
 
 taskset -c 1 "$BIN/nullserver" --http-listen 127.0.0.1:8481 2>/dev/null & PIDS+=($!)
 rm -f "$OUT/decisions-a.jsonl" "$OUT/decisions-b.jsonl"
+# shellcheck disable=SC2086 # ARGS_A/ARGS_B are flag lists
 taskset -c 1 "$BIN_A" serve --policy "${POLICY:-config/policy.yaml}" --grpc-listen 127.0.0.1:9491 --admin-listen 127.0.0.1:9492 \
-  --decision-log "$OUT/decisions-a.jsonl" --log-level warn & PIDS+=($!)
+  ${ARGS_A:---decision-log $OUT/decisions-a.jsonl} --log-level warn & PIDS+=($!)
+# shellcheck disable=SC2086
 taskset -c 1 "$BIN_B" serve --policy "${POLICY:-config/policy.yaml}" --grpc-listen 127.0.0.1:9493 --admin-listen 127.0.0.1:9494 \
-  --decision-log "$OUT/decisions-b.jsonl" --log-level warn & PIDS+=($!)
+  ${ARGS_B:---decision-log $OUT/decisions-b.jsonl} --log-level warn & PIDS+=($!)
 taskset -c 1 "$BIN/nullserver" --listen 127.0.0.1:9495 2>/dev/null & PIDS+=($!)
 wait_port 8481; wait_port 9491; wait_port 9493; wait_port 9495
 
@@ -79,7 +82,7 @@ for round in $(seq "${ROUNDS:-3}"); do
       --duration "$DUR" --warmup 1 --label "rate-$n#$round" | tee -a "$OUT/runs.jsonl"
   done
 done
-echo "records written: A $(wc -l < "$OUT/decisions-a.jsonl"), B $(wc -l < "$OUT/decisions-b.jsonl")"
+for x in a b; do [ -f "$OUT/decisions-$x.jsonl" ] && echo "records written by ${x^^}: $(wc -l < "$OUT/decisions-$x.jsonl")"; done
 python3 - "$OUT/runs.jsonl" <<'PY'
 import json, statistics, sys
 med = statistics.median

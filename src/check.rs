@@ -74,6 +74,17 @@ impl Checked {
     }
 }
 
+/// Poll a future once with a no-op waker: its output if it completed without waiting. The
+/// pipeline on the in-memory state store never waits, so tests, benchmarks and fuzz targets
+/// run a Check synchronously with it (`None` would mean a Redis store was in use).
+pub fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// Default largest body hallpass parses; a longer one is treated as truncated (unknown).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 

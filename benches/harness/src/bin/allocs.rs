@@ -103,12 +103,7 @@ fn policy_1000() -> String {
     s
 }
 
-/// Run a future that completes without waiting (the Check pipeline on the in-memory state
-/// store never waits): one poll with a no-op waker.
+/// Run a Check on the in-memory state store (it never waits).
 fn ready<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("the Check waited: only the in-memory state store is used here"),
-    }
+    hallpass::check::ready_now(f).expect("the in-memory pipeline never waits")
 }
