@@ -67,6 +67,9 @@ cargo fmt --all -- --check
 echo "== cargo fmt --check (fuzz/, its own workspace)"
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
+echo "== cargo fetch (every platform's crates: tests/gates.rs reads the whole locked graph offline)"
+cargo fetch --locked --quiet
+
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --locked --all-targets -- -D warnings
 

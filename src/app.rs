@@ -145,6 +145,7 @@ pub async fn run(
         }
     };
     let state = Arc::new(StateRuntime::new(backend, Some(metrics.state.clone())));
+    state.set_events(crate::webhook::start(store.handle(), Some(metrics.state.clone())));
     // The quarantine list in force before the first Check (a store that cannot be read now
     // is retried every REFRESH; limits follow on_store_error meanwhile).
     if let Err(e) = state.refresh(jiff::Timestamp::now()).await {

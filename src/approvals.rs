@@ -26,11 +26,374 @@
 //! docs/approval-ids.md documents the form with the test vectors pinned in `tests` below
 //! (cross-checked with an independent implementation).
 
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
-use crate::policy::eval::Identity;
+use crate::policy::eval::{HoldRule, Identity};
 use crate::request::{Parsed, Request};
+
+/// `settings.approvals` of the policy, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// How long a pending approval waits for a human (refreshed by every retry).
+    pub pending_ttl: Duration,
+    /// An approval grant's lifetime unless the approver says otherwise.
+    pub grant_ttl: Duration,
+    /// The longest any grant may last.
+    pub max_grant_ttl: Duration,
+    /// What a held caller is told to wait before retrying, in seconds.
+    pub retry_after_s: u64,
+    /// JSON Pointers shown as `"[redacted]"` in pending approvals (into an MCP call's
+    /// arguments, and into any other JSON body).
+    pub redact: Vec<String>,
+    /// Most pending approvals kept; past it a held request is still held, not recorded.
+    pub max_pending: usize,
+    /// Where events are POSTed.
+    pub webhook: Option<String>,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            pending_ttl: Duration::from_secs(15 * 60),
+            grant_ttl: Duration::from_secs(10 * 60),
+            max_grant_ttl: Duration::from_secs(24 * 3600),
+            retry_after_s: 30,
+            redact: Vec::new(),
+            max_pending: 1000,
+            webhook: None,
+        }
+    }
+}
+
+impl ApprovalSettings {
+    /// Read `settings.approvals`; the message names what is wrong.
+    pub fn compile(def: Option<&crate::policy::model::ApprovalsDef>) -> Result<ApprovalSettings, String> {
+        let mut a = ApprovalSettings::default();
+        let Some(d) = def else { return Ok(a) };
+        let dur = |what: &str, v: &Option<String>, default: Duration| -> Result<Duration, String> {
+            match v {
+                None => Ok(default),
+                Some(t) => match crate::settings::parse_duration(&format!("`settings.approvals.{what}`"), t)? {
+                    d if d.is_zero() => Err(format!("`settings.approvals.{what}` must be longer than 0")),
+                    d if d > Duration::from_secs(366 * 86_400) => {
+                        Err(format!("`settings.approvals.{what}` must be at most 366d"))
+                    }
+                    d => Ok(d),
+                },
+            }
+        };
+        a.pending_ttl = dur("pending_ttl", &d.pending_ttl, a.pending_ttl)?;
+        a.max_grant_ttl = dur("max_grant_ttl", &d.max_grant_ttl, a.max_grant_ttl)?;
+        a.grant_ttl = dur("grant_ttl", &d.grant_ttl, a.grant_ttl.min(a.max_grant_ttl))?;
+        if a.grant_ttl > a.max_grant_ttl {
+            return Err("`settings.approvals.grant_ttl` must not exceed `max_grant_ttl`".into());
+        }
+        let retry = dur("retry_after", &d.retry_after, Duration::from_secs(a.retry_after_s))?;
+        a.retry_after_s = retry.as_secs().max(1);
+        for p in d.redact.iter().flatten() {
+            if !p.starts_with('/') {
+                return Err(format!(
+                    "`settings.approvals.redact`: `{p}` is not a JSON Pointer to a field (it starts with `/`)"
+                ));
+            }
+            a.redact.push(p.clone());
+        }
+        if let Some(n) = d.max_pending {
+            if n == 0 || n > 1_000_000 {
+                return Err("`settings.approvals.max_pending` must be 1-1000000".into());
+            }
+            a.max_pending = usize::try_from(n).unwrap_or(1_000_000);
+        }
+        if let Some(w) = &d.webhook {
+            match &w.url {
+                Some(u) if crate::webhook::parse_url(u).is_ok() => a.webhook = Some(u.clone()),
+                Some(u) => {
+                    return Err(format!(
+                        "`settings.approvals.webhook.url` `{u}`: {}",
+                        crate::webhook::parse_url(u).err().unwrap_or_default()
+                    ))
+                }
+                None => return Err("`settings.approvals.webhook` needs a `url`".into()),
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// Where a pending approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    /// Waiting for a human.
+    Pending,
+    /// A human refused it (until the record expires).
+    Denied,
+}
+
+impl ApprovalStatus {
+    /// `pending` / `denied`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Denied => "denied",
+        }
+    }
+}
+
+/// The approval side of a decision with holds: the id, and either where the approval stands
+/// (held) or the grant that lifted the holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalState {
+    /// The approval id (`None` when a task grant lifted every hold before one was needed).
+    pub id: Option<String>,
+    /// Held: pending or denied.
+    pub status: Option<ApprovalStatus>,
+    /// Held: when the pending approval expires (unless retried).
+    pub expires_at: Option<Timestamp>,
+    /// Held: seconds to wait before retrying.
+    pub retry_after_s: u64,
+    /// Lifted: the grant's id.
+    pub grant: Option<String>,
+    /// Lifted: who granted it.
+    pub approved_by: Option<String>,
+    /// Held: this hold created the pending approval (it was not pending before).
+    pub new: bool,
+}
+
+/// The MCP call a pending approval shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpAction {
+    /// JSON-RPC method.
+    pub method: String,
+    /// `params.name` of a `tools/call`.
+    pub tool: Option<String>,
+    /// `params.arguments`, redacted.
+    pub arguments: Option<Json>,
+}
+
+/// A hold rule as a pending approval shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldView {
+    /// Rule id.
+    pub id: String,
+    /// Its message.
+    pub message: Option<String>,
+}
+
+/// A pending approval (agent-controls.md §2): what a human is asked to approve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingApproval {
+    /// `ap_…`.
+    pub id: String,
+    /// pending | denied.
+    pub status: ApprovalStatus,
+    /// First held.
+    pub created_at: Timestamp,
+    /// When it is forgotten unless held again.
+    pub expires_at: Timestamp,
+    /// The agent.
+    pub agent: Option<String>,
+    /// The user it acts for.
+    pub on_behalf_of: Option<String>,
+    /// The method as sent.
+    pub method: String,
+    /// Normalized host.
+    pub host: String,
+    /// Normalized path.
+    pub path: Option<String>,
+    /// The MCP call, for a single JSON-RPC call.
+    pub mcp: Option<McpAction>,
+    /// Any other JSON body (redacted); a body that is not JSON as `{"bytes": n}`.
+    pub body: Option<Json>,
+    /// The holding rules.
+    pub rules: Vec<HoldView>,
+    /// How many times the action was held.
+    pub seen: u64,
+    /// Who denied it.
+    pub decided_by: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// Largest body or arguments a pending approval keeps (as JSON text); larger ones are shown
+/// as their size.
+pub const MAX_SHOWN: usize = 16 * 1024;
+
+impl PendingApproval {
+    /// A new pending approval for a held request (seen 0: the store counts).
+    pub fn of(
+        id: &str,
+        req: &Request,
+        ident: Identity<'_>,
+        holds: &[HoldRule],
+        settings: &ApprovalSettings,
+        now: Timestamp,
+    ) -> PendingApproval {
+        let expires_at = add(now, settings.pending_ttl);
+        let (mut mcp, mut body) = (None, None);
+        if !req.body.bytes.is_empty() || req.body.truncated {
+            match (req.body.truncated, req.body.parsed()) {
+                (false, Parsed::Json(Json::Object(o))) if o.contains_key("jsonrpc") && o.contains_key("method") => {
+                    let params = o.get("params").and_then(Json::as_object);
+                    mcp = Some(McpAction {
+                        method: o.get("method").and_then(Json::as_str).unwrap_or("").to_owned(),
+                        tool: params.and_then(|p| p.get("name")).and_then(Json::as_str).map(str::to_owned),
+                        arguments: params.and_then(|p| p.get("arguments")).map(|a| shown(a, &settings.redact)),
+                    });
+                }
+                (false, Parsed::Json(v)) => body = Some(shown(v, &settings.redact)),
+                _ => body = Some(serde_json::json!({ "bytes": req.body.bytes.len(), "truncated": req.body.truncated })),
+            }
+        }
+        PendingApproval {
+            id: id.to_owned(),
+            status: ApprovalStatus::Pending,
+            created_at: now,
+            expires_at,
+            agent: ident.agent.map(str::to_owned),
+            on_behalf_of: ident.on_behalf_of.map(str::to_owned),
+            method: req.method.clone(),
+            host: req.host.clone(),
+            path: req.path.as_deref().ok().map(str::to_owned),
+            mcp,
+            body,
+            rules: holds
+                .iter()
+                .map(|h| HoldView { id: h.id.to_string(), message: h.message.as_deref().map(str::to_owned) })
+                .collect(),
+            seen: 0,
+            decided_by: None,
+            reason: None,
+        }
+    }
+}
+
+/// A value as a pending approval shows it: redacted, and no larger than [`MAX_SHOWN`].
+fn shown(v: &Json, redact: &[String]) -> Json {
+    let mut v = v.clone();
+    for p in redact {
+        if let Some(field) = v.pointer_mut(p) {
+            *field = Json::from("[redacted]");
+        }
+    }
+    let len = v.to_string().len();
+    if len > MAX_SHOWN {
+        return serde_json::json!({ "too_large_bytes": len });
+    }
+    v
+}
+
+/// The MCP tools a request calls: `params.name` of its `tools/call` (of every element of a
+/// batch); `""` for a call whose name cannot be read (no task grant names it). Empty for
+/// anything else.
+pub fn tools(req: &Request) -> Vec<&str> {
+    fn name(v: &Json) -> Option<&str> {
+        let o = v.as_object()?;
+        if o.get("method").and_then(Json::as_str) != Some("tools/call") {
+            return None;
+        }
+        Some(o.get("params").and_then(|p| p.get("name")).and_then(Json::as_str).unwrap_or(""))
+    }
+    if req.body.truncated {
+        return Vec::new();
+    }
+    match req.body.parsed() {
+        Parsed::Json(Json::Array(items)) => items.iter().filter_map(name).collect(),
+        Parsed::Json(v) => name(v).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `now + d`, saturating.
+pub fn add(now: Timestamp, d: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(d).ok().and_then(|d| now.checked_add(d).ok()).unwrap_or(Timestamp::MAX)
+}
+
+/// A grant (agent-controls.md §2): it lifts holds, never a deny.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// `gr_…`.
+    pub id: String,
+    /// What it lifts.
+    #[serde(flatten)]
+    pub kind: GrantKind,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// At or after this instant it lifts nothing.
+    pub expires_at: Timestamp,
+    /// The approver's name.
+    pub approved_by: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// An approval grant or a task grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GrantKind {
+    /// Lifts every hold of the request with this approval id, `uses` times.
+    Approval {
+        /// `ap_…`.
+        approval: String,
+        /// Uses left.
+        uses: u32,
+    },
+    /// Lifts these holds for this agent (for this user, calling these tools).
+    Task {
+        /// The agent.
+        agent: String,
+        /// The user, if the grant is for one.
+        on_behalf_of: Option<String>,
+        /// Hold rule ids.
+        rules: Vec<String>,
+        /// MCP tools, if the grant is for some only.
+        tools: Option<Vec<String>>,
+    },
+}
+
+impl Grant {
+    /// In force at `now` (expiry is exact).
+    pub fn in_force(&self, now: Timestamp) -> bool {
+        now < self.expires_at
+    }
+
+    /// The id of the approval grant for approval `ap`: one per approval (approving again
+    /// replaces it).
+    pub fn approval_grant_id(ap: &str) -> String {
+        format!("gr_{}", ap.strip_prefix(PREFIX).unwrap_or(ap))
+    }
+
+    /// Whether this task grant lifts hold `rule` for a request by `agent` acting for `obo`
+    /// whose MCP tools are `tools` (every `tools/call` of it; empty when none).
+    pub fn lifts(&self, rule: &str, agent: Option<&str>, obo: Option<&str>, tools: &[&str], now: Timestamp) -> bool {
+        let GrantKind::Task { agent: ga, on_behalf_of, rules, tools: gtools } = &self.kind else { return false };
+        self.in_force(now)
+            && agent == Some(ga.as_str())
+            && on_behalf_of.as_deref().is_none_or(|o| obo == Some(o))
+            && rules.iter().any(|r| r == rule)
+            && gtools.as_ref().is_none_or(|g| !tools.is_empty() && tools.iter().all(|t| g.iter().any(|x| x == t)))
+    }
+}
+
+/// A fresh grant id: `gr_` + 26 base32 characters (the std hasher's per-process random keys
+/// over the time and pid; ids name grants, they are not secrets).
+pub fn new_grant_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let now = Timestamp::now().as_nanosecond();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i128(now);
+    h.write_u32(std::process::id());
+    let mut seed = Vec::with_capacity(24);
+    seed.extend_from_slice(&h.finish().to_le_bytes());
+    seed.extend_from_slice(&now.to_le_bytes());
+    let digest = Sha256::digest(&seed);
+    format!("gr_{}", base32_lower(&digest, 26))
+}
 
 /// The prefix of every approval id.
 pub const PREFIX: &str = "ap_";

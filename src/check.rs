@@ -7,7 +7,9 @@
 //!              ─► quarantine  the local copy of the quarantine list (agent-controls §5)
 //!              ─► cache       admission and lookup (`cache::DecisionCache::decide`)
 //!              ─► evaluate    policy::eval, pure and synchronous
-//!              ─► holds/grants (no-op until the approvals issue)
+//!              ─► holds       task grants (local copy); else the approval: one store step
+//!                             spends an approval grant with the limits, or records the
+//!                             pending approval (agent-controls §2)
 //!              ─► limits      GCRA takes of the allowing rule's limits (agent-controls §4)
 //!              ─► credentials (no-op until the credentials issue)
 //!              ─► response    Decision → CheckResponse
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
 use jiff::Timestamp;
 
+use crate::approvals::{self, ApprovalState, ApprovalStatus, PendingApproval};
 use crate::cache::DecisionCache;
 use crate::decision_log::{summarize, RequestSummary};
 use crate::limits::{self, HitKind, LimitHit, OnStoreError};
@@ -34,7 +37,7 @@ use crate::quarantine::StateRuntime;
 use crate::reload::{LivePolicy, PolicyHandle};
 use crate::request::Request;
 use crate::response::{check_response, rpc_call, DecisionIds, RpcCall};
-use crate::state::{Take, TakeOutcome};
+use crate::state::{HoldAsk, HoldOutcome, Take, TakeOutcome};
 
 /// Whether, and how, the decision cache answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,9 +135,12 @@ impl Checker {
             Ok(None) => Staged::refused(Decision::invalid_request()),
             Err(_) => Staged::refused(Decision::internal_error()),
         };
-        if let Some(pending) = staged.pending.take() {
+        if let Some(mut pending) = staged.pending.take() {
             let owner = pending.agent.as_deref().unwrap_or("");
-            self.limits(&live, &mut staged.decision, &pending.takes, owner, now).await;
+            match pending.hold.take() {
+                Some(hold) => self.hold(&live, &mut staged.decision, hold, &pending.takes, owner, now).await,
+                None => self.limits(&live, &mut staged.decision, &pending.takes, owner, now).await,
+            }
             staged.response = Some(pending.respond(&staged.decision, &decision_id, &live));
         }
         let response = staged.response.take().unwrap_or_else(|| {
@@ -172,30 +178,13 @@ impl Checker {
             (false, Some(c)) => c.decide(live, &request, ident, now),
             (false, None) => (evaluate_identified(&live.policy, &request, ident, now), CacheLookup::Skipped),
         };
-        // holds and grants: agent-controls §1-2 (the approvals issue).
         let mut decision = decision;
-        let takes = match limit_takes(&live.policy, &request, ident, &decision) {
-            Ok(t) => t,
-            Err(hit) => {
-                // A key part or the cost cannot be read, or the cost can never fit: denied,
-                // nothing charged.
-                decision.verdict = match live.policy.settings.mode {
-                    Mode::DryRun => Verdict::DryRunAllow { global: true },
-                    Mode::Enforce => Verdict::Deny,
-                };
-                decision.message = Some(Arc::from(match hit.kind {
-                    HitKind::TooLarge => format!(
-                        "The cost of this request exceeds what limit {} of rule `{}` allows at once (its burst): it can never go through.",
-                        hit.index, hit.rule
-                    ),
-                    _ => format!(
-                        "Limit {} of rule `{}` cannot be applied: a key part or the cost is missing or ambiguous in this request.",
-                        hit.index, hit.rule
-                    ),
-                }));
-                decision.limit = Some(hit);
-                Vec::new()
-            }
+        let mut hold = self.holds(live, &request, ident, &mut decision, now);
+        // The limits of the rule the request goes on to: now, or once an approval grant
+        // lifts its holds (taken in the same store step).
+        let takes = match &mut hold {
+            Some(h) => takes_for(live, &request, ident, &mut h.lifted),
+            None => takes_for(live, &request, ident, &mut decision),
         };
         // credentials: agent-controls §6 (the credentials issue).
         // Identities are shown only where deciding got to them (not for an invalid path or
@@ -205,7 +194,8 @@ impl Checker {
             _ => Identity::default(),
         };
         // Owned copies only where a later stage or the record needs them.
-        let keep = self.keep_identities || !takes.is_empty() || live.policy.settings.quarantine.is_some();
+        let keep =
+            self.keep_identities || !takes.is_empty() || hold.is_some() || live.policy.settings.quarantine.is_some();
         let owned = |v: Option<&str>| if keep { v.map(str::to_owned) } else { None };
         let (agent, on_behalf_of) = (owned(shown.agent), owned(shown.on_behalf_of));
         // A denied JSON-RPC call is answered in JSON-RPC (agent-controls §8); read only for a
@@ -214,11 +204,11 @@ impl Checker {
         let maybe_rpc = !decision.allowed()
             || (!takes.is_empty() && memchr::memmem::find(&request.body.bytes, b"\"jsonrpc\"").is_some());
         let rpc = (live.policy.settings.mcp_jsonrpc_responses && maybe_rpc).then(|| rpc_call(&request)).flatten();
-        let (response, pending) = if takes.is_empty() {
+        let (response, pending) = if takes.is_empty() && hold.is_none() {
             let deny_status = live.policy.settings.deny_status;
             (Some(check_response(&decision, shown, decision_id, deny_status, &live.revision, rpc.as_ref())), None)
         } else {
-            (None, Some(Pending { takes, agent: agent.clone(), on_behalf_of: on_behalf_of.clone(), rpc }))
+            (None, Some(Pending { takes, hold, agent: agent.clone(), on_behalf_of: on_behalf_of.clone(), rpc }))
         };
         // Denies count toward automatic quarantine for the resolved agent, also when the path
         // was refused (probing with paths that cannot be read is a deny like any other).
@@ -259,7 +249,131 @@ impl Checker {
         now: Timestamp,
     ) {
         let plain: Vec<Take> = takes.iter().map(|t| t.take.clone()).collect();
-        match self.state.take(owner, &plain, now).await {
+        let taken = self.state.take(owner, &plain, now).await;
+        apply_take(live, decision, takes, taken);
+    }
+
+    /// Stage `holds` (synchronous part): a task grant in force for every hold lifts them
+    /// here; otherwise the request needs its approval, which the store answers (`Some`). In
+    /// a global dry run the approval id is only recorded.
+    fn holds(
+        &self,
+        live: &LivePolicy,
+        request: &Request,
+        ident: Result<Identity<'_>, AmbiguousIdentity>,
+        decision: &mut Decision,
+        now: Timestamp,
+    ) -> Option<HoldPending> {
+        if decision.holds.is_empty() || decision.lifted.is_none() {
+            return None;
+        }
+        let ident = ident.unwrap_or_default();
+        let settings = &live.policy.settings.approvals;
+        let tools = approvals::tools(request);
+        if let Some((grant, by)) = self.state.task_grant(&decision.holds, ident.agent, ident.on_behalf_of, &tools, now)
+        {
+            decision.lift();
+            decision.approval = Some(Box::new(ApprovalState {
+                id: None,
+                status: None,
+                expires_at: None,
+                retry_after_s: settings.retry_after_s,
+                grant: Some(grant),
+                approved_by: Some(by),
+                new: false,
+            }));
+            if let Some(m) = self.state.metrics() {
+                m.approval_event("lifted");
+            }
+            return None;
+        }
+        let id = approvals::approval_id(request, ident);
+        let held = decision.verdict == Verdict::Held;
+        decision.approval = Some(Box::new(ApprovalState {
+            id: Some(id.clone()),
+            status: held.then_some(ApprovalStatus::Pending),
+            expires_at: held.then(|| approvals::add(now, settings.pending_ttl)),
+            retry_after_s: settings.retry_after_s,
+            grant: None,
+            approved_by: None,
+            new: false,
+        }));
+        if !held {
+            // A global dry run: the request goes through; the record names the approval.
+            return None;
+        }
+        let record = PendingApproval::of(&id, request, ident, &decision.holds, settings, now);
+        let mut lifted = decision.clone();
+        lifted.lift();
+        lifted.approval = None;
+        Some(HoldPending { approval_id: id, record, lifted })
+    }
+
+    /// Stage `holds` (the store step): an approval grant in force lifts the holds (one use
+    /// spent, with the limits of the rule the request goes on to, both or neither);
+    /// otherwise the pending approval is recorded and the request stays held. A store that
+    /// cannot answer: `state_unavailable` (503), the request is not let through.
+    async fn hold(
+        &self,
+        live: &LivePolicy,
+        decision: &mut Decision,
+        hold: HoldPending,
+        takes: &[LimitTake],
+        owner: &str,
+        now: Timestamp,
+    ) {
+        let settings = &live.policy.settings.approvals;
+        let ask = HoldAsk {
+            approval_id: &hold.approval_id,
+            record: &hold.record,
+            pending_ttl: settings.pending_ttl,
+            max_pending: settings.max_pending,
+        };
+        let plain: Vec<Take> = takes.iter().map(|t| t.take.clone()).collect();
+        match self.state.hold(ask, owner, &plain, now).await {
+            Ok(HoldOutcome::Lifted { grant, approved_by, take }) => {
+                let mut lifted = hold.lifted;
+                lifted.approval = Some(Box::new(ApprovalState {
+                    id: Some(hold.approval_id),
+                    status: None,
+                    expires_at: None,
+                    retry_after_s: settings.retry_after_s,
+                    grant: Some(grant),
+                    approved_by: Some(approved_by),
+                    new: false,
+                }));
+                *decision = lifted;
+                if !takes.is_empty() {
+                    apply_take(live, decision, takes, Ok(take));
+                }
+            }
+            Ok(HoldOutcome::Held { status, expires_at, seen }) => {
+                if let Some(a) = decision.approval.as_mut() {
+                    a.status = Some(status);
+                    a.expires_at = Some(expires_at);
+                    a.new = seen == 1;
+                }
+            }
+            Err(_) => {
+                decision.verdict = Verdict::Deny;
+                decision.rule = RuleId::StateUnavailable;
+                decision.message = None;
+            }
+        }
+    }
+}
+
+/// What the store answered to a limits take, applied to the decision: over a limit → 429
+/// (counted only in a dry run); the agent's quota of keys → deny; store unreachable → each
+/// limit's `on_store_error`.
+fn apply_take(
+    live: &LivePolicy,
+    decision: &mut Decision,
+    takes: &[LimitTake],
+    taken: Result<TakeOutcome, crate::state::StoreError>,
+) {
+    {
+        match taken {
             Ok(TakeOutcome::Taken(_)) => {}
             // The agent already has its quota of buckets in use (key parts it chose): denied,
             // nothing charged; the agent's own doing, so it counts toward quarantine.
@@ -292,7 +406,9 @@ impl Checker {
             Err(e) => store_failed(live, decision, takes, matches!(e, crate::state::StoreError::Full(_))),
         }
     }
+}
 
+impl Checker {
     /// What the record says about the request, moving its strings.
     fn summary(
         &self,
@@ -337,9 +453,19 @@ impl Staged {
     }
 }
 
-/// A response waiting for the limits stage.
+/// A held request waiting for the store's answer about its approval.
+struct HoldPending {
+    approval_id: String,
+    /// The pending approval to record.
+    record: PendingApproval,
+    /// The decision once its holds are lifted.
+    lifted: Decision,
+}
+
+/// A response waiting for the holds or limits stage.
 struct Pending {
     takes: Vec<LimitTake>,
+    hold: Option<HoldPending>,
     agent: Option<String>,
     on_behalf_of: Option<String>,
     rpc: Option<RpcCall>,
@@ -405,6 +531,37 @@ fn verdict_over_limit(policy: &crate::policy::Policy) -> Verdict {
     match policy.settings.mode {
         Mode::DryRun => Verdict::DryRunAllow { global: true },
         Mode::Enforce => Verdict::RateLimited,
+    }
+}
+
+/// The limit takes for a decision; a key part or cost that cannot be read (or a cost that can
+/// never fit) denies it instead, nothing charged.
+fn takes_for(
+    live: &LivePolicy,
+    request: &Request,
+    ident: Result<Identity<'_>, AmbiguousIdentity>,
+    decision: &mut Decision,
+) -> Vec<LimitTake> {
+    match limit_takes(&live.policy, request, ident, decision) {
+        Ok(t) => t,
+        Err(hit) => {
+            decision.verdict = match live.policy.settings.mode {
+                Mode::DryRun => Verdict::DryRunAllow { global: true },
+                Mode::Enforce => Verdict::Deny,
+            };
+            decision.message = Some(Arc::from(match hit.kind {
+                HitKind::TooLarge => format!(
+                    "The cost of this request exceeds what limit {} of rule `{}` allows at once (its burst): it can never go through.",
+                    hit.index, hit.rule
+                ),
+                _ => format!(
+                    "Limit {} of rule `{}` cannot be applied: a key part or the cost is missing or ambiguous in this request.",
+                    hit.index, hit.rule
+                ),
+            }));
+            decision.limit = Some(hit);
+            Vec::new()
+        }
     }
 }
 
@@ -489,8 +646,12 @@ fn counts_toward_quarantine(d: &Decision) -> bool {
         .limit
         .as_ref()
         .is_some_and(|h| matches!(h.kind, HitKind::Limited { .. } | HitKind::StoreError) && !h.per_agent);
+    // Being held is how approvals work (the agent retries the same call): only a new pending
+    // approval counts, so an agent flooding approvers with distinct actions is still caught.
+    let held_again = d.verdict == Verdict::Held && !d.approval.as_ref().is_some_and(|a| a.new);
     !d.allowed()
         && !shared_bucket
+        && !held_again
         && !matches!(
             d.rule,
             RuleId::Quarantined | RuleId::StateUnavailable | RuleId::InternalError | RuleId::InvalidRequest

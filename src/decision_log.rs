@@ -61,7 +61,7 @@ impl Serialize for DecisionRecord {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = &self.decision;
         let r = &self.summary;
-        let mut m = s.serialize_struct("DecisionRecord", 24)?;
+        let mut m = s.serialize_struct("DecisionRecord", 29)?;
         m.serialize_field("schema", SCHEMA)?;
         m.serialize_field("time", &Display(&self.time))?;
         m.serialize_field("decision_id", &self.decision_id)?;
@@ -101,6 +101,24 @@ impl Serialize for DecisionRecord {
                     "retry_after_s": retry,
                 }),
             )?;
+        }
+        if !d.holds.is_empty() {
+            let holds: Vec<&str> = d.holds.iter().map(|h| &*h.id).collect();
+            m.serialize_field("holds", &holds)?;
+        }
+        if let Some(a) = &d.approval {
+            if let Some(id) = &a.id {
+                m.serialize_field("approval_id", id)?;
+            }
+            if let Some(st) = a.status.filter(|_| !d.allowed()) {
+                m.serialize_field("approval_status", st.as_str())?;
+            }
+            if let Some(g) = &a.grant {
+                m.serialize_field("grant", g)?;
+            }
+            if let Some(b) = &a.approved_by {
+                m.serialize_field("approved_by", b)?;
+            }
         }
         m.serialize_field("dry_run", &d.dry_run())?;
         let dry: Vec<&str> = d.dry_run_rules.iter().map(|r| &**r).collect();

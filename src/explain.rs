@@ -32,6 +32,22 @@ pub fn render_text(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &
     if let Some(p) = d.unknown {
         let _ = writeln!(out, "unknown: {} (the deciding deny rule matched on unknown)", p.as_str());
     }
+    if !d.holds.is_empty() {
+        let ids: Vec<&str> = d.holds.iter().map(|h| &*h.id).collect();
+        let _ = writeln!(out, "holds: {} (held for a human's approval)", ids.join(","));
+        if let Some(l) = &d.lifted {
+            let then = match l.verdict {
+                crate::policy::Verdict::Deny | crate::policy::Verdict::RateLimited | crate::policy::Verdict::Held => {
+                    "deny"
+                }
+                _ => "allow",
+            };
+            let _ = writeln!(out, "once approved: {then} by {}", l.rule.as_str());
+        }
+    }
+    if let Some(id) = d.approval.as_ref().and_then(|a| a.id.as_deref()) {
+        let _ = writeln!(out, "approval_id: {id}");
+    }
     if traces.is_empty() {
         return out;
     }
@@ -88,6 +104,12 @@ pub fn render_json(d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> s
         "message": if d.allowed() && !d.dry_run() { None } else { Some(deny_message(d)) },
         "agent": ident.agent,
         "on_behalf_of": ident.on_behalf_of,
+        "holds": d.holds.iter().map(|h| h.id.to_string()).collect::<Vec<_>>(),
+        "once_approved": d.lifted.as_ref().map(|l| serde_json::json!({
+            "decision": if matches!(l.verdict, crate::policy::Verdict::Deny | crate::policy::Verdict::RateLimited | crate::policy::Verdict::Held) { "deny" } else { "allow" },
+            "rule": l.rule.as_str(),
+        })),
+        "approval_id": d.approval.as_ref().and_then(|a| a.id.clone()),
         "rules": rules,
     })
 }

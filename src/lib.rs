@@ -49,3 +49,4 @@ pub mod service;
 pub mod settings;
 pub mod state;
 pub mod telemetry;
+pub mod webhook;

@@ -72,6 +72,79 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Approve or deny held requests through a running hallpass's control API.
+    Approvals {
+        #[command(subcommand)]
+        verb: ApprovalsVerb,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List, add and revoke grants through a running hallpass's control API.
+    Grants {
+        #[command(subcommand)]
+        verb: GrantsVerb,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsVerb {
+    /// List the pending approvals (what each agent wants to do, and why it is held).
+    List,
+    /// Approve a held action: the agent's identical retry goes through (`--uses` times).
+    Approve {
+        /// The approval id (`ap_…`).
+        id: String,
+        /// How long the grant lasts, e.g. 10m (default: settings.approvals.grant_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many times the action may go through (default 1).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a held action: the agent is told so until the approval expires.
+    Deny {
+        /// The approval id (`ap_…`).
+        id: String,
+        /// Why (recorded, shown to the agent's operator).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsVerb {
+    /// List the grants in force.
+    List,
+    /// Add a task grant: lift holds of these rules for an agent until it expires.
+    Add {
+        /// The agent id.
+        agent: String,
+        /// Hold rule ids to lift (repeat or comma-separate).
+        #[arg(long = "rule", required = true, value_delimiter = ',')]
+        rules: Vec<String>,
+        /// Only for this user.
+        #[arg(long)]
+        on_behalf_of: Option<String>,
+        /// Only for these MCP tools (repeat or comma-separate).
+        #[arg(long = "tool", value_delimiter = ',')]
+        tools: Vec<String>,
+        /// How long, e.g. 30m (at most settings.approvals.max_grant_ttl).
+        #[arg(long)]
+        ttl: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke a grant.
+    Revoke {
+        /// The grant id (`gr_…`).
+        id: String,
+    },
 }
 
 /// Where the control API is and how to authenticate.
@@ -121,21 +194,57 @@ fn main() -> ExitCode {
         }
         Command::Serve(o) => serve(o),
         Command::Quarantine { verb, server } => quarantine(verb, &server),
+        Command::Approvals { verb, server } => {
+            let seg =
+                |id: &str| percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let (method, path, body) = match &verb {
+                ApprovalsVerb::List => ("GET", "/v1/approvals".to_string(), None),
+                ApprovalsVerb::Approve { id, ttl, uses, reason } => (
+                    "POST",
+                    format!("/v1/approvals/{}/approve", seg(id)),
+                    Some(serde_json::json!({ "ttl": ttl, "uses": uses, "reason": reason }).to_string()),
+                ),
+                ApprovalsVerb::Deny { id, reason } => (
+                    "POST",
+                    format!("/v1/approvals/{}/deny", seg(id)),
+                    Some(serde_json::json!({ "reason": reason }).to_string()),
+                ),
+            };
+            control_call("approvals", &server, method, &path, body.as_deref())
+        }
+        Command::Grants { verb, server } => {
+            let (method, path, body) = match &verb {
+                GrantsVerb::List => ("GET", "/v1/grants".to_string(), None),
+                GrantsVerb::Add { agent, rules, on_behalf_of, tools, ttl, reason } => (
+                    "POST",
+                    "/v1/grants".to_string(),
+                    Some(
+                        serde_json::json!({
+                            "agent": agent,
+                            "on_behalf_of": on_behalf_of,
+                            "rules": rules,
+                            "tools": if tools.is_empty() { None } else { Some(tools) },
+                            "ttl": ttl,
+                            "reason": reason,
+                        })
+                        .to_string(),
+                    ),
+                ),
+                GrantsVerb::Revoke { id } => (
+                    "DELETE",
+                    format!(
+                        "/v1/grants/{}",
+                        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+                    ),
+                    None,
+                ),
+            };
+            control_call("grants", &server, method, &path, body.as_deref())
+        }
     }
 }
 
 fn quarantine(verb: QuarantineVerb, server: &ServerArgs) -> ExitCode {
-    let Some(file) = &server.token_file else {
-        eprintln!("hallpass quarantine: --token-file FILE is required (the control API needs a bearer token)");
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let token = match std::fs::read_to_string(file) {
-        Ok(t) => t.lines().next().unwrap_or("").trim().to_string(),
-        Err(e) => {
-            eprintln!("hallpass quarantine: cannot read {}: {e}", file.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let (method, path, body) = match &verb {
         QuarantineVerb::List => ("GET", "/v1/quarantine".to_string(), None),
         QuarantineVerb::Add { agent, duration, reason } => (
@@ -148,18 +257,35 @@ fn quarantine(verb: QuarantineVerb, server: &ServerArgs) -> ExitCode {
             ("DELETE", format!("/v1/quarantine/{enc}"), None)
         }
     };
-    match hallpass::control::client::call(&server.server, &token, method, &path, body.as_deref()) {
+    control_call("quarantine", server, method, &path, body.as_deref())
+}
+
+/// One call to the control API for `hallpass <verb>`: the answer on stdout, exit 0 on 2xx, 1
+/// otherwise, 64 without a token.
+fn control_call(verb: &str, server: &ServerArgs, method: &str, path: &str, body: Option<&str>) -> ExitCode {
+    let Some(file) = &server.token_file else {
+        eprintln!("hallpass {verb}: --token-file FILE is required (the control API needs a bearer token)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let token = match std::fs::read_to_string(file) {
+        Ok(t) => t.lines().next().unwrap_or("").trim().to_string(),
+        Err(e) => {
+            eprintln!("hallpass {verb}: cannot read {}: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match hallpass::control::client::call(&server.server, &token, method, path, body) {
         Ok((status, text)) => {
             println!("{}", text.trim_end());
             if (200..300).contains(&status) {
                 ExitCode::SUCCESS
             } else {
-                eprintln!("hallpass quarantine: the control API answered {status}");
+                eprintln!("hallpass {verb}: the control API answered {status}");
                 ExitCode::FAILURE
             }
         }
         Err(e) => {
-            eprintln!("hallpass quarantine: {e}");
+            eprintln!("hallpass {verb}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -243,6 +369,19 @@ fn check(a: CheckArgs) -> ExitCode {
         Ok(_) => hallpass::policy::eval::resolve_identity(&policy, &req).unwrap_or_default(),
         Err(_) => Default::default(),
     };
+    let mut decision = decision;
+    if !decision.holds.is_empty() {
+        // The id the approval would have, so an approver (or a test) can name it.
+        decision.approval = Some(Box::new(hallpass::approvals::ApprovalState {
+            id: Some(hallpass::approvals::approval_id(&req, ident)),
+            status: None,
+            expires_at: None,
+            retry_after_s: policy.settings.approvals.retry_after_s,
+            grant: None,
+            approved_by: None,
+            new: false,
+        }));
+    }
     if a.json {
         println!("{}", report::render_json(&decision, ident, &traces));
     } else {

@@ -1,5 +1,11 @@
 //! The state the Check pipeline reads and writes, around the [`Store`]: the quarantine list
-//! in force (agent-controls.md §5), limit takes (§4) and deny counting, with metrics.
+//! and the task grants in force (agent-controls.md §5, §2), holds and approvals (§2), limit
+//! takes (§4) and deny counting, with metrics.
+//!
+//! Task grants are read like quarantines (a local copy, refreshed every [`REFRESH`], changes
+//! made here in force at once). Unlike a quarantine, a grant opens: when the store has not
+//! been read for [`GRANTS_STALE`], the local task grants are dropped (a revocation made on
+//! another replica is never missed for longer than that), and holds wait for the store.
 //!
 //! The Check reads quarantines from a local copy ([`StateRuntime::is_quarantined`]: one
 //! lock-free load, no I/O). The copy is replaced from the store every [`REFRESH`] and at
@@ -19,12 +25,18 @@ use arc_swap::ArcSwap;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 
+use crate::approvals::{Grant, GrantKind, PendingApproval};
 use crate::state::memory::{MemoryStore, DEFAULT_MAX_KEYS};
-use crate::state::{AutoQuarantine, Quarantine, StateStore, Store, StoreError, Take, TakeOutcome};
+use crate::state::{
+    AutoQuarantine, HoldAsk, HoldOutcome, Quarantine, StateStore, Store, StoreError, Take, TakeOutcome,
+};
 use crate::telemetry::StateMetrics;
 
 /// How often the quarantine list is read from the store.
 pub const REFRESH: Duration = Duration::from_millis(250);
+/// Task grants read longer ago than this are not trusted (a revocation elsewhere may be
+/// missing): they are dropped until the store answers again.
+pub const GRANTS_STALE: Duration = Duration::from_secs(1);
 /// Deny events waiting for the Redis worker before new ones are dropped.
 pub const DENY_QUEUE: usize = 4096;
 
@@ -49,6 +61,14 @@ pub struct StateRuntime {
     changes: AtomicU64,
     /// The quarantine list has been read from the store at least once.
     read_once: AtomicBool,
+    /// Task grants in force, as last read (or changed here).
+    grants: ArcSwap<Vec<Grant>>,
+    /// Local grant changes so far (as `changes`, for grants).
+    grant_changes: AtomicU64,
+    /// When the grants were last read from the store.
+    grants_read: std::sync::Mutex<Option<Instant>>,
+    /// Where events go (the webhook), if anywhere.
+    events: std::sync::Mutex<Option<crate::webhook::Events>>,
 }
 
 impl std::fmt::Debug for StateRuntime {
@@ -77,6 +97,190 @@ impl StateRuntime {
             up: AtomicBool::new(true),
             changes: AtomicU64::new(0),
             read_once: AtomicBool::new(false),
+            grants: ArcSwap::from_pointee(Vec::new()),
+            grant_changes: AtomicU64::new(0),
+            grants_read: std::sync::Mutex::new(None),
+            events: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Send events (`approval.pending`, `agent.quarantined`) to the webhook.
+    pub fn set_events(&self, events: crate::webhook::Events) {
+        if let Ok(mut e) = self.events.lock() {
+            *e = Some(events);
+        }
+    }
+
+    fn event(&self, ev: serde_json::Value) {
+        let sent = self.events.lock().ok().and_then(|e| e.as_ref().map(|e| e.send(ev)));
+        if sent == Some(false) {
+            if let Some(m) = &self.metrics {
+                m.webhook("dropped");
+            }
+        }
+    }
+
+    /// Metrics, if any.
+    pub fn metrics(&self) -> Option<&StateMetrics> {
+        self.metrics.as_ref()
+    }
+
+    /// The task grant that lifts every one of `rules` for this caller, if one grant does (or
+    /// each rule by some grant: the first grant is reported). `tools`: the request's MCP tools.
+    pub fn task_grant(
+        &self,
+        rules: &[crate::policy::eval::HoldRule],
+        agent: Option<&str>,
+        obo: Option<&str>,
+        tools: &[&str],
+        now: Timestamp,
+    ) -> Option<(String, String)> {
+        let grants = self.grants.load();
+        if grants.is_empty() || agent.is_none() {
+            return None;
+        }
+        let mut first: Option<&Grant> = None;
+        for r in rules {
+            let g = grants.iter().find(|g| g.lifts(&r.id, agent, obo, tools, now))?;
+            first.get_or_insert(g);
+        }
+        first.map(|g| (g.id.clone(), g.approved_by.clone()))
+    }
+
+    /// A held request: spend an approval grant with the limits, or record the pending
+    /// approval (and announce a new one).
+    pub async fn hold(
+        &self,
+        ask: HoldAsk<'_>,
+        owner: &str,
+        takes: &[Take],
+        now: Timestamp,
+    ) -> Result<HoldOutcome, StoreError> {
+        let r = self.timed("hold", self.store.hold(ask.clone(), owner, takes, now)).await;
+        if let Some(m) = &self.metrics {
+            match &r {
+                Ok(HoldOutcome::Held { seen, .. }) => {
+                    m.approval_event("held");
+                    if *seen == 1 {
+                        m.approval_event("requested");
+                    }
+                }
+                Ok(HoldOutcome::Lifted { take: TakeOutcome::Taken(_), .. }) => m.approval_event("lifted"),
+                _ => {}
+            }
+        }
+        if let Ok(HoldOutcome::Held { seen: 1, expires_at, .. }) = &r {
+            let mut p = ask.record.clone();
+            p.seen = 1;
+            p.expires_at = *expires_at;
+            self.event(serde_json::json!({ "type": "approval.pending", "approval": p }));
+        }
+        r
+    }
+
+    /// The pending approvals.
+    pub async fn pending(&self, now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
+        let list = self.timed("pending", self.store.pending(now)).await?;
+        if let Some(m) = &self.metrics {
+            m.pending_approvals(list.len());
+        }
+        Ok(list)
+    }
+
+    /// Approve a pending approval with `grant`; whether it was pending.
+    pub async fn approve(&self, id: &str, grant: Grant) -> Result<bool, StoreError> {
+        let by = grant.approved_by.clone();
+        let ok = self.timed("approve", self.store.approve(id, grant)).await?;
+        if ok {
+            tracing::info!(approval = id, by = %by, "approval granted");
+            if let Some(m) = &self.metrics {
+                m.approval_event("approved");
+            }
+        }
+        Ok(ok)
+    }
+
+    /// Deny a pending approval.
+    pub async fn deny_approval(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Option<PendingApproval>, StoreError> {
+        let p = self.timed("deny_approval", self.store.deny_approval(id, by, reason, now)).await?;
+        if p.is_some() {
+            tracing::info!(approval = id, by, reason, "approval denied");
+            if let Some(m) = &self.metrics {
+                m.approval_event("denied");
+            }
+        }
+        Ok(p)
+    }
+
+    /// Add a task grant: in the store, then in force here at once.
+    pub async fn add_grant(&self, grant: Grant) -> Result<(), StoreError> {
+        self.timed("add_grant", self.store.add_grant(grant.clone())).await?;
+        tracing::info!(grant = %grant.id, by = %grant.approved_by, "task grant added");
+        self.grant_changes.fetch_add(1, Ordering::AcqRel);
+        let mut next = Vec::clone(&self.grants.load());
+        next.retain(|g| g.id != grant.id);
+        next.push(grant);
+        self.grants.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Revoke a grant: in the store, then here at once. Whether there was one.
+    pub async fn revoke(&self, id: &str, by: &str) -> Result<bool, StoreError> {
+        let had = self.timed("revoke", self.store.revoke(id)).await?;
+        self.grant_changes.fetch_add(1, Ordering::AcqRel);
+        let mut next = Vec::clone(&self.grants.load());
+        let before = next.len();
+        next.retain(|g| g.id != id);
+        let here = next.len() != before;
+        self.grants.store(Arc::new(next));
+        if had || here {
+            tracing::info!(grant = id, by, "grant revoked");
+            if let Some(m) = &self.metrics {
+                m.approval_event("revoked");
+            }
+        }
+        Ok(had || here)
+    }
+
+    /// Every grant in force, from the store.
+    pub async fn grants(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+        self.timed("grants", self.store.grants(now)).await
+    }
+
+    /// Read the task grants into the local copy; when they cannot be read for longer than
+    /// [`GRANTS_STALE`], the local copy is emptied (holds then wait for the store).
+    pub async fn refresh_grants(&self, now: Timestamp) -> Result<(), StoreError> {
+        let before = self.grant_changes.load(Ordering::Acquire);
+        match self.grants(now).await {
+            Ok(list) => {
+                if let Ok(mut t) = self.grants_read.lock() {
+                    *t = Some(Instant::now());
+                }
+                if let Some(m) = &self.metrics {
+                    let task = list.iter().filter(|g| matches!(g.kind, GrantKind::Task { .. })).count();
+                    m.grants_in_force(list.len() - task, task);
+                }
+                if self.grant_changes.load(Ordering::Acquire) == before {
+                    let task: Vec<Grant> =
+                        list.into_iter().filter(|g| matches!(g.kind, GrantKind::Task { .. })).collect();
+                    self.grants.store(Arc::new(task));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let stale = self.grants_read.lock().ok().and_then(|t| *t).is_none_or(|t| t.elapsed() > GRANTS_STALE);
+                if stale && !self.grants.load().is_empty() {
+                    tracing::warn!(error = %e, "task grants not readable for over 1s: none are in force until they are");
+                    self.grants.store(Arc::new(Vec::new()));
+                }
+                Err(e)
+            }
         }
     }
 
@@ -166,6 +370,7 @@ impl StateRuntime {
             if let Some(m) = &self.metrics {
                 m.quarantined("auto");
             }
+            self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": q }));
             self.apply(q);
         }
     }
@@ -192,6 +397,7 @@ impl StateRuntime {
         if let Some(m) = &self.metrics {
             m.quarantined("manual");
         }
+        self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": q }));
         self.apply(q);
         Ok(())
     }
@@ -242,6 +448,7 @@ impl StateRuntime {
                 _ = &mut stop => break,
                 _ = tick.tick() => {
                     let _ = self.refresh(Timestamp::now()).await;
+                    let _ = self.refresh_grants(Timestamp::now()).await;
                 }
             }
         }

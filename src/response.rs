@@ -79,6 +79,9 @@ pub fn deny_message(d: &Decision) -> String {
         return m.to_string();
     }
     match (&d.rule, d.rule.builtin()) {
+        (RuleId::Rule(id), _) if d.verdict == Verdict::Held => {
+            format!("This request needs a human's approval (rule `{id}`).")
+        }
         (RuleId::Rule(id), _) => format!("Denied by policy rule `{id}`."),
         (RuleId::InvalidPath, Some(b)) => match d.path_error {
             Some(e) => format!("{}: {e}.", b.message),
@@ -99,7 +102,8 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
         + usize::from(ident.on_behalf_of.is_some())
         + usize::from(d.dry_run())
         + usize::from(!d.dry_run_rules.is_empty())
-        + usize::from(d.limit.is_some());
+        + usize::from(d.limit.is_some())
+        + usize::from(d.approval.is_some()) * 2;
     let mut fields = HashMap::with_capacity(n);
     fields.insert("decision".to_string(), s(if d.allowed() { "allow" } else { "deny" }));
     fields.insert("rule".to_string(), s(d.rule.as_str()));
@@ -123,6 +127,14 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
     if let Some(h) = &d.limit {
         fields.insert("limit".to_string(), s(&format!("{}.{}:{}", h.rule, h.index, h.kind.label())));
     }
+    if let Some(a) = &d.approval {
+        if let Some(id) = &a.id {
+            fields.insert("approval_id".to_string(), s(id));
+        }
+        if let Some(g) = &a.grant {
+            fields.insert("grant".to_string(), s(g));
+        }
+    }
     Struct { fields }
 }
 
@@ -140,6 +152,9 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 pub fn deny_error(d: &Decision) -> &'static str {
     if d.verdict == Verdict::RateLimited {
         return "rate_limited";
+    }
+    if d.verdict == Verdict::Held {
+        return "approval_required";
     }
     match d.rule {
         RuleId::StateUnavailable => "unavailable",
@@ -166,7 +181,23 @@ pub fn deny_body(d: &Decision, decision_id: &str) -> String {
     if let (Some(n), Some(o)) = (retry_after(d), body.as_object_mut()) {
         o.insert("retry_after_s".into(), n.into());
     }
+    if let (Some(a), Some(o)) = (held(d), body.as_object_mut()) {
+        o.insert(
+            "approval".into(),
+            serde_json::json!({
+                "id": a.id,
+                "status": a.status.map(|s| s.as_str()),
+                "expires_at": a.expires_at.map(|t| t.to_string()),
+                "retry_after_s": a.retry_after_s,
+            }),
+        );
+    }
     body.to_string()
+}
+
+/// The approval of a held decision.
+fn held(d: &Decision) -> Option<&crate::approvals::ApprovalState> {
+    d.approval.as_deref().filter(|_| d.verdict == Verdict::Held)
 }
 
 fn deny_headers(d: &Decision, decision_id: &str) -> Vec<HeaderValueOption> {
@@ -176,6 +207,9 @@ fn deny_headers(d: &Decision, decision_id: &str) -> Vec<HeaderValueOption> {
         h.push(header("retry-after", &n.to_string()));
         h.push(header("ratelimit-policy", &policy));
         h.push(header("ratelimit", &state));
+    }
+    if let Some(a) = held(d) {
+        h.push(header("retry-after", &a.retry_after_s.to_string()));
     }
     h
 }
@@ -222,7 +256,7 @@ pub fn rpc_deny_body(d: &Decision, decision_id: &str, call: &RpcCall) -> String 
             "jsonrpc": "2.0",
             "id": call.id,
             "result": {
-                "content": [{"type": "text", "text": format!("{message} (rule {})", d.rule.as_str())}],
+                "content": [{"type": "text", "text": rpc_text(d, &message)}],
                 "isError": true,
                 "_meta": {"dev.hallpass/decision": deny},
             },
@@ -235,6 +269,25 @@ pub fn rpc_deny_body(d: &Decision, decision_id: &str, call: &RpcCall) -> String 
         })
     };
     answer.to_string()
+}
+
+/// The text a model reads in a denied `tools/call`: the message and rule, and for a held call
+/// the approval id and what to do.
+fn rpc_text(d: &Decision, message: &str) -> String {
+    let mut text = format!("{message} (rule {})", d.rule.as_str());
+    if let Some(a) = held(d) {
+        let id = a.id.as_deref().unwrap_or("");
+        match a.status {
+            Some(crate::approvals::ApprovalStatus::Denied) => text.push_str(&format!(
+                " A human denied approval {id} for this exact call: do not retry it; tell the user it was refused."
+            )),
+            _ => text.push_str(&format!(
+                " Approval {id} is pending: a human must approve this exact call. Retry the identical call (same arguments) in {} seconds or later; a changed call needs a new approval.",
+                a.retry_after_s
+            )),
+        }
+    }
+    text
 }
 
 /// Build the CheckResponse for a decision. `rpc`: the request is one JSON-RPC call and the

@@ -69,10 +69,29 @@ pub struct StateMetrics {
     quarantined: IntGauge,
     quarantines: IntCounterVec,
     deny_dropped: IntCounter,
+    pending: IntGauge,
+    grants: IntGaugeVec,
+    approvals: IntCounterVec,
+    webhook: IntCounterVec,
 }
 
 /// Store operations (label `op`).
-pub const STATE_OPS: [&str; 5] = ["take", "count_deny", "quarantine", "lift", "quarantines"];
+pub const STATE_OPS: [&str; 12] = [
+    "take",
+    "count_deny",
+    "quarantine",
+    "lift",
+    "quarantines",
+    "hold",
+    "pending",
+    "approve",
+    "deny_approval",
+    "add_grant",
+    "revoke",
+    "grants",
+];
+/// Approval events (label `event` of `hallpass_approvals_total`).
+pub const APPROVAL_EVENTS: [&str; 6] = ["held", "requested", "approved", "denied", "lifted", "revoked"];
 
 impl StateMetrics {
     fn new(registry: &Registry) -> Result<StateMetrics, prometheus::Error> {
@@ -108,6 +127,41 @@ impl StateMetrics {
         for src in ["auto", "manual"] {
             quarantines.with_label_values(&[src]);
         }
+        let pending = IntGauge::new(
+            "hallpass_approvals_pending",
+            "Pending approvals waiting for a human (as last read from the store).",
+        )?;
+        let grants = IntGaugeVec::new(
+            Opts::new(
+                "hallpass_grants_in_force",
+                "Grants in force by kind (approval, task), as last read from the store.",
+            ),
+            &["kind"],
+        )?;
+        let approvals = IntCounterVec::new(
+            Opts::new(
+                "hallpass_approvals_total",
+                "Approval events on this replica: held (a request held), requested (a new pending approval), \
+                 approved, denied (by a human), lifted (a grant let a held request through), revoked.",
+            ),
+            &["event"],
+        )?;
+        let webhook = IntCounterVec::new(
+            Opts::new(
+                "hallpass_webhook_events_total",
+                "Webhook events by result: sent, failed (no 2xx after retries), dropped (queue full).",
+            ),
+            &["result"],
+        )?;
+        for e in APPROVAL_EVENTS {
+            approvals.with_label_values(&[e]);
+        }
+        for k in ["approval", "task"] {
+            grants.with_label_values(&[k]);
+        }
+        for r in ["sent", "failed", "dropped"] {
+            webhook.with_label_values(&[r]);
+        }
         up.set(1);
         registry.register(Box::new(ops.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
@@ -115,7 +169,22 @@ impl StateMetrics {
         registry.register(Box::new(quarantined.clone()))?;
         registry.register(Box::new(quarantines.clone()))?;
         registry.register(Box::new(deny_dropped.clone()))?;
-        Ok(StateMetrics { ops, seconds, up, quarantined, quarantines, deny_dropped })
+        registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(grants.clone()))?;
+        registry.register(Box::new(approvals.clone()))?;
+        registry.register(Box::new(webhook.clone()))?;
+        Ok(StateMetrics {
+            ops,
+            seconds,
+            up,
+            quarantined,
+            quarantines,
+            deny_dropped,
+            pending,
+            grants,
+            approvals,
+            webhook,
+        })
     }
 
     /// One store operation.
@@ -147,6 +216,27 @@ impl StateMetrics {
     /// A deny event dropped.
     pub fn deny_event_dropped(&self) {
         self.deny_dropped.inc();
+    }
+
+    /// Pending approvals now.
+    pub fn pending_approvals(&self, n: usize) {
+        self.pending.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Grants in force now, by kind.
+    pub fn grants_in_force(&self, approval: usize, task: usize) {
+        self.grants.with_label_values(&["approval"]).set(i64::try_from(approval).unwrap_or(i64::MAX));
+        self.grants.with_label_values(&["task"]).set(i64::try_from(task).unwrap_or(i64::MAX));
+    }
+
+    /// One approval event (one of [`APPROVAL_EVENTS`]).
+    pub fn approval_event(&self, event: &str) {
+        self.approvals.with_label_values(&[event]).inc();
+    }
+
+    /// One webhook event's fate: sent, failed or dropped.
+    pub fn webhook(&self, result: &str) {
+        self.webhook.with_label_values(&[result]).inc();
     }
 }
 

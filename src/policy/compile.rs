@@ -137,6 +137,13 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
         }),
         control_approvers_file: def.settings.control.as_ref().and_then(|c| c.approvers_file.clone()),
         mcp_jsonrpc_responses: def.settings.mcp_responses != Some(crate::policy::model::McpResponsesDef::Http),
+        approvals: match crate::approvals::ApprovalSettings::compile(def.settings.approvals.as_ref()) {
+            Ok(a) => a,
+            Err(m) => {
+                errs.top(m);
+                crate::approvals::ApprovalSettings::default()
+            }
+        },
     };
 
     let identity = match &def.identity {
@@ -339,8 +346,9 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
     let effect = match rd.effect {
         Some(EffectDef::Allow) => Effect::Allow,
         Some(EffectDef::Deny) => Effect::Deny,
+        Some(EffectDef::RequireApproval) => Effect::RequireApproval,
         None => {
-            msgs.push("`effect` is required: `allow` or `deny`".to_string());
+            msgs.push("`effect` is required: `allow`, `deny` or `require_approval`".to_string());
             Effect::Deny
         }
     };
@@ -519,7 +527,10 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
     };
     let dry_run = rd.dry_run.unwrap_or(false);
     if dry_run && effect == Effect::Allow {
-        msgs.push("`dry_run: true` is only for deny rules (an allow rule in dry run would mean nothing)".into());
+        msgs.push(
+            "`dry_run: true` is only for deny and require_approval rules (an allow rule in dry run would mean nothing)"
+                .into(),
+        );
     }
     let mut limits = Vec::new();
     if let Some(defs) = &rd.limits {

@@ -146,6 +146,9 @@ pub enum Verdict {
     },
     /// Refuse it with 429: the deciding allow rule's limit has no room (`Decision::limit`).
     RateLimited,
+    /// Refuse it until a human approves it: `require_approval` rules matched and no grant
+    /// lifted them (`Decision::holds`, `Decision::approval`).
+    Held,
 }
 
 /// The outcome of deciding one request. This record is what the decision log says.
@@ -171,6 +174,35 @@ pub struct Decision {
     /// What the limits stage found, when a limit refused the request (or would have, in a
     /// dry run) or a key part or cost was unknown.
     pub limit: Option<crate::limits::LimitHit>,
+    /// The `require_approval` rules that matched (true or unknown, not in dry run), file
+    /// order, when no deny rule decided. Empty (and unallocated) when none did.
+    pub holds: Vec<HoldRule>,
+    /// With holds: what the allow rules (or the default) decide once every hold is lifted.
+    pub lifted: Option<Box<Lifted>>,
+    /// The approval of a held (or lifted) request: its id, status and grant.
+    pub approval: Option<Box<crate::approvals::ApprovalState>>,
+}
+
+/// A `require_approval` rule that held a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldRule {
+    /// The rule's id.
+    pub id: Arc<str>,
+    /// Its message.
+    pub message: Option<Arc<str>>,
+}
+
+/// What a held request's decision becomes once its holds are lifted by a grant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifted {
+    /// The verdict of the allow rules (or the default).
+    pub verdict: Verdict,
+    /// Their deciding rule.
+    pub rule: RuleId,
+    /// Its message.
+    pub message: Option<Arc<str>>,
+    /// Its unknown part.
+    pub unknown: Option<Part>,
 }
 
 /// An allow rule with limits that allowed a request, or batch element `element` of it.
@@ -185,7 +217,18 @@ pub struct LimitedBy {
 impl Decision {
     /// Whether Envoy lets the request through.
     pub fn allowed(&self) -> bool {
-        !matches!(self.verdict, Verdict::Deny | Verdict::RateLimited)
+        !matches!(self.verdict, Verdict::Deny | Verdict::RateLimited | Verdict::Held)
+    }
+
+    /// Lift every hold: the decision becomes what the allow rules (or the default) decide.
+    /// The holds stay listed (the record names what was lifted).
+    pub fn lift(&mut self) {
+        if let Some(l) = self.lifted.take() {
+            self.verdict = l.verdict;
+            self.rule = l.rule;
+            self.message = l.message;
+            self.unknown = l.unknown;
+        }
     }
 
     /// The HTTP status of this decision as a deny, given the policy's `deny_status`: a
@@ -200,7 +243,9 @@ impl Decision {
     /// What the policy decided before any global dry run.
     pub fn policy_effect(&self) -> Effect {
         match self.verdict {
-            Verdict::Deny | Verdict::RateLimited | Verdict::DryRunAllow { global: true } => Effect::Deny,
+            Verdict::Deny | Verdict::RateLimited | Verdict::Held | Verdict::DryRunAllow { global: true } => {
+                Effect::Deny
+            }
             Verdict::Allow | Verdict::DryRunAllow { global: false } => Effect::Allow,
         }
     }
@@ -221,6 +266,9 @@ impl Decision {
             unknown: None,
             limited: Vec::new(),
             limit: None,
+            holds: Vec::new(),
+            lifted: None,
+            approval: None,
         }
     }
 
@@ -657,7 +705,7 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
     if let Some(paths) = &rule.paths {
         // Deny rules also match a path that differs only in ASCII case or by one trailing
         // slash (Express, ASP.NET and older Spring route `/MCP` and `/mcp/` to `/mcp`).
-        let loose = rule.effect == Effect::Deny;
+        let loose = rule.effect.restrictive();
         let hit = if loose {
             paths.iter().any(|p| {
                 p.matches_loose(cx.path, &mut caps)
@@ -719,7 +767,7 @@ fn match_rule<'r>(rule: &Rule, cx: &Cx<'r>, body: BodyView<'_>) -> RuleMatch {
 fn applies(rule: &Rule, m: RuleMatch) -> bool {
     match rule.effect {
         Effect::Allow => m.result == Tri::True,
-        Effect::Deny => m.result != Tri::False,
+        Effect::Deny | Effect::RequireApproval => m.result != Tri::False,
     }
 }
 
@@ -733,6 +781,15 @@ struct Outcome {
     unknown: Option<Part>,
     /// The deciding allow rule's index, when it has limits.
     limited: Option<usize>,
+    /// The holds that matched (rule index, unknown part), when no deny rule decided.
+    holds: Vec<(usize, Option<Part>)>,
+}
+
+impl Outcome {
+    /// Denied by a deny rule or the default, with no hold (a held element is not denied yet).
+    fn denied(&self) -> bool {
+        self.effect == Effect::Deny && self.holds.is_empty()
+    }
 }
 
 fn first_segment(path: &str) -> &str {
@@ -841,12 +898,13 @@ fn decide_one<T: Tracer>(
 ) -> Outcome {
     let all = tracer.wants_all();
     let mut dry_run_rules = Vec::new();
+    let mut holds = Vec::new();
     // (index, how it matched) of the deciding rule.
     let mut decided: Option<(usize, RuleMatch)> = None;
     let deny = if cx.every_deny || all { RuleIter::All(0..policy.rules.len()) } else { RuleIter::Indexed(cands.deny) };
     for i in deny {
         let Some(rule) = policy.rules.get(i) else { continue };
-        if rule.effect != Effect::Deny {
+        if !rule.effect.restrictive() {
             continue;
         }
         let m = match_rule(rule, cx, body);
@@ -855,6 +913,11 @@ fn decide_one<T: Tracer>(
         if applies && decided.is_none() {
             if rule.dry_run {
                 dry_run_rules.push(rule.id.clone());
+                continue;
+            }
+            if rule.effect == Effect::RequireApproval {
+                // Every hold is collected; a deny rule anywhere still decides first.
+                holds.push((i, if m.result == Tri::Unknown { m.part } else { None }));
                 continue;
             }
             decided = Some((i, m));
@@ -889,6 +952,8 @@ fn decide_one<T: Tracer>(
             dry_run_rules,
             unknown: if m.result == Tri::Unknown { m.part } else { None },
             limited: (rule.effect == Effect::Allow && !rule.limits.is_empty()).then_some(i),
+            // A deny rule decides before any hold (agent-controls §1).
+            holds: if rule.effect == Effect::Deny { Vec::new() } else { holds },
         },
         None => Outcome {
             effect: policy.settings.default,
@@ -897,6 +962,7 @@ fn decide_one<T: Tracer>(
             dry_run_rules,
             unknown: None,
             limited: None,
+            holds,
         },
     }
 }
@@ -1034,8 +1100,12 @@ pub fn evaluate_traced<T: Tracer>(
             let mut first_outcome: Option<Outcome> = None;
             let mut dry_run_rules: Vec<Arc<str>> = Vec::new();
             let mut denied: Option<Outcome> = None;
+            // Held elements: what the first whose allow rules deny decides once lifted, and
+            // every hold of every element.
+            let mut held: Option<Outcome> = None;
+            let mut holds: Vec<(usize, Option<Part>)> = Vec::new();
             for (n, item) in items.iter().enumerate() {
-                let o = decide_one(policy, cands, &cx, BodyView::Json(item), Some(n), tracer);
+                let mut o = decide_one(policy, cands, &cx, BodyView::Json(item), Some(n), tracer);
                 if denied.is_some() {
                     // Only explaining the rest (a tracer that wants every rule).
                     continue;
@@ -1045,10 +1115,22 @@ pub fn evaluate_traced<T: Tracer>(
                         dry_run_rules.push(r.clone());
                     }
                 }
-                if o.effect == Effect::Deny {
+                if o.denied() {
                     denied = Some(o);
                     if !tracer.wants_all() {
                         break;
+                    }
+                    continue;
+                }
+                for h in o.holds.drain(..) {
+                    if !holds.iter().any(|(i, _)| *i == h.0) {
+                        holds.push(h);
+                    }
+                }
+                if o.effect == Effect::Deny {
+                    // Held, and denied by the default once lifted.
+                    if held.is_none() {
+                        held = Some(o);
                     }
                     continue;
                 }
@@ -1059,17 +1141,26 @@ pub fn evaluate_traced<T: Tracer>(
                     first_outcome = Some(o);
                 }
             }
-            let mut o = match (denied, first_outcome) {
-                (Some(d), _) => d,
-                (None, Some(f)) => f,
+            holds.sort_by_key(|(i, _)| *i);
+            let mut o = match (denied, held, first_outcome) {
+                (Some(d), _, _) => d,
+                (None, Some(mut h), _) => {
+                    h.holds = holds;
+                    h
+                }
+                (None, None, Some(mut f)) => {
+                    f.holds = holds;
+                    f
+                }
                 // INVARIANT: a batch is non-empty; this arm only keeps the code total.
-                (None, None) => Outcome {
+                (None, None, None) => Outcome {
                     effect: Effect::Deny,
                     rule: RuleId::Default,
                     message: None,
                     dry_run_rules: Vec::new(),
                     unknown: None,
                     limited: None,
+                    holds: Vec::new(),
                 },
             };
             o.dry_run_rules = dry_run_rules;
@@ -1077,21 +1168,57 @@ pub fn evaluate_traced<T: Tracer>(
         }
     };
     let verdict = match (outcome.effect, policy.settings.mode) {
-        (Effect::Deny, Mode::DryRun) => Verdict::DryRunAllow { global: true },
-        (Effect::Deny, Mode::Enforce) => Verdict::Deny,
+        (Effect::Deny | Effect::RequireApproval, Mode::DryRun) => Verdict::DryRunAllow { global: true },
+        (Effect::Deny | Effect::RequireApproval, Mode::Enforce) => Verdict::Deny,
         (Effect::Allow, _) if !outcome.dry_run_rules.is_empty() => Verdict::DryRunAllow { global: false },
         (Effect::Allow, _) => Verdict::Allow,
     };
+    // Only a request that goes through on an allow rule is charged.
+    let limited = if outcome.effect == Effect::Allow { limited } else { Vec::new() };
+    let Some(&(first, first_unknown)) = outcome.holds.first() else {
+        return Decision {
+            verdict,
+            rule: outcome.rule,
+            message: outcome.message,
+            dry_run_rules: outcome.dry_run_rules,
+            path_error: None,
+            unknown: outcome.unknown,
+            limited,
+            limit: None,
+            holds: Vec::new(),
+            lifted: None,
+            approval: None,
+        };
+    };
+    // Held (agent-controls §1-2): the first hold decides; what the allow rules decided is
+    // kept for when a grant lifts every hold.
+    let holds: Vec<HoldRule> = outcome
+        .holds
+        .iter()
+        .filter_map(|(i, _)| policy.rules.get(*i))
+        .map(|r| HoldRule { id: r.id.clone(), message: r.message.clone() })
+        .collect();
+    let first = policy.rules.get(first);
     Decision {
-        verdict,
-        rule: outcome.rule,
-        message: outcome.message,
+        verdict: match policy.settings.mode {
+            Mode::DryRun => Verdict::DryRunAllow { global: true },
+            Mode::Enforce => Verdict::Held,
+        },
+        rule: first.map_or(RuleId::InternalError, |r| RuleId::Rule(r.id.clone())),
+        message: first.and_then(|r| r.message.clone()),
         dry_run_rules: outcome.dry_run_rules,
         path_error: None,
-        unknown: outcome.unknown,
-        // Only a request that goes through on an allow rule is charged.
-        limited: if outcome.effect == Effect::Allow { limited } else { Vec::new() },
+        unknown: first_unknown,
+        limited,
         limit: None,
+        holds,
+        lifted: Some(Box::new(Lifted {
+            verdict,
+            rule: outcome.rule,
+            message: outcome.message,
+            unknown: outcome.unknown,
+        })),
+        approval: None,
     }
 }
 

@@ -49,9 +49,11 @@ impl RuleIndex {
     }
 
     pub(super) fn build(rules: &[Rule], effect: Effect) -> RuleIndex {
-        let mut idx = RuleIndex { fold_case: effect == Effect::Deny, ..RuleIndex::default() };
+        // The deny index holds every restrictive rule (deny and require_approval): both are
+        // matched in the same pass, true or unknown, paths in any ASCII case.
+        let mut idx = RuleIndex { fold_case: effect.restrictive(), ..RuleIndex::default() };
         for (i, r) in rules.iter().enumerate() {
-            if r.effect != effect {
+            if r.effect.restrictive() != effect.restrictive() {
                 continue;
             }
             let i = u32::try_from(i).unwrap_or(u32::MAX);

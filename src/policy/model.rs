@@ -53,6 +53,37 @@ pub struct SettingsDef {
     /// How a denied JSON-RPC call is answered: `jsonrpc` (default) or `http`.
     #[serde(default)]
     pub mcp_responses: Option<McpResponsesDef>,
+    /// Holds and approvals (agent-controls.md §2-3).
+    #[serde(default)]
+    pub approvals: Option<ApprovalsDef>,
+}
+
+/// `settings.approvals:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsDef {
+    /// How long a pending approval waits for a human (default 15m).
+    pub pending_ttl: Option<String>,
+    /// How long an approval grant lasts unless the approver says otherwise (default 10m).
+    pub grant_ttl: Option<String>,
+    /// The longest a grant may last (default 24h).
+    pub max_grant_ttl: Option<String>,
+    /// What a held caller is told to wait before retrying (default 30s).
+    pub retry_after: Option<String>,
+    /// JSON Pointers into the body (or an MCP call's arguments) shown as `"[redacted]"`.
+    pub redact: Option<Vec<String>>,
+    /// Most pending approvals kept (default 1000).
+    pub max_pending: Option<u64>,
+    /// Where `approval.pending` and `agent.quarantined` events are POSTed.
+    pub webhook: Option<WebhookDef>,
+}
+
+/// `settings.approvals.webhook:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDef {
+    /// An `http://` or `https://` URL.
+    pub url: Option<String>,
 }
 
 /// `settings.mcp_responses:`.
@@ -81,6 +112,8 @@ pub enum EffectDef {
     Allow,
     /// Refuse the request.
     Deny,
+    /// Hold the request for a human's approval (agent-controls.md §2).
+    RequireApproval,
 }
 
 /// enforce | dry_run.
@@ -111,7 +144,7 @@ pub struct RuleDef {
     pub id: Option<String>,
     /// Free text, not used in decisions.
     pub description: Option<String>,
-    /// allow | deny, required.
+    /// allow | deny | require_approval, required.
     pub effect: Option<EffectDef>,
     /// Agent ids, `@group`, `*`.
     pub agents: Option<Vec<String>>,
@@ -135,7 +168,7 @@ pub struct RuleDef {
     pub when: Option<WhenDef>,
     /// Message returned on deny.
     pub message: Option<String>,
-    /// This rule alone in dry run (deny rules only).
+    /// This rule alone in dry run (deny and require_approval rules only).
     pub dry_run: Option<bool>,
     /// Rate limits and budgets (allow rules only; agent-controls.md §4).
     pub limits: Option<Vec<LimitDef>>,

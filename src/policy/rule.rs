@@ -8,22 +8,31 @@ use super::index::{FnvBuild, RuleIndex};
 use super::pattern::PathPattern;
 use super::time::TimeWindow;
 
-/// allow | deny.
+/// allow | deny | require_approval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     /// Let the request through.
     Allow,
     /// Refuse it.
     Deny,
+    /// Hold it until a human approves it (agent-controls.md §2).
+    RequireApproval,
 }
 
 impl Effect {
-    /// `allow` / `deny`.
+    /// `allow` / `deny` / `require_approval`.
     pub fn as_str(self) -> &'static str {
         match self {
             Effect::Allow => "allow",
             Effect::Deny => "deny",
+            Effect::RequireApproval => "require_approval",
         }
+    }
+
+    /// A rule that keeps requests out: it matches when its parts are true or unknown, and
+    /// matches paths loosely (deny and require_approval rules).
+    pub fn restrictive(self) -> bool {
+        matches!(self, Effect::Deny | Effect::RequireApproval)
     }
 }
 
@@ -53,6 +62,8 @@ pub struct Settings {
     pub control_approvers_file: Option<String>,
     /// Answer a denied JSON-RPC call with a JSON-RPC response (agent-controls.md §8).
     pub mcp_jsonrpc_responses: bool,
+    /// Holds and approvals (agent-controls.md §2-3).
+    pub approvals: crate::approvals::ApprovalSettings,
 }
 
 /// Where an identity comes from.
@@ -157,7 +168,7 @@ pub struct Rule {
     pub when: Option<TimeWindow>,
     /// Message on deny.
     pub message: Option<Arc<str>>,
-    /// This deny rule alone is in dry run.
+    /// This deny or require_approval rule alone is in dry run.
     pub dry_run: bool,
     /// Whether matching needs the parsed body (`body` or `mcp`).
     pub reads_body: bool,

@@ -8,7 +8,11 @@ use std::sync::Mutex;
 
 use jiff::Timestamp;
 
-use super::{bucket_after, gcra, micros, AutoQuarantine, Quarantine, StateStore, StoreError, Take, TakeOutcome};
+use super::{
+    bucket_after, gcra, micros, AutoQuarantine, Grant, HoldAsk, HoldOutcome, PendingApproval, Quarantine, StateStore,
+    StoreError, Take, TakeOutcome,
+};
+use crate::approvals::{ApprovalStatus, GrantKind};
 
 /// Default most limit buckets kept (~100 bytes each plus the key).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -23,9 +27,19 @@ pub struct MemoryStore {
     denies: Mutex<HashMap<Box<str>, VecDeque<i64>>>,
     /// Quarantines by agent.
     quarantines: Mutex<HashMap<String, Quarantine>>,
+    /// Pending approvals and grants.
+    approvals: Mutex<Approvals>,
     max_keys: usize,
     max_per_owner: usize,
     dir: Option<PathBuf>,
+}
+
+/// Pending approvals by id (bounded by `settings.approvals.max_pending`) and grants by id
+/// (written through to `state.dir/grants.json`).
+#[derive(Debug, Default)]
+struct Approvals {
+    pending: HashMap<String, PendingApproval>,
+    grants: HashMap<String, Grant>,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +76,7 @@ impl MemoryStore {
             buckets: Mutex::new(Buckets::default()),
             denies: Mutex::new(HashMap::new()),
             quarantines: Mutex::new(HashMap::new()),
+            approvals: Mutex::new(Approvals::default()),
             max_keys,
             max_per_owner,
             dir: None,
@@ -72,7 +87,18 @@ impl MemoryStore {
     /// `dir`, quarantines are read from and written to `dir/quarantine.json`.
     pub fn new(max_keys: usize, max_per_owner: usize, dir: Option<PathBuf>) -> Result<MemoryStore, String> {
         let mut quarantines = HashMap::new();
+        let mut grants = HashMap::new();
         if let Some(d) = &dir {
+            let file = d.join("grants.json");
+            match std::fs::read(&file) {
+                Ok(bytes) => {
+                    let list: Vec<Grant> = serde_json::from_slice(&bytes)
+                        .map_err(|e| format!("{}: not a grant list: {e}", file.display()))?;
+                    grants.extend(list.into_iter().map(|g| (g.id.clone(), g)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", file.display())),
+            }
             std::fs::create_dir_all(d).map_err(|e| format!("state.dir {}: {e}", d.display()))?;
             let file = d.join("quarantine.json");
             match std::fs::read(&file) {
@@ -89,6 +115,7 @@ impl MemoryStore {
             buckets: Mutex::new(Buckets::default()),
             denies: Mutex::new(HashMap::new()),
             quarantines: Mutex::new(quarantines),
+            approvals: Mutex::new(Approvals { pending: HashMap::new(), grants }),
             max_keys,
             max_per_owner,
             dir,
@@ -96,23 +123,29 @@ impl MemoryStore {
     }
 
     fn persist(&self, map: &HashMap<String, Quarantine>) -> Result<(), StoreError> {
-        let Some(dir) = &self.dir else { return Ok(()) };
         let mut list: Vec<&Quarantine> = map.values().collect();
         list.sort_by(|a, b| a.agent.cmp(&b.agent));
-        let text = serde_json::to_vec_pretty(&list).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let tmp = dir.join(".quarantine.json.tmp");
+        self.write("quarantine.json", &list)
+    }
+
+    fn persist_grants(&self, map: &HashMap<String, Grant>) -> Result<(), StoreError> {
+        let mut list: Vec<&Grant> = map.values().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        self.write("grants.json", &list)
+    }
+
+    /// Write `name` in `state.dir` atomically (a temporary file renamed over it).
+    fn write<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let text = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, dir.join("quarantine.json")))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(name)))
             .map_err(|e| StoreError::Unavailable(format!("writing {}: {e}", dir.display())))
     }
-}
 
-fn poisoned<T>(_: T) -> StoreError {
-    StoreError::Unavailable("memory store lock poisoned".into())
-}
-
-impl StateStore for MemoryStore {
-    async fn take(&self, owner: &str, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
+    /// GCRA over every bucket, all or nothing, under the buckets lock.
+    fn take_locked(&self, owner: &str, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
         let now = micros(now);
         let mut b = self.buckets.lock().map_err(poisoned)?;
         let mut new_tats = Vec::with_capacity(takes.len());
@@ -153,6 +186,16 @@ impl StateStore for MemoryStore {
             }
         }
         Ok(TakeOutcome::Taken(buckets))
+    }
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError::Unavailable("memory store lock poisoned".into())
+}
+
+impl StateStore for MemoryStore {
+    async fn take(&self, owner: &str, takes: &[Take], now: Timestamp) -> Result<TakeOutcome, StoreError> {
+        self.take_locked(owner, takes, now)
     }
 
     async fn count_deny(
@@ -247,6 +290,138 @@ impl StateStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn hold(
+        &self,
+        ask: HoldAsk<'_>,
+        owner: &str,
+        takes: &[Take],
+        now: Timestamp,
+    ) -> Result<HoldOutcome, StoreError> {
+        let mut a = self.approvals.lock().map_err(poisoned)?;
+        let gid = Grant::approval_grant_id(ask.approval_id);
+        let live = a.grants.get(&gid).filter(|g| g.in_force(now)).and_then(|g| match &g.kind {
+            GrantKind::Approval { uses, .. } if *uses > 0 => Some((g.approved_by.clone(), *uses)),
+            _ => None,
+        });
+        if let Some((approved_by, uses)) = live {
+            let take = self.take_locked(owner, takes, now)?;
+            if matches!(take, TakeOutcome::Taken(_)) {
+                if uses <= 1 {
+                    let old = a.grants.remove(&gid);
+                    if let Err(e) = self.persist_grants(&a.grants) {
+                        // Spent in memory either way (single use never becomes two); only a
+                        // restart could bring it back.
+                        tracing::warn!(error = %e, grant = %gid, "spent grant not removed from state.dir");
+                    }
+                    drop(old);
+                } else if let Some(GrantKind::Approval { uses, .. }) = a.grants.get_mut(&gid).map(|g| &mut g.kind) {
+                    *uses -= 1;
+                    if let Err(e) = self.persist_grants(&a.grants) {
+                        tracing::warn!(error = %e, grant = %gid, "grant use not written to state.dir");
+                    }
+                }
+            }
+            return Ok(HoldOutcome::Lifted { grant: gid, approved_by, take });
+        }
+        a.pending.retain(|_, p| now < p.expires_at);
+        let expires_at = crate::approvals::add(now, ask.pending_ttl);
+        if let Some(p) = a.pending.get_mut(ask.approval_id) {
+            p.seen += 1;
+            p.expires_at = expires_at;
+            return Ok(HoldOutcome::Held { status: p.status, expires_at, seen: p.seen });
+        }
+        if a.pending.len() >= ask.max_pending {
+            return Ok(HoldOutcome::Held { status: ApprovalStatus::Pending, expires_at, seen: 0 });
+        }
+        let mut p = ask.record.clone();
+        p.seen = 1;
+        p.expires_at = expires_at;
+        a.pending.insert(ask.approval_id.to_owned(), p);
+        Ok(HoldOutcome::Held { status: ApprovalStatus::Pending, expires_at, seen: 1 })
+    }
+
+    async fn pending(&self, now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
+        let mut a = self.approvals.lock().map_err(poisoned)?;
+        a.pending.retain(|_, p| now < p.expires_at);
+        let mut list: Vec<PendingApproval> = a.pending.values().cloned().collect();
+        list.sort_by(|x, y| x.created_at.cmp(&y.created_at).then_with(|| x.id.cmp(&y.id)));
+        Ok(list)
+    }
+
+    async fn approve(&self, id: &str, grant: Grant) -> Result<bool, StoreError> {
+        let mut a = self.approvals.lock().map_err(poisoned)?;
+        let now = grant.created_at;
+        if a.pending.get(id).is_none_or(|p| now >= p.expires_at) {
+            return Ok(false);
+        }
+        let gid = grant.id.clone();
+        let old = a.grants.insert(gid.clone(), grant);
+        if let Err(e) = self.persist_grants(&a.grants) {
+            match old {
+                Some(o) => a.grants.insert(gid, o),
+                None => a.grants.remove(&gid),
+            };
+            return Err(e);
+        }
+        a.pending.remove(id);
+        Ok(true)
+    }
+
+    async fn deny_approval(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Option<PendingApproval>, StoreError> {
+        let mut a = self.approvals.lock().map_err(poisoned)?;
+        let Some(p) = a.pending.get_mut(id).filter(|p| now < p.expires_at) else { return Ok(None) };
+        p.status = ApprovalStatus::Denied;
+        p.decided_by = Some(by.to_owned());
+        p.reason = Some(reason.to_owned());
+        Ok(Some(p.clone()))
+    }
+
+    async fn add_grant(&self, grant: Grant) -> Result<(), StoreError> {
+        let mut a = self.approvals.lock().map_err(poisoned)?;
+        let gid = grant.id.clone();
+        let old = a.grants.insert(gid.clone(), grant);
+        if let Err(e) = self.persist_grants(&a.grants) {
+            match old {
+                Some(o) => a.grants.insert(gid, o),
+                None => a.grants.remove(&gid),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        let mut a = self.approvals.lock().map_err(poisoned)?;
+        let Some(old) = a.grants.remove(id) else { return Ok(false) };
+        if let Err(e) = self.persist_grants(&a.grants) {
+            // Not written: the grant stays revoked here (never lifts again by a failed
+            // call), but a restart would bring it back, so the call reports the failure.
+            tracing::warn!(error = %e, grant = %old.id, "revoked grant not removed from state.dir");
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    async fn grants(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+        let mut a = self.approvals.lock().map_err(poisoned)?;
+        let before = a.grants.len();
+        a.grants.retain(|_, g| g.in_force(now));
+        if a.grants.len() != before {
+            if let Err(e) = self.persist_grants(&a.grants) {
+                tracing::warn!(error = %e, "ended grants not removed from state.dir");
+            }
+        }
+        let mut list: Vec<Grant> = a.grants.values().cloned().collect();
+        list.sort_by(|x, y| x.created_at.cmp(&y.created_at).then_with(|| x.id.cmp(&y.id)));
+        Ok(list)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The state store (agent-controls.md §7): what hallpass remembers between Checks and shares
-//! between replicas — limit counters (GCRA), deny counts for automatic quarantine, and
-//! quarantines (pending approvals and grants come with the approvals issue).
+//! between replicas — limit counters (GCRA), deny counts for automatic quarantine,
+//! quarantines, pending approvals and grants (single use across replicas).
 //!
 //! One trait, [`StateStore`], two backends: [`memory::MemoryStore`] (the default, one replica;
 //! quarantines survive a restart when `state.dir` is set) and [`redis::RedisStore`] (replicas
@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+pub use crate::approvals::{Grant, PendingApproval};
 
 /// Why a store operation failed. The caller decides what that means for a request
 /// (`on_store_error`, or the last quarantine list read).
@@ -148,6 +150,47 @@ pub struct AutoQuarantine {
     pub duration: Duration,
 }
 
+/// A held request's approval, asked of the store in one step: if an approval grant for
+/// `approval_id` is in force, take the limits of the rule the request then goes on to
+/// (`takes`) and spend one use of the grant — both or neither; otherwise record (or refresh)
+/// the pending approval.
+#[derive(Debug, Clone)]
+pub struct HoldAsk<'a> {
+    /// The approval id.
+    pub approval_id: &'a str,
+    /// The pending approval to record when there is none (`seen` is counted by the store).
+    pub record: &'a crate::approvals::PendingApproval,
+    /// How long the pending approval lives after this hold.
+    pub pending_ttl: Duration,
+    /// Most pending approvals kept.
+    pub max_pending: usize,
+}
+
+/// What the store answered to a [`HoldAsk`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// An approval grant is in force. `take` says what the limits did: a use of the grant
+    /// was spent only if they were `Taken`.
+    Lifted {
+        /// The grant's id.
+        grant: String,
+        /// Who approved it.
+        approved_by: String,
+        /// The limits' answer.
+        take: TakeOutcome,
+    },
+    /// No grant: the request stays held.
+    Held {
+        /// pending | denied.
+        status: crate::approvals::ApprovalStatus,
+        /// When the pending approval expires.
+        expires_at: Timestamp,
+        /// How many times it was held, this one included (1: new). 0: not recorded (the
+        /// store holds `max_pending` already).
+        seen: u64,
+    },
+}
+
 /// The operations every backend offers. Times come from the caller for the memory store (so
 /// tests pin the clock); the Redis store reads Redis's own clock for limits and deny counts, so
 /// replicas whose clocks differ still share one bucket.
@@ -184,6 +227,41 @@ pub trait StateStore: Send + Sync {
 
     /// Whether the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A held request: spend an approval grant (with the limits), or record the pending
+    /// approval. `owner` and `takes` as for [`StateStore::take`].
+    fn hold(
+        &self,
+        ask: HoldAsk<'_>,
+        owner: &str,
+        takes: &[Take],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<HoldOutcome, StoreError>> + Send;
+
+    /// The pending approvals at `now` (ended ones are dropped), oldest first.
+    fn pending(&self, now: Timestamp) -> impl Future<Output = Result<Vec<PendingApproval>, StoreError>> + Send;
+
+    /// Approve a pending approval: it is replaced by `grant` (an approval grant for it).
+    /// `false`: no such pending approval.
+    fn approve(&self, id: &str, grant: Grant) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deny a pending approval (it stays, `denied`, until it expires). `None`: no such one.
+    fn deny_approval(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Option<PendingApproval>, StoreError>> + Send;
+
+    /// Add a grant (a task grant; approval grants come from [`StateStore::approve`]).
+    fn add_grant(&self, grant: Grant) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Revoke a grant; whether there was one.
+    fn revoke(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every grant in force at `now` (approval grants with their uses left).
+    fn grants(&self, now: Timestamp) -> impl Future<Output = Result<Vec<Grant>, StoreError>> + Send;
 }
 
 /// The store the server runs: one of the backends.
@@ -251,6 +329,67 @@ impl StateStore for Store {
         match self {
             Store::Memory(m) => m.ping().await,
             Store::Redis(r) => r.ping().await,
+        }
+    }
+
+    async fn hold(
+        &self,
+        ask: HoldAsk<'_>,
+        owner: &str,
+        takes: &[Take],
+        now: Timestamp,
+    ) -> Result<HoldOutcome, StoreError> {
+        match self {
+            Store::Memory(m) => m.hold(ask, owner, takes, now).await,
+            Store::Redis(r) => r.hold(ask, owner, takes, now).await,
+        }
+    }
+
+    async fn pending(&self, now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
+        match self {
+            Store::Memory(m) => m.pending(now).await,
+            Store::Redis(r) => r.pending(now).await,
+        }
+    }
+
+    async fn approve(&self, id: &str, grant: Grant) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => m.approve(id, grant).await,
+            Store::Redis(r) => r.approve(id, grant).await,
+        }
+    }
+
+    async fn deny_approval(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Option<PendingApproval>, StoreError> {
+        match self {
+            Store::Memory(m) => m.deny_approval(id, by, reason, now).await,
+            Store::Redis(r) => r.deny_approval(id, by, reason, now).await,
+        }
+    }
+
+    async fn add_grant(&self, grant: Grant) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.add_grant(grant).await,
+            Store::Redis(r) => r.add_grant(grant).await,
+        }
+    }
+
+    async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => m.revoke(id).await,
+            Store::Redis(r) => r.revoke(id).await,
+        }
+    }
+
+    async fn grants(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+        match self {
+            Store::Memory(m) => m.grants(now).await,
+            Store::Redis(r) => r.grants(now).await,
         }
     }
 }
