@@ -101,6 +101,9 @@ fn corpus_decisions() {
             let req = hallpass::request::Request::from_check_request(case.request.to_check_request()).unwrap();
             let (explained, traces) = hallpass::policy::explain(&policy, &req, case.request.now());
             let stateful = decision.limit.is_some() || decision.rule == hallpass::policy::eval::RuleId::Quarantined;
+            // The holds stage names the approval (explain does not run it).
+            let mut decision = decision;
+            decision.approval = None;
             if stateful {
                 if decision.limit.is_some() && explained.rule != decision.rule {
                     failures
@@ -137,7 +140,7 @@ fn corpus_decisions() {
 
 /// The deny's status, body `error` and `retry-after`, where the case names them.
 fn deny_fields_disagree(want: &common::Expect, resp: &envoy_types::ext_authz::v3::pb::CheckResponse) -> Option<String> {
-    if want.status.is_none() && want.error.is_none() && want.retry_after.is_none() {
+    if want.status.is_none() && want.error.is_none() && want.retry_after.is_none() && want.approval.is_none() {
         return None;
     }
     let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response else {
@@ -173,8 +176,19 @@ fn deny_fields_disagree(want: &common::Expect, resp: &envoy_types::ext_authz::v3
         }
     }
     if let Some(r) = want.retry_after {
-        if retry != Some(r) || body["retry_after_s"] != r {
-            bad.push(format!("retry-after {retry:?} / body {}, want {r}", body["retry_after_s"]));
+        // A 429 says it at the top of the body, a held request in its `approval`.
+        let said = if body.get("approval").is_some() { &body["approval"]["retry_after_s"] } else { &body["retry_after_s"] };
+        if retry != Some(r) || *said != r {
+            bad.push(format!("retry-after {retry:?} / body {said}, want {r}"));
+        }
+    }
+    if let Some(a) = &want.approval {
+        let id = body["approval"]["id"].as_str().unwrap_or("");
+        if body["approval"]["status"] != a.as_str() || !id.starts_with("ap_") || id.len() != 29 {
+            bad.push(format!("approval {}, want status {a} and an ap_ id", body["approval"]));
+        }
+        if body["approval"]["expires_at"].as_str().is_none_or(|t| t.parse::<jiff::Timestamp>().is_err()) {
+            bad.push(format!("approval expires_at {}", body["approval"]["expires_at"]));
         }
     }
     (!bad.is_empty()).then(|| bad.join("; "))

@@ -45,8 +45,10 @@ pub struct Expect {
     pub status: Option<u16>,
     /// The deny body's `error` (checked when given).
     pub error: Option<String>,
-    /// The `retry-after` header of a 429, seconds (checked when given).
+    /// The `retry-after` header of a 429 or a held request, seconds (checked when given).
     pub retry_after: Option<u64>,
+    /// A held request's `approval.status` (pending | denied), checked when given.
+    pub approval: Option<String>,
 }
 
 /// One case.
