@@ -32,6 +32,8 @@ command -v javac >/dev/null 2>&1 || APT_NEED="$APT_NEED default-jdk-headless"
 command -v npm >/dev/null 2>&1 || APT_NEED="$APT_NEED nodejs npm"
 # a real Redis for the shared state store (tests/state_redis.rs; redis-benchmark for benches)
 command -v redis-server >/dev/null 2>&1 || APT_NEED="$APT_NEED redis-server"
+# a real browser for the approval console (tests/approvals.rs, driven by tests/console/console.mjs)
+command -v chromium >/dev/null 2>&1 || APT_NEED="$APT_NEED chromium"
 if [ -n "$APT_NEED" ]; then
   echo "== installing$APT_NEED (Debian packages)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -39,8 +41,7 @@ if [ -n "$APT_NEED" ]; then
   # shellcheck disable=SC2086 # a list of package names
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $APT_NEED >/dev/null
 fi
-for pkg in express mcp; do
-  dir="tests/upstreams/$pkg"
+for dir in tests/upstreams/express tests/upstreams/mcp tests/console; do
   if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     echo "== npm ci in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

@@ -1,0 +1,519 @@
+//! Human approval (agent-controls.md §2-3, §8) against the whole server in-process on port 0
+//! with the memory store: a held MCP call answered in JSON-RPC with its approval id, the
+//! pending approval as an approver sees it (arguments redacted), bad input refused with
+//! nothing changed, approve → the identical retry goes through once, deny, task grants until
+//! they expire (exactly) or are revoked, the webhook (a real HTTP receiver), decision records,
+//! metrics, grants kept across a restart by `state.dir`, and the CLI verbs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "tests may panic")]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use hallpass::app;
+use hallpass::control::client::call;
+use hallpass::reload::PolicyStore;
+use hallpass::request::build::CheckRequestBuilder;
+use hallpass::settings::{Overrides, ServerSettings};
+use hallpass::telemetry::Metrics;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "approvals-test-token-1";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Server {
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    control: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), app::ServeError>>,
+}
+
+async fn start(dir: &Path) -> Server {
+    let settings = ServerSettings::resolve(Overrides {
+        policy: Some(dir.join("policy.yaml")),
+        grpc_listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        control_listen: Some("127.0.0.1:0".into()),
+        drain_delay: Some("0s".into()),
+        decision_log: Some(dir.join("decisions.jsonl").display().to_string()),
+        state_dir: Some(dir.join("state")),
+        ..Overrides::default()
+    })
+    .unwrap();
+    let metrics = Metrics::new().unwrap();
+    let store = Arc::new(PolicyStore::open(&settings.policy, Some(metrics.clone())).unwrap());
+    let bound = app::bind(&settings).await.unwrap();
+    let (grpc, admin, control) = (bound.grpc_addr().unwrap(), bound.admin_addr().unwrap(), bound.control_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app::run(settings, bound, store, metrics, async move {
+        let _ = stopped.await;
+    }));
+    Server { grpc, admin, control, stop, task }
+}
+
+/// A tools/call body with JSON-RPC `id` `rpc_id`.
+fn tool_call(rpc_id: u64, tool: &str, path: &str) -> String {
+    json!({"jsonrpc":"2.0","id":rpc_id,"method":"tools/call",
+           "params":{"name":tool,"arguments":{"path":path,"secret":"hunter2"}}})
+    .to_string()
+}
+
+/// What a Check answered: allowed?, the HTTP status and body of a deny, and the metadata.
+struct Answer {
+    allowed: bool,
+    status: i32,
+    body: Value,
+    meta: std::collections::HashMap<String, String>,
+}
+
+fn answer(resp: CheckResponse) -> Answer {
+    let meta = resp
+        .dynamic_metadata
+        .map(|m| {
+            m.fields
+                .into_iter()
+                .filter_map(|(k, v)| match v.kind {
+                    Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some((k, s)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match resp.http_response {
+        Some(HttpResponse::OkResponse(_)) => Answer { allowed: true, status: 0, body: Value::Null, meta },
+        Some(HttpResponse::DeniedResponse(d)) => Answer {
+            allowed: false,
+            status: d.status.map_or(0, |s| s.code),
+            body: serde_json::from_str(&d.body).unwrap_or(Value::Null),
+            meta,
+        },
+        other => panic!("unexpected http_response {other:?}"),
+    }
+}
+
+impl Server {
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn api(&self, token: &str, method: &'static str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (addr, token, path, body) = (self.control, token.to_string(), path.to_string(), body.map(str::to_string));
+        let (status, text) = tokio::task::spawn_blocking(move || {
+            call(&format!("http://{addr}"), &token, method, &path, body.as_deref())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    }
+
+    async fn mcp(&self, agent: &str, body: &str) -> Answer {
+        let mut c = AuthorizationClient::connect(format!("http://{}", self.grpc)).await.unwrap();
+        let req = CheckRequestBuilder::new("POST", "/mcp")
+            .header("x-agent-id", agent)
+            .header("content-type", "application/json")
+            .body(body.as_bytes().to_vec())
+            .build();
+        answer(c.check(req).await.unwrap().into_inner())
+    }
+
+    async fn metrics(&self) -> String {
+        let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+}
+
+/// The approval id and status of a held answer (a JSON-RPC tool result with `isError`).
+fn held(a: &Answer) -> (String, String, String) {
+    assert!(!a.allowed, "expected a held request");
+    assert_eq!(a.status, 200, "a held tools/call is answered in JSON-RPC: {}", a.body);
+    assert_eq!(a.body["result"]["isError"], true, "{}", a.body);
+    let d = &a.body["result"]["_meta"]["dev.hallpass/decision"];
+    assert_eq!(d["error"], "approval_required", "{}", a.body);
+    let id = d["approval"]["id"].as_str().unwrap().to_string();
+    assert_eq!(a.meta.get("approval_id"), Some(&id), "metadata names the approval");
+    assert_eq!(a.meta.get("decision").map(String::as_str), Some("deny"), "metadata still says deny");
+    let text = a.body["result"]["content"][0]["text"].as_str().unwrap().to_string();
+    assert!(text.contains(&id), "the model reads the approval id: {text}");
+    (id, d["approval"]["status"].as_str().unwrap().to_string(), text)
+}
+
+/// A webhook receiver: every POST body, answered 200.
+async fn receiver() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            assert!(head.starts_with("POST /hook HTTP/1.1"), "{head}");
+                            let _ = tx.send(serde_json::from_str(body).unwrap());
+                            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").await;
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn setup(name: &str, hook: SocketAddr) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hallpass-approvals-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {}\n", sha256_hex(TOKEN)))
+        .unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        format!(
+            r#"version: 1
+identity:
+  agent: [{{header: x-agent-id}}]
+settings:
+  control: {{ approvers_file: approvers.yaml }}
+  approvals:
+    retry_after: 20s
+    max_grant_ttl: 1h
+    redact: [/secret]
+    webhook: {{ url: "http://{hook}/hook" }}
+rules:
+  - id: delete-file
+    effect: require_approval
+    paths: ["/mcp"]
+    mcp: {{ tools: [delete_file] }}
+    message: Deleting files needs a human's approval.
+  - id: mcp
+    effect: allow
+    methods: [POST]
+    paths: ["/mcp"]
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_once_deny_and_task_grants_through_the_control_api() {
+    let (hook, mut events) = receiver().await;
+    let dir = setup("api", hook);
+    let srv = start(&dir).await;
+
+    // -- held: a JSON-RPC tool result the model can read, with the approval id.
+    let call = tool_call(1, "delete_file", "/tmp/a");
+    let (id, status, text) = held(&srv.mcp("bot", &call).await);
+    assert_eq!(status, "pending");
+    assert!(text.contains("retry the identical call") || text.contains("Retry the identical call"), "{text}");
+    assert!(text.contains("20 seconds"), "retry_after from the settings: {text}");
+    // The same action with another JSON-RPC id is the same approval (ids are not part of it).
+    let (again, _, _) = held(&srv.mcp("bot", &tool_call(2, "delete_file", "/tmp/a")).await);
+    assert_eq!(again, id);
+
+    // -- the approver sees what the agent wants to do, redacted, and how often it tried.
+    let (st, list) = srv.api(TOKEN, "GET", "/v1/approvals", None).await;
+    assert_eq!(st, 200, "{list}");
+    let p = &list["approvals"][0];
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!((p["id"].as_str(), p["status"].as_str(), p["seen"].as_u64()), (Some(id.as_str()), Some("pending"), Some(2)));
+    assert_eq!(p["agent"], "bot");
+    assert_eq!((p["method"].as_str(), p["path"].as_str()), (Some("POST"), Some("/mcp")));
+    assert_eq!(p["mcp"]["tool"], "delete_file");
+    assert_eq!(p["mcp"]["arguments"], json!({"path": "/tmp/a", "secret": "[redacted]"}));
+    assert_eq!(p["rules"][0]["id"], "delete-file");
+    assert_eq!(p["rules"][0]["message"], "Deleting files needs a human's approval.");
+    assert!(!list.to_string().contains("hunter2"), "a redacted value never leaves hallpass");
+
+    // -- the webhook got exactly one approval.pending (the first hold), with the redaction.
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    assert_eq!(ev["type"], "approval.pending");
+    assert_eq!(ev["approval"]["id"], id.as_str());
+    assert_eq!(ev["approval"]["mcp"]["arguments"]["secret"], "[redacted]");
+    assert!(ev["time"].as_str().is_some());
+
+    // -- bad input: 4xx with a JSON error, and nothing changes.
+    let approve = format!("/v1/approvals/{id}/approve");
+    for (token, path, body, want, what) in [
+        ("wrong", approve.as_str(), r#"{"ttl":"10m"}"#, 401, "unknown token"),
+        (TOKEN, "/v1/approvals/ap_aaaaaaaaaaaaaaaaaaaaaaaaaa/approve", r#"{}"#, 404, "no pending approval"),
+        (TOKEN, approve.as_str(), r#"{"ttl":"2h"}"#, 400, "above the maximum"),
+        (TOKEN, approve.as_str(), r#"{"ttl":"soon"}"#, 400, "soon"),
+        (TOKEN, approve.as_str(), r#"{"uses":0}"#, 400, "uses"),
+        (TOKEN, approve.as_str(), r#"{"ttl":"10m""#, 400, "body"),
+        (TOKEN, approve.as_str(), r#"{"tll":"10m"}"#, 400, "tll"),
+    ] {
+        let (st, err) = srv.api(token, "POST", path, Some(body)).await;
+        assert_eq!(st, want, "{body}: {err}");
+        assert!(err["error"].as_str().unwrap().contains(what), "{body}: {err}");
+    }
+    let (_, list) = srv.api(TOKEN, "GET", "/v1/approvals", None).await;
+    assert_eq!(list["approvals"][0]["status"], "pending", "still pending after bad input");
+    let (_, grants) = srv.api(TOKEN, "GET", "/v1/grants", None).await;
+    assert_eq!(grants["grants"], json!([]), "no grant made by bad input");
+    held(&srv.mcp("bot", &call).await);
+
+    // -- approve: the identical retry goes through once, naming the grant.
+    let (st, grant) = srv.api(TOKEN, "POST", &approve, Some(r#"{"ttl":"10m","reason":"cleanup ticket 42"}"#)).await;
+    assert_eq!(st, 201, "{grant}");
+    assert_eq!((grant["kind"].as_str(), grant["uses"].as_u64()), (Some("approval"), Some(1)));
+    assert_eq!((grant["approval"].as_str(), grant["approved_by"].as_str()), (Some(id.as_str()), Some("ops")));
+    let gid = grant["id"].as_str().unwrap().to_string();
+    let (st, got) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{id}"), None).await;
+    assert_eq!((st, got["status"].as_str()), (200, Some("approved")), "{got}");
+    // Another agent's identical call is another action: still held.
+    held(&srv.mcp("other-bot", &call).await);
+    let ok = srv.mcp("bot", &tool_call(3, "delete_file", "/tmp/a")).await;
+    assert!(ok.allowed, "the approved action goes through: {}", ok.body);
+    assert_eq!(ok.meta.get("grant"), Some(&gid));
+    assert_eq!(ok.meta.get("rule").map(String::as_str), Some("mcp"), "the allow rule decides once lifted");
+    // Once: the same retry again is held anew.
+    let (id2, st2, _) = held(&srv.mcp("bot", &call).await);
+    assert_eq!((id2.as_str(), st2.as_str()), (id.as_str(), "pending"));
+    let (_, grants) = srv.api(TOKEN, "GET", "/v1/grants", None).await;
+    assert_eq!(grants["grants"], json!([]), "a spent grant is gone");
+
+    // -- deny: the agent is told so (until the pending approval expires).
+    let (st, denied) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{id}/deny"), Some(r#"{"reason":"no"}"#)).await;
+    assert_eq!((st, denied["status"].as_str(), denied["decided_by"].as_str()), (200, Some("denied"), Some("ops")));
+    let (_, status, text) = held(&srv.mcp("bot", &call).await);
+    assert_eq!(status, "denied");
+    assert!(text.contains("denied"), "{text}");
+    let (st, _) = srv.api(TOKEN, "POST", "/v1/approvals/ap_aaaaaaaaaaaaaaaaaaaaaaaaaa/deny", Some("{}")).await;
+    assert_eq!(st, 404);
+
+    // -- task grants: bad input first.
+    for (body, what) in [
+        (r#"{"agent":"bot","rules":["nope"],"ttl":"10m"}"#, "not a require_approval rule"),
+        (r#"{"agent":"bot","rules":["mcp"],"ttl":"10m"}"#, "not a require_approval rule"),
+        (r#"{"agent":"bot","rules":[],"ttl":"10m"}"#, "at least one"),
+        (r#"{"agent":"bot","rules":["delete-file"]}"#, "ttl"),
+        (r#"{"agent":"bot","rules":["delete-file"],"ttl":"2h"}"#, "above the maximum"),
+        (r#"{"agent":"bot","rules":["delete-file"],"expires_at":"2020-01-01T00:00:00Z"}"#, "not in the future"),
+        (r#"{"agent":"","rules":["delete-file"],"ttl":"10m"}"#, "agent"),
+        (r#"{"agent":"bot","rules":["delete-file"],"ttl":"10m","tools":[]}"#, "tools"),
+    ] {
+        let (st, err) = srv.api(TOKEN, "POST", "/v1/grants", Some(body)).await;
+        assert_eq!(st, 400, "{body}: {err}");
+        assert!(err["error"].as_str().unwrap().contains(what), "{body}: {err}");
+    }
+    // A grant for other tools does not lift this one.
+    let (st, _) = srv
+        .api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"tools":["move_file"],"ttl":"10m"}"#))
+        .await;
+    assert_eq!(st, 201);
+    held(&srv.mcp("bot", &tool_call(4, "delete_file", "/tmp/b")).await);
+    // A task grant lifts the hold for that agent, any arguments, until it expires (exactly).
+    let (st, task) = srv
+        .api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"tools":["delete_file"],"ttl":"1500ms","reason":"cleanup"}"#))
+        .await;
+    assert_eq!((st, task["kind"].as_str()), (201, Some("task")), "{task}");
+    let expires: jiff::Timestamp = task["expires_at"].as_str().unwrap().parse().unwrap();
+    let through = srv.mcp("bot", &tool_call(5, "delete_file", "/tmp/c")).await;
+    assert!(through.allowed, "{}", through.body);
+    assert_eq!(through.meta.get("grant").map(String::as_str), task["id"].as_str());
+    held(&srv.mcp("other-bot", &tool_call(6, "delete_file", "/tmp/c")).await);
+    let wait = expires.duration_since(jiff::Timestamp::now()).unsigned_abs() + Duration::from_millis(20);
+    tokio::time::sleep(wait).await;
+    held(&srv.mcp("bot", &tool_call(7, "delete_file", "/tmp/c")).await);
+    // Revoked: in force at once.
+    let (_, task) = srv.api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"ttl":"10m"}"#)).await;
+    assert!(srv.mcp("bot", &tool_call(8, "delete_file", "/tmp/d")).await.allowed);
+    let tid = task["id"].as_str().unwrap();
+    let (st, _) = srv.api(TOKEN, "DELETE", &format!("/v1/grants/{tid}"), None).await;
+    assert_eq!(st, 200);
+    held(&srv.mcp("bot", &tool_call(9, "delete_file", "/tmp/d")).await);
+    let (st, _) = srv.api(TOKEN, "DELETE", &format!("/v1/grants/{tid}"), None).await;
+    assert_eq!(st, 404, "revoking twice: not found");
+
+    // -- metrics.
+    let m = srv.metrics().await;
+    for (line, at_least) in [
+        ("hallpass_approvals_total{event=\"approved\"}", 1),
+        ("hallpass_approvals_total{event=\"denied\"}", 1),
+        ("hallpass_approvals_total{event=\"lifted\"}", 3),
+        ("hallpass_approvals_total{event=\"requested\"}", 3),
+        ("hallpass_approvals_total{event=\"revoked\"}", 1),
+        ("hallpass_webhook_events_total{result=\"sent\"}", 1),
+    ] {
+        let v: u64 = m.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |v| v.trim().parse().unwrap_or(0));
+        assert!(v >= at_least, "{line} is {v}, want ≥ {at_least}");
+    }
+
+    // -- a task grant survives a restart with state.dir.
+    let (_, keep) = srv.api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"ttl":"30m"}"#)).await;
+    srv.shutdown().await;
+    let records = std::fs::read_to_string(dir.join("decisions.jsonl")).unwrap();
+    let recs: Vec<Value> = records.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lifted = recs.iter().find(|r| r["grant"] == gid.as_str()).expect("a record names the approval grant");
+    assert_eq!((lifted["approval_id"].as_str(), lifted["approved_by"].as_str()), (Some(id.as_str()), Some("ops")));
+    assert_eq!((lifted["decision"].as_str(), lifted["rule"].as_str()), (Some("allow"), Some("mcp")));
+    assert_eq!(lifted["holds"], json!(["delete-file"]));
+    let first = recs.iter().find(|r| r["approval_id"] == id.as_str()).unwrap();
+    assert_eq!((first["decision"].as_str(), first["approval_status"].as_str()), (Some("deny"), Some("pending")));
+    assert!(!records.contains("hunter2"), "records carry no body");
+
+    let srv = start(&dir).await;
+    let (_, grants) = srv.api(TOKEN, "GET", "/v1/grants", None).await;
+    assert!(grants["grants"].as_array().unwrap().iter().any(|g| g["id"] == keep["id"]), "{grants}");
+    wait_for(async || srv.mcp("bot", &tool_call(10, "delete_file", "/tmp/e")).await.allowed).await;
+
+    // -- the CLI verbs.
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let (_, _, _) = held(&srv.mcp("cli-bot", &tool_call(11, "delete_file", "/x")).await);
+    let control = srv.control;
+    let cli = move |args: Vec<String>| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
+            .args(&args)
+            .args(["--server", &format!("http://{control}"), "--token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let run = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let cli = cli.clone();
+        async move { tokio::task::spawn_blocking(move || cli(args)).await.unwrap() }
+    };
+    let (code, out, err) = run(&["approvals", "list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let cli_id = list["approvals"].as_array().unwrap().iter().find(|p| p["agent"] == "cli-bot").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = run(&["approvals", "approve", &cli_id, "--ttl", "2h"]).await;
+    assert_eq!(code, Some(1), "ttl above the maximum: exit 1");
+    assert!(err.contains("400"), "{err}");
+    let (code, out, err) = run(&["approvals", "approve", &cli_id, "--ttl", "5m", "--uses", "2", "--reason", "cli"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["uses"], 2);
+    assert!(srv.mcp("cli-bot", &tool_call(12, "delete_file", "/x")).await.allowed);
+    assert!(srv.mcp("cli-bot", &tool_call(13, "delete_file", "/x")).await.allowed, "uses: 2");
+    held(&srv.mcp("cli-bot", &tool_call(14, "delete_file", "/x")).await);
+    let (code, out, err) = run(&["grants", "add", "cli-bot", "--rule", "delete-file", "--tool", "delete_file", "--ttl", "5m"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let g: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(g["tools"], json!(["delete_file"]));
+    let (code, out, _) = run(&["grants", "list"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains(g["id"].as_str().unwrap()));
+    let (code, _, _) = run(&["grants", "revoke", g["id"].as_str().unwrap()]).await;
+    assert_eq!(code, Some(0));
+    let (code, _, _) = run(&["approvals", "deny", "ap_aaaaaaaaaaaaaaaaaaaaaaaaaa"]).await;
+    assert_eq!(code, Some(1), "unknown id: exit 1");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_one_page_under_a_strict_csp() {
+    let (hook, _events) = receiver().await;
+    let dir = setup("console-page", hook);
+    let srv = start(&dir).await;
+    let mut s = tokio::net::TcpStream::connect(srv.control).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    let csp = head.lines().find_map(|l| l.strip_prefix("content-security-policy:")).unwrap().trim().to_string();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    // The one inline script is allowed by its hash; nothing is loaded from elsewhere.
+    assert_eq!(body.matches("<script").count(), 1);
+    for external in ["src=\"http", "href=\"http", "src=\"//", "@import", "url(http"] {
+        assert!(!body.contains(external), "the console loads nothing from elsewhere ({external})");
+    }
+    assert!(!body.contains("innerHTML"), "API data is never parsed as HTML");
+    srv.shutdown().await;
+}
+
+/// The console in a real headless Chromium (Debian `chromium`) driven by Playwright
+/// (`tests/console/console.mjs`): log in with a token, see the pending action with its
+/// arguments, approve it, see the grant; then the agent's retry goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_approves_in_a_real_browser() {
+    let (Some(node), Some(chromium)) = (common::tool("node"), common::tool("chromium")) else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.mjs");
+    if !Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/node_modules/playwright-core").exists() {
+        assert!(std::env::var("HALLPASS_REQUIRE_TOOLS").as_deref() != Ok("1"), "tests/console: run npm ci (scripts/test.sh does)");
+        eprintln!("skipped: tests/console/node_modules missing");
+        return;
+    }
+    let (hook, _events) = receiver().await;
+    let dir = setup("console", hook);
+    let srv = start(&dir).await;
+    let (id, _, _) = held(&srv.mcp("mail-bot", &tool_call(1, "delete_file", "/srv/reports/q3-draft.txt")).await);
+    let shot = std::env::var("HALLPASS_CONSOLE_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png"));
+    let url = format!("http://{}/", srv.control);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(node)
+            .arg(script)
+            .args(["--url", &url, "--token", TOKEN, "--approval", &id, "--expect-text", "/srv/reports/q3-draft.txt"])
+            .args(["--tool", "delete_file", "--screenshot"])
+            .arg(&shot)
+            .env("CHROMIUM", chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "console.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["ok"], true, "{stdout}");
+    // The grant the browser made lets the agent's identical retry through, once.
+    assert!(srv.mcp("mail-bot", &tool_call(2, "delete_file", "/srv/reports/q3-draft.txt")).await.allowed);
+    held(&srv.mcp("mail-bot", &tool_call(3, "delete_file", "/srv/reports/q3-draft.txt")).await);
+    srv.shutdown().await;
+}
+
+mod common;
