@@ -330,3 +330,136 @@ async fn replicas_share_limits_and_quarantines_through_redis() {
     c.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+impl Replica {
+    /// A Check; the deny body (JSON) of a refused one, `None` when allowed.
+    async fn body_of(&self, path: &str, agent: &str) -> Option<serde_json::Value> {
+        let mut c = AuthorizationClient::connect(format!("http://{}", self.grpc)).await.unwrap();
+        let req = CheckRequestBuilder::new("GET", path).header("x-agent-id", agent).build();
+        match c.check(req).await.unwrap().into_inner().http_response {
+            Some(HttpResponse::OkResponse(_)) => None,
+            Some(HttpResponse::DeniedResponse(d)) => {
+                let mut v: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+                v["status"] = d.status.map_or(0, |s| s.code).into();
+                Some(v)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The approval id of a held answer.
+fn approval(body: Option<serde_json::Value>) -> (String, String) {
+    let b = body.expect("held, not allowed");
+    assert_eq!(b["error"], "approval_required", "{b}");
+    (b["approval"]["id"].as_str().unwrap().to_string(), b["approval"]["status"].as_str().unwrap().to_string())
+}
+
+/// Holds and grants on two replicas sharing one Redis (agent-controls §2, §7): a pending
+/// approval seen by both; approved through one, the retry goes through on the other, once
+/// across both (also under concurrent retries); an approval grant is not spent by a retry
+/// its rule's limit refuses; task grants and revocations reach the other replica within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_shared_and_single_use_across_replicas_on_redis() {
+    let Some(bin) = common::tool("redis-server") else { return };
+    let dir = std::env::temp_dir().join(format!("hallpass-redis-approvals-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let policy = setup(&dir);
+    std::fs::write(
+        &policy,
+        r#"version: 1
+identity:
+  agent: [{header: x-agent-id}]
+settings:
+  control: { approvers_file: approvers.yaml }
+rules:
+  - id: wire-hold
+    effect: require_approval
+    paths: ["/wire/{to}", "/limited/secret"]
+  - id: wire
+    effect: allow
+    methods: [GET]
+    paths: ["/wire/{to}"]
+  - id: limited
+    effect: allow
+    methods: [GET]
+    paths: ["/limited/{x}"]
+    limits:
+      - { per: [agent], rate: "1/m" }
+"#,
+    )
+    .unwrap();
+    let redis = Redis::start(&bin, &dir, None);
+    let (a, b) = (Replica::start(&policy, &redis.url()).await, Replica::start(&policy, &redis.url()).await);
+
+    // -- held on A, pending on B too (one store), the same id on both.
+    let (id, status) = approval(a.body_of("/wire/acme", "bot-1").await);
+    assert_eq!(status, "pending");
+    assert_eq!(approval(b.body_of("/wire/acme", "bot-1").await).0, id, "the same action, the same id on every replica");
+    let (st, list) = http(b.control, "GET", "/v1/approvals".into(), None).await;
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!((st, list["approvals"][0]["id"].as_str(), list["approvals"][0]["seen"].as_u64()), (200, Some(id.as_str()), Some(2)));
+
+    // -- approved through A; the retry goes through on B, once across both.
+    let (st, g) = http(a.control, "POST", format!("/v1/approvals/{id}/approve"), Some(r#"{"ttl":"5m"}"#.into())).await;
+    assert_eq!(st, 201, "{g}");
+    assert_eq!(b.body_of("/wire/acme", "bot-1").await, None, "approved on A, through on B");
+    approval(a.body_of("/wire/acme", "bot-1").await);
+    approval(b.body_of("/wire/acme", "bot-1").await);
+
+    // -- single use under concurrent retries on both replicas: exactly one goes through.
+    let (id2, _) = approval(a.body_of("/wire/globex", "bot-1").await);
+    let (st, _) = http(b.control, "POST", format!("/v1/approvals/{id2}/approve"), Some("{}".into())).await;
+    assert_eq!(st, 201);
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let r = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { r.body_of("/wire/globex", "bot-1").await.is_none() }));
+    }
+    let mut through = 0;
+    for t in tasks {
+        through += usize::from(t.await.unwrap());
+    }
+    assert_eq!(through, 1, "one use, one request through, across 16 concurrent retries on two replicas");
+
+    // -- a retry its rule's limit refuses does not spend the approval.
+    assert_eq!(a.body_of("/limited/open", "bot-2").await, None, "takes the one request a minute");
+    let (id3, _) = approval(a.body_of("/limited/secret", "bot-2").await);
+    let (st, _) = http(a.control, "POST", format!("/v1/approvals/{id3}/approve"), Some("{}".into())).await;
+    assert_eq!(st, 201);
+    let limited = b.body_of("/limited/secret", "bot-2").await.unwrap();
+    assert_eq!((limited["status"].as_u64(), limited["error"].as_str()), (Some(429), Some("rate_limited")), "{limited}");
+    let (_, grants) = http(a.control, "GET", "/v1/grants".into(), None).await;
+    let grants: serde_json::Value = serde_json::from_str(&grants).unwrap();
+    let g = grants["grants"].as_array().unwrap().iter().find(|g| g["approval"] == id3.as_str()).expect("not spent");
+    assert_eq!(g["uses"], 1, "{grants}");
+
+    // -- a task grant made on B lifts holds on A within 1 s; its revocation too.
+    let (st, task) = http(
+        b.control,
+        "POST",
+        "/v1/grants".into(),
+        Some(r#"{"agent":"bot-3","rules":["wire-hold"],"ttl":"10m"}"#.into()),
+    )
+    .await;
+    assert_eq!(st, 201, "{task}");
+    let took = until(Duration::from_secs(2), async || a.body_of("/wire/initech", "bot-3").await.is_none()).await;
+    assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "task grant on A after {took:?}");
+    let tid = serde_json::from_str::<serde_json::Value>(&task).unwrap()["id"].as_str().unwrap().to_string();
+    let (st, _) = http(b.control, "DELETE", format!("/v1/grants/{tid}"), None).await;
+    assert_eq!(st, 200);
+    let took = until(Duration::from_secs(2), async || a.body_of("/wire/initech", "bot-3").await.is_some()).await;
+    assert!(took.is_some_and(|t| t < Duration::from_secs(1)), "revocation on A after {took:?}");
+
+    // -- denied on B: A tells the agent so.
+    let (id4, _) = approval(a.body_of("/wire/umbrella", "bot-4").await);
+    let (st, _) = http(b.control, "POST", format!("/v1/approvals/{id4}/deny"), Some(r#"{"reason":"no"}"#.into())).await;
+    assert_eq!(st, 200);
+    assert_eq!(approval(a.body_of("/wire/umbrella", "bot-4").await), (id4, "denied".to_string()));
+
+    for r in [a, b] {
+        Arc::try_unwrap(r).ok().unwrap().stop().await;
+    }
+    drop(redis);
+}
