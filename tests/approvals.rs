@@ -53,7 +53,8 @@ async fn start(dir: &Path) -> Server {
     let metrics = Metrics::new().unwrap();
     let store = Arc::new(PolicyStore::open(&settings.policy, Some(metrics.clone())).unwrap());
     let bound = app::bind(&settings).await.unwrap();
-    let (grpc, admin, control) = (bound.grpc_addr().unwrap(), bound.admin_addr().unwrap(), bound.control_addr().unwrap());
+    let (grpc, admin, control) =
+        (bound.grpc_addr().unwrap(), bound.admin_addr().unwrap(), bound.control_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app::run(settings, bound, store, metrics, async move {
         let _ = stopped.await;
@@ -174,7 +175,11 @@ async fn receiver() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Value>)
                     if let Some((head, body)) = text.split_once("\r\n\r\n") {
                         let len: usize = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
                             .unwrap_or(0);
                         if body.len() >= len {
                             assert!(head.starts_with("POST /hook HTTP/1.1"), "{head}");
@@ -258,7 +263,10 @@ async fn approve_once_deny_and_task_grants_through_the_control_api() {
     assert_eq!(st, 200, "{list}");
     let p = &list["approvals"][0];
     assert_eq!(list["approvals"].as_array().unwrap().len(), 1, "{list}");
-    assert_eq!((p["id"].as_str(), p["status"].as_str(), p["seen"].as_u64()), (Some(id.as_str()), Some("pending"), Some(2)));
+    assert_eq!(
+        (p["id"].as_str(), p["status"].as_str(), p["seen"].as_u64()),
+        (Some(id.as_str()), Some("pending"), Some(2))
+    );
     assert_eq!(p["agent"], "bot");
     assert_eq!((p["method"].as_str(), p["path"].as_str()), (Some("POST"), Some("/mcp")));
     assert_eq!(p["mcp"]["tool"], "delete_file");
@@ -341,13 +349,25 @@ async fn approve_once_deny_and_task_grants_through_the_control_api() {
     }
     // A grant for other tools does not lift this one.
     let (st, _) = srv
-        .api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"tools":["move_file"],"ttl":"10m"}"#))
+        .api(
+            TOKEN,
+            "POST",
+            "/v1/grants",
+            Some(r#"{"agent":"bot","rules":["delete-file"],"tools":["move_file"],"ttl":"10m"}"#),
+        )
         .await;
     assert_eq!(st, 201);
     held(&srv.mcp("bot", &tool_call(4, "delete_file", "/tmp/b")).await);
     // A task grant lifts the hold for that agent, any arguments, until it expires (exactly).
     let (st, task) = srv
-        .api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"tools":["delete_file"],"ttl":"1500ms","reason":"cleanup"}"#))
+        .api(
+            TOKEN,
+            "POST",
+            "/v1/grants",
+            Some(
+                r#"{"agent":"bot","rules":["delete-file"],"tools":["delete_file"],"ttl":"1500ms","reason":"cleanup"}"#,
+            ),
+        )
         .await;
     assert_eq!((st, task["kind"].as_str()), (201, Some("task")), "{task}");
     let expires: jiff::Timestamp = task["expires_at"].as_str().unwrap().parse().unwrap();
@@ -359,7 +379,8 @@ async fn approve_once_deny_and_task_grants_through_the_control_api() {
     tokio::time::sleep(wait).await;
     held(&srv.mcp("bot", &tool_call(7, "delete_file", "/tmp/c")).await);
     // Revoked: in force at once.
-    let (_, task) = srv.api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"ttl":"10m"}"#)).await;
+    let (_, task) =
+        srv.api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"ttl":"10m"}"#)).await;
     assert!(srv.mcp("bot", &tool_call(8, "delete_file", "/tmp/d")).await.allowed);
     let tid = task["id"].as_str().unwrap();
     let (st, _) = srv.api(TOKEN, "DELETE", &format!("/v1/grants/{tid}"), None).await;
@@ -383,7 +404,8 @@ async fn approve_once_deny_and_task_grants_through_the_control_api() {
     }
 
     // -- a task grant survives a restart with state.dir.
-    let (_, keep) = srv.api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"ttl":"30m"}"#)).await;
+    let (_, keep) =
+        srv.api(TOKEN, "POST", "/v1/grants", Some(r#"{"agent":"bot","rules":["delete-file"],"ttl":"30m"}"#)).await;
     srv.shutdown().await;
     let records = std::fs::read_to_string(dir.join("decisions.jsonl")).unwrap();
     let recs: Vec<Value> = records.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -412,7 +434,11 @@ async fn approve_once_deny_and_task_grants_through_the_control_api() {
             .arg(&token_file)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let run = |args: &[&str]| {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -429,13 +455,15 @@ async fn approve_once_deny_and_task_grants_through_the_control_api() {
     let (code, _, err) = run(&["approvals", "approve", &cli_id, "--ttl", "2h"]).await;
     assert_eq!(code, Some(1), "ttl above the maximum: exit 1");
     assert!(err.contains("400"), "{err}");
-    let (code, out, err) = run(&["approvals", "approve", &cli_id, "--ttl", "5m", "--uses", "2", "--reason", "cli"]).await;
+    let (code, out, err) =
+        run(&["approvals", "approve", &cli_id, "--ttl", "5m", "--uses", "2", "--reason", "cli"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["uses"], 2);
     assert!(srv.mcp("cli-bot", &tool_call(12, "delete_file", "/x")).await.allowed);
     assert!(srv.mcp("cli-bot", &tool_call(13, "delete_file", "/x")).await.allowed, "uses: 2");
     held(&srv.mcp("cli-bot", &tool_call(14, "delete_file", "/x")).await);
-    let (code, out, err) = run(&["grants", "add", "cli-bot", "--rule", "delete-file", "--tool", "delete_file", "--ttl", "5m"]).await;
+    let (code, out, err) =
+        run(&["grants", "add", "cli-bot", "--rule", "delete-file", "--tool", "delete_file", "--ttl", "5m"]).await;
     assert_eq!(code, Some(0), "{err}");
     let g: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(g["tools"], json!(["delete_file"]));
@@ -482,7 +510,10 @@ async fn the_console_approves_in_a_real_browser() {
     let (Some(node), Some(chromium)) = (common::tool("node"), common::tool("chromium")) else { return };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.mjs");
     if !Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/node_modules/playwright-core").exists() {
-        assert!(std::env::var("HALLPASS_REQUIRE_TOOLS").as_deref() != Ok("1"), "tests/console: run npm ci (scripts/test.sh does)");
+        assert!(
+            std::env::var("HALLPASS_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "tests/console: run npm ci (scripts/test.sh does)"
+        );
         eprintln!("skipped: tests/console/node_modules missing");
         return;
     }

@@ -177,7 +177,8 @@ fn deny_fields_disagree(want: &common::Expect, resp: &envoy_types::ext_authz::v3
     }
     if let Some(r) = want.retry_after {
         // A 429 says it at the top of the body, a held request in its `approval`.
-        let said = if body.get("approval").is_some() { &body["approval"]["retry_after_s"] } else { &body["retry_after_s"] };
+        let said =
+            if body.get("approval").is_some() { &body["approval"]["retry_after_s"] } else { &body["retry_after_s"] };
         if retry != Some(r) || *said != r {
             bad.push(format!("retry-after {retry:?} / body {said}, want {r}"));
         }

@@ -238,7 +238,17 @@ fn through_real_envoy() {
 
     // The policy hallpass serves: a copy of the shipped example we can edit.
     let policy = dir.join("policy.yaml");
-    std::fs::copy(Path::new(ROOT).join("config/policy.yaml"), &policy).unwrap();
+    // With an approver for the control API (the held-MCP flow below).
+    let example = std::fs::read_to_string(Path::new(ROOT).join("config/policy.yaml")).unwrap();
+    let with_control = example.replace("  approvals:", "  control: { approvers_file: approvers.yaml }\n  approvals:");
+    assert_ne!(with_control, example);
+    std::fs::write(&policy, with_control).unwrap();
+    let approver_token = "e2e-approver-token";
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(approver_token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {digest}\n")).unwrap();
     let jwks = dir.join("jwks.json");
     std::fs::write(
         &jwks,
@@ -260,7 +270,15 @@ fn through_real_envoy() {
         "0s",
         "--decision-log",
         dir.join("decisions.jsonl").to_str().unwrap(),
+        "--control-listen",
+        "127.0.0.1:0",
     ]);
+    let control = hallpass.control.expect("the control API is listening");
+    let api = |method: &str, path: &str, body: Option<&str>| -> (u16, serde_json::Value) {
+        let (st, text) =
+            hallpass::control::client::call(&format!("http://{control}"), approver_token, method, path, body).unwrap();
+        (st, serde_json::from_str(&text).unwrap_or_default())
+    };
     assert!(wait_http_ok(hallpass.admin.port(), "/readyz", Duration::from_secs(15)), "hallpass ready");
     let config = std::fs::read_to_string(Path::new(ROOT).join("envoy/envoy.yaml")).unwrap();
     let config = config
@@ -424,6 +442,66 @@ fn through_real_envoy() {
     );
     let r = mcp(r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#);
     expect("MCP batch allowed", r.status == 200, format!("{r:?}"));
+
+    // -- a held tools/call (agent-controls §2, §8): answered in JSON-RPC with the approval id
+    // (HTTP 200 reaches the client as sent, the upstream is not reached); approved through
+    // the control API, the identical retry goes through once; a task grant lets the agent
+    // through until it expires.
+    let email = |id: u32, subject: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"send_email","arguments":{{"to":["bob@partner.test"],"subject":"{subject}"}}}}}}"#
+        )
+    };
+    let held = |r: &Resp| -> Option<String> {
+        let b = r.json();
+        let d = &b["result"]["_meta"]["dev.hallpass/decision"];
+        let id = d["approval"]["id"].as_str()?.to_string();
+        let text = b["result"]["content"][0]["text"].as_str()?;
+        (r.status == 200
+            && b.get("headers").is_none()
+            && b["result"]["isError"] == true
+            && d["error"] == "approval_required"
+            && d["rule"] == "mcp-email-approval"
+            && text.contains(&id)
+            && text.contains("30 seconds"))
+        .then_some(id)
+    };
+    let reached = |r: &Resp| r.status == 200 && r.json().get("headers").is_some();
+    let r = mcp(&email(1, "Q3 numbers"));
+    let approval = held(&r);
+    expect("held MCP call answered in JSON-RPC with its approval id", approval.is_some(), format!("{r:?}"));
+    if let Some(id) = approval {
+        let (st, list) = api("GET", "/v1/approvals", None);
+        expect(
+            "the approver sees the tool and its arguments",
+            st == 200
+                && list["approvals"].as_array().is_some_and(|a| {
+                    a.iter().any(|p| {
+                        p["id"] == id.as_str()
+                            && p["mcp"]["tool"] == "send_email"
+                            && p["mcp"]["arguments"]["subject"] == "Q3 numbers"
+                            && p["agent"] == "research-bot"
+                    })
+                }),
+            format!("{list}"),
+        );
+        let (st, g) = api("POST", &format!("/v1/approvals/{id}/approve"), Some(r#"{"reason":"e2e"}"#));
+        expect("approved", st == 201, format!("{g}"));
+        let r = mcp(&email(2, "Q3 numbers"));
+        expect("the identical retry reaches the upstream", reached(&r), format!("{r:?}"));
+        let r = mcp(&email(3, "Q3 numbers"));
+        expect("once: the same retry again is held", held(&r).as_deref() == Some(id.as_str()), format!("{r:?}"));
+    }
+    let (st, g) =
+        api("POST", "/v1/grants", Some(r#"{"agent":"research-bot","rules":["mcp-email-approval"],"ttl":"2s"}"#));
+    expect("task grant", st == 201, format!("{g}"));
+    let r = mcp(&email(4, "anything else"));
+    expect("a task grant lets other emails through", reached(&r), format!("{r:?}"));
+    let until: jiff::Timestamp =
+        g["expires_at"].as_str().and_then(|t| t.parse().ok()).unwrap_or(jiff::Timestamp::now());
+    std::thread::sleep(until.duration_since(jiff::Timestamp::now()).unsigned_abs() + Duration::from_millis(50));
+    let r = mcp(&email(5, "anything else"));
+    expect("after the task grant expires: held again", held(&r).is_some(), format!("{r:?}"));
 
     // -- a limit (crm-create-deal: 5 at once per agent): the 6th deal is answered 429 by
     // Envoy with retry-after and the ratelimit headers, and never reaches the upstream.

@@ -372,7 +372,7 @@ async fn records_validate_and_metrics_move() {
         requests().len() as f64
     );
     assert_eq!(value("hallpass_decision_log_dropped_total"), 0.0);
-    assert_eq!(value("hallpass_policy_rules"), 17.0);
+    assert_eq!(value("hallpass_policy_rules"), 20.0);
     assert!(expo.contains("hallpass_policy_info{revision=\""));
     assert!(value("hallpass_policy_last_reload_success_timestamp_seconds") > 1.7e9);
     assert!(expo.contains(&format!("hallpass_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));

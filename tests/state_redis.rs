@@ -398,7 +398,10 @@ rules:
     assert_eq!(approval(b.body_of("/wire/acme", "bot-1").await).0, id, "the same action, the same id on every replica");
     let (st, list) = http(b.control, "GET", "/v1/approvals".into(), None).await;
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
-    assert_eq!((st, list["approvals"][0]["id"].as_str(), list["approvals"][0]["seen"].as_u64()), (200, Some(id.as_str()), Some(2)));
+    assert_eq!(
+        (st, list["approvals"][0]["id"].as_str(), list["approvals"][0]["seen"].as_u64()),
+        (200, Some(id.as_str()), Some(2))
+    );
 
     // -- approved through A; the retry goes through on B, once across both.
     let (st, g) = http(a.control, "POST", format!("/v1/approvals/{id}/approve"), Some(r#"{"ttl":"5m"}"#.into())).await;

@@ -125,6 +125,8 @@ pub struct Served {
     pub child: std::process::Child,
     pub grpc: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+    /// The control API, when `--control-listen` was given.
+    pub control: Option<std::net::SocketAddr>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -152,7 +154,7 @@ impl Served {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["message"] == "hallpass serving" {
                         let addr = |k: &str| v[k].as_str().and_then(|a| a.parse::<std::net::SocketAddr>().ok());
-                        let _ = tx.send((addr("grpc_listen"), addr("admin_listen")));
+                        let _ = tx.send((addr("grpc_listen"), addr("admin_listen"), addr("control_listen")));
                     }
                 }
                 let mut l = keep.lock().unwrap();
@@ -160,14 +162,14 @@ impl Served {
                 l.push('\n');
             }
         });
-        let (grpc, admin) = match rx.recv_timeout(std::time::Duration::from_secs(15)) {
-            Ok((Some(g), Some(a))) => (g, a),
+        let (grpc, admin, control) = match rx.recv_timeout(std::time::Duration::from_secs(15)) {
+            Ok((Some(g), Some(a), c)) => (g, a, c),
             other => {
                 let _ = child.kill();
                 panic!("hallpass serve did not log its addresses ({other:?}): {}", log.lock().unwrap());
             }
         };
-        Served { child, grpc, admin, log, reader: Some(reader) }
+        Served { child, grpc, admin, control, log, reader: Some(reader) }
     }
 
     /// Everything it logged so far (all of it, once it has exited).
