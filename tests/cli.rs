@@ -31,7 +31,7 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 fn validate_accepts_the_example_policy() {
     let out = Command::new(BIN).args(["validate", EXAMPLE]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (17 rules)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (20 rules)"));
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn serve_answers_checks_probes_and_metrics_then_stops_on_sigterm() {
         metrics.contains(r#"hallpass_decisions_total{decision="deny",dry_run="false",rule="no-deletes"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("hallpass_policy_rules 17"), "{metrics}");
+    assert!(metrics.contains("hallpass_policy_rules 20"), "{metrics}");
 
     served.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(15);
