@@ -548,6 +548,54 @@ fn base32_lower(bytes: &[u8], n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(tools: Option<Vec<&str>>, obo: Option<&str>) -> Grant {
+        Grant {
+            id: "gr_x".into(),
+            kind: GrantKind::Task {
+                agent: "bot".into(),
+                on_behalf_of: obo.map(str::to_owned),
+                rules: vec!["hold-a".into()],
+                tools: tools.map(|t| t.into_iter().map(str::to_owned).collect()),
+            },
+            created_at: Timestamp::UNIX_EPOCH,
+            expires_at: Timestamp::from_second(100).unwrap_or(Timestamp::MAX),
+            approved_by: "ops".into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_task_grant_lifts_only_its_agent_user_rules_and_tools_until_it_expires() {
+        let at = |s: i64| Timestamp::from_second(s).unwrap_or(Timestamp::MAX);
+        let g = task(None, None);
+        assert!(g.lifts("hold-a", Some("bot"), None, &[], at(99)));
+        assert!(!g.lifts("hold-a", Some("bot"), None, &[], at(100)), "expiry is exact");
+        assert!(!g.lifts("hold-b", Some("bot"), None, &[], at(1)), "another rule");
+        assert!(!g.lifts("hold-a", Some("bot2"), None, &[], at(1)), "another agent");
+        assert!(!g.lifts("hold-a", None, None, &[], at(1)), "an unidentified caller");
+        let g = task(None, Some("alice"));
+        assert!(g.lifts("hold-a", Some("bot"), Some("alice"), &[], at(1)));
+        assert!(!g.lifts("hold-a", Some("bot"), Some("bob"), &[], at(1)), "another user");
+        assert!(!g.lifts("hold-a", Some("bot"), None, &[], at(1)), "no user");
+        let g = task(Some(vec!["send_email"]), None);
+        assert!(g.lifts("hold-a", Some("bot"), None, &["send_email"], at(1)));
+        assert!(g.lifts("hold-a", Some("bot"), None, &["send_email", "send_email"], at(1)));
+        assert!(!g.lifts("hold-a", Some("bot"), None, &["send_email", "delete_file"], at(1)), "every tool of a batch");
+        assert!(!g.lifts("hold-a", Some("bot"), None, &[], at(1)), "a request that calls no tool");
+        assert!(!g.lifts("hold-a", Some("bot"), None, &["send_email", ""], at(1)), "an unreadable tool name");
+        let a = Grant { kind: GrantKind::Approval { approval: "ap_x".into(), uses: 1 }, ..task(None, None) };
+        assert!(!a.lifts("hold-a", Some("bot"), None, &[], at(1)), "an approval grant is not a task grant");
+    }
+
+    #[test]
+    fn approval_grant_ids_follow_the_approval_id() {
+        assert_eq!(Grant::approval_grant_id("ap_su52sl4mnxhvgu6aaa5lcn67pi"), "gr_su52sl4mnxhvgu6aaa5lcn67pi");
+        let (a, b) = (new_grant_id(), new_grant_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 29);
+        assert!(a.starts_with("gr_"));
+    }
     use crate::request::build::CheckRequestBuilder;
 
     fn req(b: CheckRequestBuilder) -> Request {

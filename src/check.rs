@@ -358,6 +358,11 @@ impl Checker {
                 decision.verdict = Verdict::Deny;
                 decision.rule = RuleId::StateUnavailable;
                 decision.message = None;
+                // Nothing was recorded: the record names the approval id only.
+                if let Some(a) = decision.approval.as_mut() {
+                    a.status = None;
+                    a.expires_at = None;
+                }
             }
         }
     }

@@ -627,3 +627,27 @@ pub mod client {
         Ok((status, rest.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_vectors_and_the_console_csp_names_its_script() {
+        // RFC 4648 §10.
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+        let csp = console_csp();
+        assert!(csp.contains("script-src 'sha256-") && csp.len() > 100, "{csp}");
+        assert_eq!(CONSOLE.matches("<script>").count(), 1, "one inline script, allowed by its hash");
+    }
+}

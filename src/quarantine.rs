@@ -443,12 +443,18 @@ impl StateRuntime {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tick.tick() => {
                     let _ = self.refresh(Timestamp::now()).await;
                     let _ = self.refresh_grants(Timestamp::now()).await;
+                    // The pending-approvals gauge (and the cleanup of ended ones), every 5 s.
+                    if ticks.is_multiple_of(20) && self.metrics.is_some() {
+                        let _ = self.pending(Timestamp::now()).await;
+                    }
+                    ticks = ticks.wrapping_add(1);
                 }
             }
         }
