@@ -14,9 +14,11 @@
 //!   (so an approval for `POST` never covers a `POST` that some upstream reads as `DELETE`);
 //! - `host`: normalized (lowercase, no port); `path`: normalized, without the query (`null`
 //!   when the path is invalid);
-//! - `query`: the decoded `[name, value]` pairs sorted by name, then value (bytewise);
+//! - `query`: the decoded `[name, value]` pairs sorted by name (bytewise), stably: the values
+//!   of a repeated name keep their order;
 //! - `body`: `null` without a body; a JSON body (strict parse) as its value with the JSON-RPC
-//!   `id` of a call (an object with a `jsonrpc` and a `method` member), or of each such
+//!   `id` (a string, number or null) of a JSON-RPC 2.0 call (`"jsonrpc": "2.0"` and a string
+//!   `method`), or of each such
 //!   element of a batch, removed; any other body as `{"sha256": "<hex of its bytes>"}`, and a
 //!   truncated body as `{"sha256": …, "truncated": true}`.
 //!
@@ -50,8 +52,10 @@ pub struct ApprovalSettings {
     /// JSON Pointers shown as `"[redacted]"` in pending approvals (into an MCP call's
     /// arguments, and into any other JSON body).
     pub redact: Vec<String>,
-    /// Most pending approvals kept; past it a held request is still held, not recorded.
+    /// Most pending approvals kept; past it a held request is denied, not recorded.
     pub max_pending: usize,
+    /// Most pending approvals one agent may have; past it its held requests are denied.
+    pub max_pending_per_agent: usize,
     /// Where events are POSTed.
     pub webhook: Option<String>,
 }
@@ -65,6 +69,7 @@ impl Default for ApprovalSettings {
             retry_after_s: 30,
             redact: Vec::new(),
             max_pending: 1000,
+            max_pending_per_agent: 20,
             webhook: None,
         }
     }
@@ -108,6 +113,12 @@ impl ApprovalSettings {
                 return Err("`settings.approvals.max_pending` must be 1-1000000".into());
             }
             a.max_pending = usize::try_from(n).unwrap_or(1_000_000);
+        }
+        if let Some(n) = d.max_pending_per_agent {
+            if n == 0 || n > 1_000_000 {
+                return Err("`settings.approvals.max_pending_per_agent` must be 1-1000000".into());
+            }
+            a.max_pending_per_agent = usize::try_from(n).unwrap_or(1_000_000);
         }
         if let Some(w) = &d.webhook {
             match &w.url {
@@ -200,16 +211,36 @@ pub struct PendingApproval {
     pub agent: Option<String>,
     /// The user it acts for.
     pub on_behalf_of: Option<String>,
-    /// The method as sent.
+    /// The method as the approval id reads it: as sent, uppercased, and every override a
+    /// request carries (`DELETE,POST`).
     pub method: String,
     /// Normalized host.
     pub host: String,
     /// Normalized path.
     pub path: Option<String>,
-    /// The MCP call, for a single JSON-RPC call.
+    /// The decoded query pairs, in order.
+    #[serde(default)]
+    pub query: Vec<(String, String)>,
+    /// The headers the approval is bound to (those the policy reads, and `content-type`):
+    /// values, or a digest for credentials.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Json>,
+    /// The MCP call, for a single JSON-RPC call (a summary of `body`).
     pub mcp: Option<McpAction>,
-    /// Any other JSON body (redacted); a body that is not JSON as `{"bytes": n}`.
+    /// The body: JSON as parsed (redacted); any other body as `{"text", "bytes", "truncated"}`;
+    /// a JSON body too large to show as `{"too_large_bytes"}`.
     pub body: Option<Json>,
+    /// What `body` is: `json`, `text` or `too_large` (a JSON body may look like the others).
+    #[serde(default)]
+    pub body_kind: Option<String>,
+    /// Whether everything above is shown in full (a body too large to show is not): an
+    /// incomplete one is approved only with `force`.
+    #[serde(default = "yes")]
+    pub complete: bool,
+    /// The digest of what a grant for this approval is bound to besides its id: the holds
+    /// and the bound headers.
+    #[serde(default)]
+    pub binding: String,
     /// The holding rules.
     pub rules: Vec<HoldView>,
     /// How many times the action was held.
@@ -224,30 +255,61 @@ pub struct PendingApproval {
 /// as their size.
 pub const MAX_SHOWN: usize = 16 * 1024;
 
+fn yes() -> bool {
+    true
+}
+
 impl PendingApproval {
-    /// A new pending approval for a held request (seen 0: the store counts).
+    /// A new pending approval for a held request (seen 0: the store counts). `bound`: the
+    /// header names the approval is bound to ([`binding`]).
     pub fn of(
         id: &str,
         req: &Request,
         ident: Identity<'_>,
         holds: &[HoldRule],
+        bound: &[Box<str>],
         settings: &ApprovalSettings,
         now: Timestamp,
     ) -> PendingApproval {
         let expires_at = add(now, settings.pending_ttl);
-        let (mut mcp, mut body) = (None, None);
+        let (mut mcp, mut body, mut complete, mut kind) = (None, None, true, None);
         if !req.body.bytes.is_empty() || req.body.truncated {
             match (req.body.truncated, req.body.parsed()) {
-                (false, Parsed::Json(Json::Object(o))) if o.contains_key("jsonrpc") && o.contains_key("method") => {
-                    let params = o.get("params").and_then(Json::as_object);
-                    mcp = Some(McpAction {
-                        method: o.get("method").and_then(Json::as_str).unwrap_or("").to_owned(),
-                        tool: params.and_then(|p| p.get("name")).and_then(Json::as_str).map(str::to_owned),
-                        arguments: params.and_then(|p| p.get("arguments")).map(|a| shown(a, &settings.redact)),
-                    });
+                (false, Parsed::Json(v)) => {
+                    if let Json::Object(o) = v {
+                        if is_call(o) {
+                            let params = o.get("params").and_then(Json::as_object);
+                            mcp = Some(McpAction {
+                                method: o.get("method").and_then(Json::as_str).unwrap_or("").to_owned(),
+                                tool: params.and_then(|p| p.get("name")).and_then(Json::as_str).map(str::to_owned),
+                                arguments: params
+                                    .and_then(|p| p.get("arguments"))
+                                    .map(|a| redacted(a.clone(), &settings.redact)),
+                            });
+                        }
+                    }
+                    let (b, full) = shown(v, &settings.redact);
+                    body = Some(b);
+                    complete &= full;
+                    kind = Some(if full { "json" } else { "too_large" }.to_owned());
                 }
-                (false, Parsed::Json(v)) => body = Some(shown(v, &settings.redact)),
-                _ => body = Some(serde_json::json!({ "bytes": req.body.bytes.len(), "truncated": req.body.truncated })),
+                _ => {
+                    let bytes = &req.body.bytes;
+                    let text = String::from_utf8_lossy(bytes.get(..bytes.len().min(MAX_SHOWN)).unwrap_or(&[]));
+                    complete &= bytes.len() <= MAX_SHOWN && !req.body.truncated && std::str::from_utf8(bytes).is_ok();
+                    kind = Some("text".to_owned());
+                    body = Some(serde_json::json!({
+                        "text": text,
+                        "bytes": bytes.len(),
+                        "truncated": req.body.truncated,
+                    }));
+                }
+            }
+        }
+        let (binding, headers) = binding(req, bound, holds);
+        if mcp.as_ref().is_some_and(|m| m.arguments.as_ref().is_some_and(|a| a.to_string().len() > MAX_SHOWN)) {
+            if let Some(m) = mcp.as_mut() {
+                m.arguments = Some(serde_json::json!({ "shown_in": "body" }));
             }
         }
         PendingApproval {
@@ -257,11 +319,16 @@ impl PendingApproval {
             expires_at,
             agent: ident.agent.map(str::to_owned),
             on_behalf_of: ident.on_behalf_of.map(str::to_owned),
-            method: req.method.clone(),
+            method: method_reading(req),
             host: req.host.clone(),
             path: req.path.as_deref().ok().map(str::to_owned),
+            query: req.query.clone(),
+            headers,
             mcp,
             body,
+            body_kind: kind,
+            complete,
+            binding,
             rules: holds
                 .iter()
                 .map(|h| HoldView { id: h.id.to_string(), message: h.message.as_deref().map(str::to_owned) })
@@ -273,38 +340,204 @@ impl PendingApproval {
     }
 }
 
-/// A value as a pending approval shows it: redacted, and no larger than [`MAX_SHOWN`].
-fn shown(v: &Json, redact: &[String]) -> Json {
-    let mut v = v.clone();
+/// A JSON body as a pending approval shows it: redacted (in the body itself, in a call's
+/// `params.arguments`, in every element of an array and its arguments), integers no reader
+/// of JSON numbers can hold exactly shown as strings, and no larger than [`MAX_SHOWN`]
+/// (`false`: not shown in full).
+fn shown(v: &Json, redact: &[String]) -> (Json, bool) {
+    let v = match v {
+        Json::Array(items) => Json::Array(items.iter().map(|i| redacted_call(i.clone(), redact)).collect()),
+        other => redacted_call(other.clone(), redact),
+    };
+    let v = exact_numbers(v);
+    let len = v.to_string().len();
+    if len > MAX_SHOWN {
+        return (serde_json::json!({ "too_large_bytes": len }), false);
+    }
+    (v, true)
+}
+
+/// `v` redacted, and a JSON-RPC call's `params.arguments` redacted too.
+fn redacted_call(v: Json, redact: &[String]) -> Json {
+    let mut v = redacted(v, redact);
+    if let Some(args) = v.pointer_mut("/params/arguments") {
+        *args = redacted(std::mem::take(args), redact);
+    }
+    v
+}
+
+/// Every field `redact` names replaced by `"[redacted]"`.
+fn redacted(mut v: Json, redact: &[String]) -> Json {
     for p in redact {
         if let Some(field) = v.pointer_mut(p) {
             *field = Json::from("[redacted]");
         }
     }
-    let len = v.to_string().len();
-    if len > MAX_SHOWN {
-        return serde_json::json!({ "too_large_bytes": len });
-    }
     v
 }
 
-/// The MCP tools a request calls: `params.name` of its `tools/call` (of every element of a
-/// batch); `""` for a call whose name cannot be read (no task grant names it). Empty for
-/// anything else.
-pub fn tools(req: &Request) -> Vec<&str> {
-    fn name(v: &Json) -> Option<&str> {
-        let o = v.as_object()?;
-        if o.get("method").and_then(Json::as_str) != Some("tools/call") {
-            return None;
+/// Integers above 2^53 in magnitude as strings: a browser's `JSON.parse` would round them
+/// and show the approver another number.
+fn exact_numbers(v: Json) -> Json {
+    const SAFE: u64 = 1 << 53;
+    match v {
+        Json::Number(n) => {
+            let big = n.as_u64().is_some_and(|u| u > SAFE) || n.as_i64().is_some_and(|i| i.unsigned_abs() > SAFE);
+            if big {
+                Json::String(n.to_string())
+            } else {
+                Json::Number(n)
+            }
         }
-        Some(o.get("params").and_then(|p| p.get("name")).and_then(Json::as_str).unwrap_or(""))
+        Json::Array(a) => Json::Array(a.into_iter().map(exact_numbers).collect()),
+        Json::Object(o) => Json::Object(o.into_iter().map(|(k, v)| (k, exact_numbers(v))).collect()),
+        other => other,
+    }
+}
+
+/// Headers shown to approvers only as a digest.
+const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
+
+/// What an approval is bound to besides its id (which names the action): the holds the
+/// approver saw and the values of `bound` headers (those the policy reads, and
+/// `content-type`). A grant lifts only a request with the same binding, so a header the
+/// policy reads (or another hold) cannot be changed after approval. Returns the digest and
+/// the headers as shown (credentials as a digest).
+pub fn binding(
+    req: &Request,
+    bound: &[Box<str>],
+    holds: &[HoldRule],
+) -> (String, std::collections::BTreeMap<String, Json>) {
+    let mut names: Vec<&str> = bound.iter().map(|b| &**b).chain(std::iter::once("content-type")).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut rules: Vec<&str> = holds.iter().map(|h| &*h.id).collect();
+    rules.sort_unstable();
+    let mut shown = std::collections::BTreeMap::new();
+    let mut pairs = Vec::with_capacity(names.len());
+    for n in names {
+        let v = req.headers.get(n).map(String::as_str);
+        pairs.push(Json::Array(vec![Json::from(n), v.map_or(Json::Null, Json::from)]));
+        if let Some(v) = v {
+            let show = if CREDENTIAL_HEADERS.contains(&n) {
+                let d: String = Sha256::digest(v.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+                format!("[sha256:{d}…]")
+            } else {
+                v.to_owned()
+            };
+            shown.insert(n.to_owned(), Json::from(show));
+        }
+    }
+    let doc = Json::Array(vec![Json::from(rules), Json::Array(pairs)]);
+    let mut text = String::new();
+    write_canonical(&doc, &mut text);
+    let hex: String = Sha256::digest(text.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+    (hex, shown)
+}
+
+/// Why a held request cannot be approved — its action cannot be named exactly, so an
+/// approval could be stretched to cover another — or `None` when it can.
+pub fn unapprovable(req: &Request) -> Option<&'static str> {
+    if req.body.truncated {
+        return Some("its body was not received in full");
+    }
+    if req.query_overflow {
+        return Some("its query has more parameters than hallpass reads");
+    }
+    if !req.query_alt.is_empty() {
+        return Some("its query reads differently to different upstreams (`;`)");
+    }
+    if req.query.iter().any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}')) {
+        return Some("its query is not valid UTF-8");
+    }
+    if matches!(req.body.parsed(), Parsed::Json(_)) && inexact_numbers(&req.body.bytes) {
+        return Some("its body has numbers that JSON readers do not read alike");
+    }
+    None
+}
+
+/// Whether a JSON text has a number hallpass's reading does not hold exactly: an integer of
+/// more than 19 digits, or a fraction or exponent with more than 15 significant digits.
+fn inexact_numbers(text: &[u8]) -> bool {
+    let (mut in_str, mut esc, mut i) = (false, false, 0usize);
+    while let Some(&b) = text.get(i) {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_str = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let (mut digits, mut frac, mut in_exp) = (0usize, false, false);
+                while let Some(&c) = text.get(i) {
+                    match c {
+                        b'0'..=b'9' if !in_exp => digits += 1,
+                        b'.' => frac = true,
+                        b'e' | b'E' => {
+                            frac = true;
+                            in_exp = true;
+                        }
+                        b'0'..=b'9' | b'-' | b'+' => {}
+                        _ => break,
+                    }
+                    i += 1;
+                }
+                if (frac && digits > 15) || digits > 19 {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// A JSON-RPC 2.0 call (a request or notification): `"jsonrpc": "2.0"` and a string
+/// `method`, spelt exactly.
+pub fn is_call(o: &serde_json::Map<String, Json>) -> bool {
+    o.get("jsonrpc").and_then(Json::as_str) == Some("2.0") && o.get("method").is_some_and(Json::is_string)
+}
+
+/// The MCP tools a request calls: `params.name` of its `tools/call` (of every element of a
+/// batch); `""` for anything a reader may take for a tool call whose name is not read
+/// exactly (a member spelt in another case, a name that is not a string, an element that is
+/// not a JSON-RPC object): no task grant names `""`, so none lifts it. Empty for a body that
+/// calls no tool.
+pub fn tools(req: &Request) -> Vec<&str> {
+    use crate::request::body::{lookup_key, KeyLookup};
+    fn name(v: &Json) -> Option<&str> {
+        let Some(o) = v.as_object() else { return Some("") };
+        match lookup_key(o, "method") {
+            KeyLookup::Found(Json::String(m)) if m == "tools/call" => {}
+            KeyLookup::Found(Json::String(_)) | KeyLookup::Missing => return None,
+            _ => return Some(""),
+        }
+        let Some(params) = o.get("params").and_then(Json::as_object) else { return Some("") };
+        match lookup_key(params, "name") {
+            KeyLookup::Found(Json::String(n))
+                if o.keys().all(|k| k == "params" || !k.eq_ignore_ascii_case("params")) =>
+            {
+                Some(n)
+            }
+            _ => Some(""),
+        }
     }
     if req.body.truncated {
-        return Vec::new();
+        return vec![""];
     }
     match req.body.parsed() {
         Parsed::Json(Json::Array(items)) => items.iter().filter_map(name).collect(),
         Parsed::Json(v) => name(v).into_iter().collect(),
+        Parsed::Unknown(_) => vec![""],
         _ => Vec::new(),
     }
 }
@@ -342,6 +575,9 @@ pub enum GrantKind {
         approval: String,
         /// Uses left.
         uses: u32,
+        /// What it is bound to besides the approval id (the pending approval's `binding`).
+        #[serde(default)]
+        binding: String,
     },
     /// Lifts these holds for this agent (for this user, calling these tools).
     Task {
@@ -416,8 +652,10 @@ pub fn id_of(text: &str) -> String {
 
 /// The canonical text an approval id is the hash of.
 pub fn canonical_text(req: &Request, ident: Identity<'_>) -> String {
+    // Sorted by name only, stably: the values of a repeated name keep their order (upstreams
+    // take the first or the last).
     let mut query: Vec<(&str, &str)> = req.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    query.sort_unstable();
+    query.sort_by(|a, b| a.0.cmp(b.0));
     let query: Vec<Json> = query.into_iter().map(|(k, v)| Json::Array(vec![Json::from(k), Json::from(v)])).collect();
     let doc = Json::Array(vec![
         Json::from(VERSION),
@@ -434,7 +672,8 @@ pub fn canonical_text(req: &Request, ident: Identity<'_>) -> String {
     out
 }
 
-fn method_reading(req: &Request) -> String {
+/// The method as the approval id reads it.
+pub fn method_reading(req: &Request) -> String {
     let upper = req.method.to_ascii_uppercase();
     if !req.method_override {
         return upper;
@@ -467,11 +706,13 @@ fn body_reading(req: &Request) -> Json {
     Json::Object(o)
 }
 
-/// Remove the `id` of a JSON-RPC call, or of each call of a batch.
+/// Remove the `id` of a JSON-RPC 2.0 call, or of each call of a batch: only a string, number
+/// or null `id` of an object that is a call (anything else stays in the reading, so it
+/// cannot be varied under one approval).
 fn strip_rpc_ids(v: &mut Json) {
     let strip = |o: &mut Json| {
         if let Json::Object(m) = o {
-            if m.contains_key("jsonrpc") && m.contains_key("method") {
+            if is_call(m) && m.get("id").is_some_and(|i| i.is_string() || i.is_number() || i.is_null()) {
                 m.remove("id");
             }
         }
@@ -584,7 +825,10 @@ mod tests {
         assert!(!g.lifts("hold-a", Some("bot"), None, &["send_email", "delete_file"], at(1)), "every tool of a batch");
         assert!(!g.lifts("hold-a", Some("bot"), None, &[], at(1)), "a request that calls no tool");
         assert!(!g.lifts("hold-a", Some("bot"), None, &["send_email", ""], at(1)), "an unreadable tool name");
-        let a = Grant { kind: GrantKind::Approval { approval: "ap_x".into(), uses: 1 }, ..task(None, None) };
+        let a = Grant {
+            kind: GrantKind::Approval { approval: "ap_x".into(), uses: 1, binding: String::new() },
+            ..task(None, None)
+        };
         assert!(!a.lifts("hold-a", Some("bot"), None, &[], at(1)), "an approval grant is not a task grant");
     }
 

@@ -270,21 +270,45 @@ impl Checker {
         let ident = ident.unwrap_or_default();
         let settings = &live.policy.settings.approvals;
         let tools = approvals::tools(request);
-        if let Some((grant, by)) = self.state.task_grant(&decision.holds, ident.agent, ident.on_behalf_of, &tools, now)
-        {
+        // Task grants lift holds one by one; the first hold left decides.
+        let mut lifted_by = None;
+        let mut left = Vec::new();
+        for h in &decision.holds {
+            match self.state.task_grant(&h.id, ident.agent, ident.on_behalf_of, &tools, now) {
+                Some(g) => {
+                    lifted_by.get_or_insert(g);
+                }
+                None => left.push(h.clone()),
+            }
+        }
+        let Some(first) = left.first() else {
+            let (grant, by) = lifted_by.unzip();
             decision.lift();
             decision.approval = Some(Box::new(ApprovalState {
                 id: None,
                 status: None,
                 expires_at: None,
                 retry_after_s: settings.retry_after_s,
-                grant: Some(grant),
-                approved_by: Some(by),
+                grant,
+                approved_by: by,
                 new: false,
             }));
             if let Some(m) = self.state.metrics() {
                 m.approval_event("lifted");
             }
+            return None;
+        };
+        decision.rule = RuleId::Rule(first.id.clone());
+        decision.message = first.message.clone();
+        if let Some(why) = approvals::unapprovable(request) {
+            // An approval of this request could be stretched to cover another: refused.
+            if decision.verdict == Verdict::Held {
+                decision.verdict = Verdict::Deny;
+            }
+            decision.message = Some(Arc::from(format!(
+                "{} This request cannot be approved: {why}.",
+                first.message.as_deref().unwrap_or("This request needs a human's approval.")
+            )));
             return None;
         }
         let id = approvals::approval_id(request, ident);
@@ -302,7 +326,8 @@ impl Checker {
             // A global dry run: the request goes through; the record names the approval.
             return None;
         }
-        let record = PendingApproval::of(&id, request, ident, &decision.holds, settings, now);
+        let record =
+            PendingApproval::of(&id, request, ident, &decision.holds, &live.policy.inputs.headers, settings, now);
         let mut lifted = decision.clone();
         lifted.lift();
         lifted.approval = None;
@@ -328,6 +353,8 @@ impl Checker {
             record: &hold.record,
             pending_ttl: settings.pending_ttl,
             max_pending: settings.max_pending,
+            max_pending_per_agent: settings.max_pending_per_agent,
+            binding: &hold.record.binding,
         };
         let plain: Vec<Take> = takes.iter().map(|t| t.take.clone()).collect();
         match self.state.hold(ask, owner, &plain, now).await {
@@ -346,6 +373,15 @@ impl Checker {
                 if !takes.is_empty() {
                     apply_take(live, decision, takes, Ok(take));
                 }
+            }
+            Ok(HoldOutcome::Held { seen: 0, .. }) => {
+                // Not recorded: the agent (or everyone) has as many pending approvals as the
+                // settings allow. A deny of the agent's making (it counts toward quarantine).
+                decision.verdict = Verdict::Deny;
+                decision.approval = None;
+                decision.message = Some(Arc::from(
+                    "This request needs a human's approval, but too many approvals are pending for this agent; it was not recorded. Retry once pending ones are decided or expired.",
+                ));
             }
             Ok(HoldOutcome::Held { status, expires_at, seen }) => {
                 if let Some(a) = decision.approval.as_mut() {

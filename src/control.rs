@@ -308,6 +308,8 @@ struct Approve {
     ttl: Option<String>,
     uses: Option<u32>,
     reason: Option<String>,
+    /// Approve a pending approval that is not shown in full (`complete: false`).
+    force: Option<bool>,
 }
 
 /// Most uses one approval grant may have.
@@ -344,15 +346,28 @@ async fn approve(
         Ok(r) => r,
         Err(r) => return *r,
     };
+    // What the approver approves is what the pending approval shows: it must be pending, and
+    // shown in full unless the approver insists.
+    let pending = match st.state.pending(now).await {
+        Ok(list) => list.into_iter().find(|p| p.id == id),
+        Err(e) => return unavailable(e),
+    };
+    let Some(pending) = pending else { return error(StatusCode::NOT_FOUND, format!("no pending approval `{id}`")) };
+    if !pending.complete && req.force != Some(true) {
+        return error(
+            StatusCode::CONFLICT,
+            "this pending approval is not shown in full (its body is too large to show); approve with \"force\": true only if you know what it does",
+        );
+    }
     let grant = Grant {
         id: Grant::approval_grant_id(&id),
-        kind: GrantKind::Approval { approval: id.clone(), uses },
+        kind: GrantKind::Approval { approval: id.clone(), uses, binding: pending.binding.clone() },
         created_at: now,
         expires_at,
         approved_by: by,
         reason,
     };
-    match st.state.approve(&id, grant.clone()).await {
+    match st.state.approve(&id, pending.agent.as_deref(), grant.clone()).await {
         Ok(true) => (StatusCode::CREATED, Json(grant)).into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no pending approval `{id}`")),
         Err(e) => unavailable(e),

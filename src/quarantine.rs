@@ -111,7 +111,10 @@ impl StateRuntime {
         }
     }
 
-    fn event(&self, ev: serde_json::Value) {
+    fn event(&self, mut ev: serde_json::Value) {
+        if let Some(o) = ev.as_object_mut() {
+            o.insert("time".into(), Timestamp::now().to_string().into());
+        }
         let sent = self.events.lock().ok().and_then(|e| e.as_ref().map(|e| e.send(ev)));
         if sent == Some(false) {
             if let Some(m) = &self.metrics {
@@ -125,11 +128,11 @@ impl StateRuntime {
         self.metrics.as_ref()
     }
 
-    /// The task grant that lifts every one of `rules` for this caller, if one grant does (or
-    /// each rule by some grant: the first grant is reported). `tools`: the request's MCP tools.
+    /// The task grant in force that lifts hold `rule` for this caller (its id and approver).
+    /// `tools`: the request's MCP tools.
     pub fn task_grant(
         &self,
-        rules: &[crate::policy::eval::HoldRule],
+        rule: &str,
         agent: Option<&str>,
         obo: Option<&str>,
         tools: &[&str],
@@ -139,12 +142,7 @@ impl StateRuntime {
         if grants.is_empty() || agent.is_none() {
             return None;
         }
-        let mut first: Option<&Grant> = None;
-        for r in rules {
-            let g = grants.iter().find(|g| g.lifts(&r.id, agent, obo, tools, now))?;
-            first.get_or_insert(g);
-        }
-        first.map(|g| (g.id.clone(), g.approved_by.clone()))
+        grants.iter().find(|g| g.lifts(rule, agent, obo, tools, now)).map(|g| (g.id.clone(), g.approved_by.clone()))
     }
 
     /// A held request: spend an approval grant with the limits, or record the pending
@@ -182,15 +180,16 @@ impl StateRuntime {
     pub async fn pending(&self, now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
         let list = self.timed("pending", self.store.pending(now)).await?;
         if let Some(m) = &self.metrics {
-            m.pending_approvals(list.len());
+            // Denied ones wait for nobody.
+            m.pending_approvals(list.iter().filter(|p| p.status == crate::approvals::ApprovalStatus::Pending).count());
         }
         Ok(list)
     }
 
-    /// Approve a pending approval with `grant`; whether it was pending.
-    pub async fn approve(&self, id: &str, grant: Grant) -> Result<bool, StoreError> {
+    /// Approve a pending approval (of `agent`) with `grant`; whether it was pending.
+    pub async fn approve(&self, id: &str, agent: Option<&str>, grant: Grant) -> Result<bool, StoreError> {
         let by = grant.approved_by.clone();
-        let ok = self.timed("approve", self.store.approve(id, grant)).await?;
+        let ok = self.timed("approve", self.store.approve(id, agent, grant)).await?;
         if ok {
             tracing::info!(approval = id, by = %by, "approval granted");
             if let Some(m) = &self.metrics {
@@ -370,7 +369,7 @@ impl StateRuntime {
             if let Some(m) = &self.metrics {
                 m.quarantined("auto");
             }
-            self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": q }));
+            self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": quarantine_event(&q) }));
             self.apply(q);
         }
     }
@@ -397,7 +396,7 @@ impl StateRuntime {
         if let Some(m) = &self.metrics {
             m.quarantined("manual");
         }
-        self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": q }));
+        self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": quarantine_event(&q) }));
         self.apply(q);
         Ok(())
     }
@@ -462,4 +461,15 @@ impl StateRuntime {
             w.abort();
         }
     }
+}
+
+/// A quarantine as events show it (`until: null` when it lasts until lifted, as the API).
+fn quarantine_event(q: &Quarantine) -> serde_json::Value {
+    serde_json::json!({
+        "agent": q.agent,
+        "since": q.since.to_string(),
+        "until": if q.until == Timestamp::MAX { serde_json::Value::Null } else { q.until.to_string().into() },
+        "reason": q.reason,
+        "by": q.by,
+    })
 }

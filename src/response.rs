@@ -208,7 +208,8 @@ fn deny_headers(d: &Decision, decision_id: &str) -> Vec<HeaderValueOption> {
         h.push(header("ratelimit-policy", &policy));
         h.push(header("ratelimit", &state));
     }
-    if let Some(a) = held(d) {
+    // A denied approval: not worth retrying.
+    if let Some(a) = held(d).filter(|a| a.status != Some(crate::approvals::ApprovalStatus::Denied)) {
         h.push(header("retry-after", &a.retry_after_s.to_string()));
     }
     h

@@ -82,7 +82,7 @@ pub fn start(policy: PolicyHandle, metrics: Option<StateMetrics>) -> Events {
         while let Some(mut ev) = rx.recv().await {
             let Some(url) = policy.load().policy.settings.approvals.webhook.clone() else { continue };
             if let Some(o) = ev.as_object_mut() {
-                o.insert("time".into(), jiff::Timestamp::now().to_string().into());
+                o.entry("time").or_insert_with(|| jiff::Timestamp::now().to_string().into());
             }
             let body = ev.to_string();
             let mut result = Err(String::new());

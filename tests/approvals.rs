@@ -129,6 +129,18 @@ impl Server {
         answer(c.check(req).await.unwrap().into_inner())
     }
 
+    async fn check(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+        let mut c = AuthorizationClient::connect(format!("http://{}", self.grpc)).await.unwrap();
+        let mut b = CheckRequestBuilder::new(method, path);
+        for (k, v) in headers {
+            b = b.header(k, v);
+        }
+        if let Some(body) = body {
+            b = b.header("content-type", "application/json").body(body.as_bytes().to_vec());
+        }
+        answer(c.check(b.build()).await.unwrap().into_inner())
+    }
+
     async fn metrics(&self) -> String {
         let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
@@ -544,6 +556,189 @@ async fn the_console_approves_in_a_real_browser() {
     // The grant the browser made lets the agent's identical retry through, once.
     assert!(srv.mcp("mail-bot", &tool_call(2, "delete_file", "/srv/reports/q3-draft.txt")).await.allowed);
     held(&srv.mcp("mail-bot", &tool_call(3, "delete_file", "/srv/reports/q3-draft.txt")).await);
+    srv.shutdown().await;
+}
+
+/// `hallpass check` explains a held request with the same core as the Check: the holds, what
+/// the allow rules decide once they are lifted, and the approval id the Check gives.
+#[test]
+fn check_names_the_holds_and_the_approval_id_the_check_gives() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let body = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"send_email","arguments":{"to":["bob@partner.test"],"subject":"Q3"}}}"#;
+    let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
+        .args(["check", "--policy"])
+        .arg(root.join("config/policy.yaml"))
+        .args(["--method", "POST", "--path", "/mcp", "--host", "tools.example.com", "--agent", "research-bot"])
+        .args(["--body", body, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["decision"].as_str(), v["rule"].as_str()), (Some("deny"), Some("mcp-email-approval")));
+    assert_eq!(v["holds"], json!(["mcp-email-approval"]));
+    assert_eq!(v["once_approved"], json!({"decision": "allow", "rule": "mcp-email"}));
+    // The Check (in process, identity from a header source naming the same agent) gives the
+    // same approval id: it depends on the action, not on how the agent was identified.
+    let policy = hallpass::policy::Policy::from_file(&root.join("config/policy.yaml")).unwrap();
+    let authz = hallpass::service::Authz::from_policy(policy);
+    let req = CheckRequestBuilder::new("POST", "/mcp")
+        .host("tools.example.com")
+        .header("x-agent-id", "research-bot")
+        .header("content-type", "application/json")
+        .body(body.as_bytes().to_vec())
+        .build();
+    let checked = common::ready(authz.decide(req, jiff::Timestamp::now()));
+    let a = answer(checked.response);
+    let d = &a.body["result"]["_meta"]["dev.hallpass/decision"];
+    assert_eq!(d["approval"]["id"], v["approval_id"], "check and Check name the same approval");
+    // Text output too.
+    let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
+        .args(["check", "--policy"])
+        .arg(root.join("config/policy.yaml"))
+        .args(["--method", "POST", "--path", "/mcp", "--host", "tools.example.com", "--agent", "research-bot"])
+        .args(["--body", body])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("holds: mcp-email-approval"), "{text}");
+    assert!(text.contains("once approved: allow by mcp-email"), "{text}");
+    assert!(text.contains(&format!("approval_id: {}", v["approval_id"].as_str().unwrap())), "{text}");
+}
+
+/// The approval id of a plain-HTTP held answer (403).
+fn held_http(a: &Answer) -> String {
+    assert!(!a.allowed, "expected a held request");
+    assert_eq!((a.status, a.body["error"].as_str()), (403, Some("approval_required")), "{}", a.body);
+    a.body["approval"]["id"].as_str().unwrap().to_string()
+}
+
+/// What a security review found an approval could be stretched to, each closed: an approval
+/// covers exactly the action the approver saw — its query in order, the headers the policy
+/// reads, the holds it was held by — and everything it covers is shown; one agent cannot
+/// fill the approvers' queue; a tool-scoped task grant is not fooled by a member spelt in
+/// another case; redaction reaches into batches; a body too large to show needs `force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_covers_exactly_what_the_approver_saw() {
+    let (hook, _events) = receiver().await;
+    let dir = setup("exact", hook);
+    std::fs::write(
+        dir.join("policy.yaml"),
+        r#"version: 1
+identity:
+  agent: [{header: x-agent-id}]
+settings:
+  control: { approvers_file: approvers.yaml }
+  approvals: { redact: [/password], max_pending_per_agent: 4 }
+rules:
+  - id: pay-hold
+    effect: require_approval
+    paths: ["/pay"]
+  - id: prod-hold
+    effect: require_approval
+    paths: ["/pay"]
+    headers: { x-env: { equals: prod } }
+  - id: tool-hold
+    effect: require_approval
+    paths: ["/mcp"]
+    mcp: { tools: [send_mail, delete_all] }
+  - id: pay
+    effect: allow
+    paths: ["/pay"]
+  - id: mcp
+    effect: allow
+    methods: [POST]
+    paths: ["/mcp"]
+"#,
+    )
+    .unwrap();
+    let srv = start(&dir).await;
+    let bot = [("x-agent-id", "bot"), ("x-env", "staging")];
+
+    // -- the approver sees the query (in order), the bound headers, the method readings.
+    let id = held_http(&srv.check("POST", "/pay?to=alice&to=mallory", &bot, Some(r#"{"amount":10}"#)).await);
+    let (_, p) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{id}"), None).await;
+    assert_eq!(p["query"], json!([["to", "alice"], ["to", "mallory"]]), "{p}");
+    assert_eq!(p["headers"]["x-env"], "staging", "{p}");
+    assert_eq!(p["headers"]["content-type"], "application/json", "{p}");
+    assert_eq!((&p["body"], p["body_kind"].as_str()), (&json!({"amount": 10}), Some("json")));
+    assert_eq!((p["complete"].as_bool(), p["rules"][0]["id"].as_str()), (Some(true), Some("pay-hold")));
+    let (st, _) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{id}/approve"), Some("{}")).await;
+    assert_eq!(st, 201);
+    // Another order of the same values is another action (upstreams take the first or last).
+    let other = held_http(&srv.check("POST", "/pay?to=mallory&to=alice", &bot, Some(r#"{"amount":10}"#)).await);
+    assert_ne!(other, id);
+    // The same id with a header the policy reads changed (and so another hold): not lifted.
+    let prod = [("x-agent-id", "bot"), ("x-env", "prod")];
+    let again = srv.check("POST", "/pay?to=alice&to=mallory", &prod, Some(r#"{"amount":10}"#)).await;
+    assert_eq!(held_http(&again), id, "the same action id, but bound to other headers and holds: held");
+    assert!(srv.check("POST", "/pay?to=alice&to=mallory", &bot, Some(r#"{"amount":10}"#)).await.allowed, "as approved");
+
+    // -- an object that is not a JSON-RPC 2.0 call keeps its `id` in the action, and is shown whole.
+    let a = held_http(
+        &srv.check("POST", "/pay", &bot, Some(r#"{"jsonrpc":"-","method":"ping","id":"acct_1","amount":5}"#)).await,
+    );
+    let b = held_http(
+        &srv.check("POST", "/pay", &bot, Some(r#"{"jsonrpc":"-","method":"ping","id":"acct_2","amount":5}"#)).await,
+    );
+    assert_ne!(a, b, "the id of something that is not a call names the action");
+    let (_, p) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{a}"), None).await;
+    assert_eq!((p["mcp"].is_null(), p["body"]["amount"].as_u64()), (true, Some(5)), "{p}");
+
+    // -- one agent cannot fill the queue: past its quota its holds are refused, not recorded.
+    let n = srv.api(TOKEN, "GET", "/v1/approvals", None).await.1["approvals"].as_array().unwrap().len();
+    assert_eq!(n, 4, "bot's quota of 4 is full (other, prod, a, b)");
+    let refused = srv.check("POST", "/pay?n=5", &bot, None).await;
+    assert_eq!((refused.status, refused.body["error"].as_str()), (403, Some("forbidden")), "{}", refused.body);
+    assert!(refused.body["message"].as_str().unwrap().contains("too many approvals are pending"));
+    assert!(refused.body.get("approval").is_none());
+    let (_, list) = srv.api(TOKEN, "GET", "/v1/approvals", None).await;
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 4, "not recorded");
+    // Others still are.
+    held(&srv.mcp("other", &tool_call(1, "send_mail", "/x")).await);
+
+    // -- a tool-scoped task grant: a member spelt in another case is a tool it does not name.
+    let (st, _) = srv
+        .api(
+            TOKEN,
+            "POST",
+            "/v1/grants",
+            Some(r#"{"agent":"mailer","rules":["tool-hold"],"tools":["send_mail"],"ttl":"5m"}"#),
+        )
+        .await;
+    assert_eq!(st, 201);
+    assert!(srv.mcp("mailer", &tool_call(1, "send_mail", "/x")).await.allowed, "the granted tool");
+    let sneaky = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_mail","arguments":{}}},{"jsonrpc":"2.0","id":2,"Method":"tools/call","params":{"name":"delete_all","arguments":{}}}]"#;
+    let r = srv.mcp("mailer", sneaky).await;
+    assert!(!r.allowed, "a folded `Method` (Go reads it) calling another tool is not lifted: {}", r.body);
+
+    // -- redaction reaches the arguments of every element of a batch.
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_mail","arguments":{"password":"hunter2"}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_all","arguments":{"password":"hunter3"}}}]"#;
+    let r = srv.mcp("batcher", batch).await;
+    let id = held_http(&r);
+    let (_, p) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{id}"), None).await;
+    assert_eq!(p["body"][0]["params"]["arguments"]["password"], "[redacted]", "{p}");
+    assert!(!p.to_string().contains("hunter"), "{p}");
+
+    // -- a body too large to show: approved only with force; big integers shown exactly.
+    let big = format!(r#"{{"amount":9007199254740993,"memo":"{}"}}"#, "x".repeat(20_000));
+    let id = held_http(&srv.check("POST", "/pay", &[("x-agent-id", "big"), ("x-env", "staging")], Some(&big)).await);
+    let (_, p) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{id}"), None).await;
+    assert_eq!(p["complete"], false, "a body too large to show is not complete");
+    let (st, err) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{id}/approve"), Some("{}")).await;
+    assert_eq!(st, 409, "{err}");
+    let (st, _) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{id}/approve"), Some(r#"{"force":true}"#)).await;
+    assert_eq!(st, 201);
+    let small = held_http(
+        &srv.check(
+            "POST",
+            "/pay",
+            &[("x-agent-id", "big"), ("x-env", "staging")],
+            Some(r#"{"amount":9007199254740993}"#),
+        )
+        .await,
+    );
+    let (_, p) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{small}"), None).await;
+    assert_eq!(p["body"]["amount"], "9007199254740993", "a browser would round the number: shown as its digits");
     srv.shutdown().await;
 }
 

@@ -100,12 +100,15 @@ fn corpus_decisions() {
             // stages (quarantine, limits), which explain does not run.
             let req = hallpass::request::Request::from_check_request(case.request.to_check_request()).unwrap();
             let (explained, traces) = hallpass::policy::explain(&policy, &req, case.request.now());
-            let stateful = decision.limit.is_some() || decision.rule == hallpass::policy::eval::RuleId::Quarantined;
+            // The holds stage (task grants, approvability) may change a held decision.
+            let stateful = decision.limit.is_some()
+                || decision.rule == hallpass::policy::eval::RuleId::Quarantined
+                || !decision.holds.is_empty();
             // The holds stage names the approval (explain does not run it).
             let mut decision = decision;
             decision.approval = None;
             if stateful {
-                if decision.limit.is_some() && explained.rule != decision.rule {
+                if (decision.limit.is_some() || !decision.holds.is_empty()) && explained.rule != decision.rule {
                     failures
                         .push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", case.name));
                 }

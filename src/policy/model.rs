@@ -74,6 +74,8 @@ pub struct ApprovalsDef {
     pub redact: Option<Vec<String>>,
     /// Most pending approvals kept (default 1000).
     pub max_pending: Option<u64>,
+    /// Most pending approvals of one agent (default 20).
+    pub max_pending_per_agent: Option<u64>,
     /// Where `approval.pending` and `agent.quarantined` events are POSTed.
     pub webhook: Option<WebhookDef>,
 }

@@ -302,7 +302,9 @@ impl StateStore for MemoryStore {
         let mut a = self.approvals.lock().map_err(poisoned)?;
         let gid = Grant::approval_grant_id(ask.approval_id);
         let live = a.grants.get(&gid).filter(|g| g.in_force(now)).and_then(|g| match &g.kind {
-            GrantKind::Approval { uses, .. } if *uses > 0 => Some((g.approved_by.clone(), *uses)),
+            GrantKind::Approval { uses, binding, .. } if *uses > 0 && binding == ask.binding => {
+                Some((g.approved_by.clone(), *uses))
+            }
             _ => None,
         });
         if let Some((approved_by, uses)) = live {
@@ -332,7 +334,10 @@ impl StateStore for MemoryStore {
             p.expires_at = expires_at;
             return Ok(HoldOutcome::Held { status: p.status, expires_at, seen: p.seen });
         }
-        if a.pending.len() >= ask.max_pending {
+        let agent = ask.record.agent.as_deref();
+        if a.pending.len() >= ask.max_pending
+            || a.pending.values().filter(|p| p.agent.as_deref() == agent).count() >= ask.max_pending_per_agent
+        {
             return Ok(HoldOutcome::Held { status: ApprovalStatus::Pending, expires_at, seen: 0 });
         }
         let mut p = ask.record.clone();
@@ -350,11 +355,12 @@ impl StateStore for MemoryStore {
         Ok(list)
     }
 
-    async fn approve(&self, id: &str, grant: Grant) -> Result<bool, StoreError> {
+    async fn approve(&self, id: &str, _agent: Option<&str>, mut grant: Grant) -> Result<bool, StoreError> {
         let mut a = self.approvals.lock().map_err(poisoned)?;
         let now = grant.created_at;
-        if a.pending.get(id).is_none_or(|p| now >= p.expires_at) {
-            return Ok(false);
+        let Some(pending) = a.pending.get(id).filter(|p| now < p.expires_at) else { return Ok(false) };
+        if let GrantKind::Approval { binding, .. } = &mut grant.kind {
+            binding.clone_from(&pending.binding);
         }
         let gid = grant.id.clone();
         let old = a.grants.insert(gid.clone(), grant);

@@ -164,6 +164,10 @@ pub struct HoldAsk<'a> {
     pub pending_ttl: Duration,
     /// Most pending approvals kept.
     pub max_pending: usize,
+    /// Most pending approvals one agent (the `owner`) may have.
+    pub max_pending_per_agent: usize,
+    /// What a grant must be bound to, besides the approval id, to lift this request.
+    pub binding: &'a str,
 }
 
 /// What the store answered to a [`HoldAsk`].
@@ -186,7 +190,7 @@ pub enum HoldOutcome {
         /// When the pending approval expires.
         expires_at: Timestamp,
         /// How many times it was held, this one included (1: new). 0: not recorded (the
-        /// store holds `max_pending` already).
+        /// store holds `max_pending` already, or the agent `max_pending_per_agent`).
         seen: u64,
     },
 }
@@ -241,9 +245,14 @@ pub trait StateStore: Send + Sync {
     /// The pending approvals at `now` (ended ones are dropped), oldest first.
     fn pending(&self, now: Timestamp) -> impl Future<Output = Result<Vec<PendingApproval>, StoreError>> + Send;
 
-    /// Approve a pending approval: it is replaced by `grant` (an approval grant for it).
-    /// `false`: no such pending approval.
-    fn approve(&self, id: &str, grant: Grant) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Approve a pending approval (of `agent`): it is replaced by `grant` (an approval grant
+    /// for it, bound as the pending approval was). `false`: no such pending approval.
+    fn approve(
+        &self,
+        id: &str,
+        agent: Option<&str>,
+        grant: Grant,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Deny a pending approval (it stays, `denied`, until it expires). `None`: no such one.
     fn deny_approval(
@@ -352,10 +361,10 @@ impl StateStore for Store {
         }
     }
 
-    async fn approve(&self, id: &str, grant: Grant) -> Result<bool, StoreError> {
+    async fn approve(&self, id: &str, agent: Option<&str>, grant: Grant) -> Result<bool, StoreError> {
         match self {
-            Store::Memory(m) => m.approve(id, grant).await,
-            Store::Redis(r) => r.approve(id, grant).await,
+            Store::Memory(m) => m.approve(id, agent, grant).await,
+            Store::Redis(r) => r.approve(id, agent, grant).await,
         }
     }
 

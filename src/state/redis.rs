@@ -92,18 +92,21 @@ const TAKE_CALL: &str = "return take_all(KEYS, ARGV)";
 /// A held request (agent-controls §2), atomically: if an approval grant is in force (by
 /// Redis's clock), take the limits ([`TAKE_FN`]) and spend one use only if they were taken;
 /// otherwise record or refresh the pending approval (bounded by max_pending) and count it.
-/// KEYS: approval grant hash, pending hash, pending index (zset by expiry), grants hash, then
-/// the limit buckets and the owner set; ARGV: approval id, pending JSON, pending ttl (ms),
-/// max pending, then the limits' arguments. Returns {1, grant id, approved_by, take answer}
-/// or {0, status, expires_ms, seen} (seen 0: not recorded).
+/// A grant lifts only a request with the binding it was approved with (the holds and the
+/// headers the policy reads). KEYS: approval grant hash, pending hash, pending index (zset by
+/// expiry), grants hash, the agent's pending set, then the limit buckets and the owner set;
+/// ARGV: approval id, pending JSON, pending ttl (ms), max pending, binding, max pending per
+/// agent, then the limits' arguments. Returns {1, grant id, approved_by, take answer} or
+/// {0, status, expires_ms, seen} (seen 0: not recorded).
 const HOLD: &str = r"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local g = redis.call('HMGET', KEYS[1], 'id', 'uses', 'expires_ms', 'approved_by')
-if g[1] and tonumber(g[2]) and tonumber(g[2]) > 0 and tonumber(g[3]) and tonumber(g[3]) > now_ms then
+local g = redis.call('HMGET', KEYS[1], 'id', 'uses', 'expires_ms', 'approved_by', 'binding')
+if g[1] and tonumber(g[2]) and tonumber(g[2]) > 0 and tonumber(g[3]) and tonumber(g[3]) > now_ms
+    and (g[5] or '') == ARGV[5] then
   local keys, argv = {}, {}
-  for i = 5, #KEYS do keys[#keys + 1] = KEYS[i] end
-  for i = 5, #ARGV do argv[#argv + 1] = ARGV[i] end
+  for i = 6, #KEYS do keys[#keys + 1] = KEYS[i] end
+  for i = 7, #ARGV do argv[#argv + 1] = ARGV[i] end
   local r = {1}
   if #keys > 1 then r = take_all(keys, argv) end
   if r[1] == 1 then
@@ -116,13 +119,16 @@ if g[1] and tonumber(g[2]) and tonumber(g[2]) > 0 and tonumber(g[3]) and tonumbe
   return {1, g[1], g[4] or '', r}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms)
 local exp = now_ms + tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) or redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
     return {0, 'pending', exp, 0}
   end
-  redis.call('HSET', KEYS[2], 'json', ARGV[2], 'status', 'pending')
+  redis.call('HSET', KEYS[2], 'json', ARGV[2], 'status', 'pending', 'binding', ARGV[5])
 end
+redis.call('ZADD', KEYS[5], exp, ARGV[1])
+redis.call('PEXPIREAT', KEYS[5], exp)
 local seen = redis.call('HINCRBY', KEYS[2], 'seen', 1)
 redis.call('HSET', KEYS[2], 'expires_ms', exp)
 redis.call('PEXPIREAT', KEYS[2], exp)
@@ -149,15 +155,19 @@ end
 return out
 ";
 
-/// Approve: the pending approval is replaced by its approval grant. KEYS: pending hash,
-/// pending index, approval grant hash, grants hash; ARGV: approval id, grant id, uses,
-/// expires_ms, approved_by, grant JSON. Returns 0 when nothing is pending under the id.
+/// Approve: the pending approval is replaced by its approval grant, bound as the pending
+/// approval was. KEYS: pending hash, pending index, approval grant hash, grants hash, the
+/// agent's pending set; ARGV: approval id, grant id, uses, expires_ms, approved_by, grant
+/// JSON. Returns 0 when nothing is pending under the id.
 const APPROVE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local binding = redis.call('HGET', KEYS[1], 'binding') or ''
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], 'id', ARGV[2], 'uses', ARGV[3], 'expires_ms', ARGV[4], 'approved_by', ARGV[5])
+redis.call('HSET', KEYS[3], 'id', ARGV[2], 'uses', ARGV[3], 'expires_ms', ARGV[4], 'approved_by', ARGV[5],
+  'binding', binding)
 redis.call('PEXPIREAT', KEYS[3], ARGV[4])
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
 return 1
@@ -518,11 +528,14 @@ impl StateStore for RedisStore {
         inv.key(self.key(&format!("agrant:{}", ask.approval_id)))
             .key(self.key(&format!("pending:{}", ask.approval_id)))
             .key(self.key("pending_idx"))
-            .key(self.key("grants"));
+            .key(self.key("grants"))
+            .key(self.key(&format!("pending_agent:{}:{owner}", owner.len())));
         inv.arg(ask.approval_id)
             .arg(json)
             .arg(u64::try_from(ask.pending_ttl.as_millis()).unwrap_or(u64::MAX))
-            .arg(ask.max_pending);
+            .arg(ask.max_pending)
+            .arg(ask.binding)
+            .arg(ask.max_pending_per_agent);
         self.take_args(&mut inv, owner, takes);
         let mut conn = self.conn.clone();
         let out: redis::Value = self.within(inv.invoke_async(&mut conn)).await?;
@@ -568,18 +581,20 @@ impl StateStore for RedisStore {
         Ok(list)
     }
 
-    async fn approve(&self, id: &str, grant: Grant) -> Result<bool, StoreError> {
+    async fn approve(&self, id: &str, agent: Option<&str>, grant: Grant) -> Result<bool, StoreError> {
         let GrantKind::Approval { uses, .. } = &grant.kind else {
             return Err(StoreError::Unavailable("approve needs an approval grant".into()));
         };
         let uses = *uses;
+        let owner = agent.unwrap_or("");
         let stored = StoredGrant { expires_ms: grant.expires_at.as_millisecond(), grant };
         let json = serde_json::to_string(&stored).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let mut inv = self.approve.prepare_invoke();
         inv.key(self.key(&format!("pending:{id}")))
             .key(self.key("pending_idx"))
             .key(self.key(&format!("agrant:{id}")))
-            .key(self.key("grants"));
+            .key(self.key("grants"))
+            .key(self.key(&format!("pending_agent:{}:{owner}", owner.len())));
         inv.arg(id).arg(&stored.grant.id).arg(uses).arg(stored.expires_ms).arg(&stored.grant.approved_by).arg(json);
         let mut conn = self.conn.clone();
         let n: i64 = self.within(inv.invoke_async(&mut conn)).await?;

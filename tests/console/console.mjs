@@ -192,7 +192,7 @@ async function run() {
     if ((await row.locator(`[data-action="${hook}"]`).count()) !== 1) throw new Error(`row ${approvalId} has no [data-action="${hook}"] button`);
   }
   const ttlDefault = await row.locator('[data-field="ttl"]').inputValue();
-  if (ttlDefault !== '10m') throw new Error(`the TTL field defaults to ${JSON.stringify(ttlDefault)}, want "10m"`);
+  if (ttlDefault !== '') throw new Error(`the TTL field defaults to ${JSON.stringify(ttlDefault)}, want it empty (the server's grant_ttl)`);
 
   if (screenshot) {
     step = 'take the screenshot';
