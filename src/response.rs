@@ -103,7 +103,7 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
         + usize::from(d.dry_run())
         + usize::from(!d.dry_run_rules.is_empty())
         + usize::from(d.limit.is_some())
-        + usize::from(d.approval.is_some()) * 2;
+        + usize::from(d.approval.is_some()) * 3;
     let mut fields = HashMap::with_capacity(n);
     fields.insert("decision".to_string(), s(if d.allowed() { "allow" } else { "deny" }));
     fields.insert("rule".to_string(), s(d.rule.as_str()));
@@ -133,6 +133,9 @@ pub fn metadata(d: &Decision, ident: Identity<'_>, decision_id: &str, revision: 
         }
         if let Some(g) = &a.grant {
             fields.insert("grant".to_string(), s(g));
+        }
+        if let Some(b) = &a.approved_by {
+            fields.insert("approved_by".to_string(), s(b));
         }
     }
     Struct { fields }

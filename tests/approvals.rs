@@ -328,6 +328,7 @@ async fn approve_once_deny_and_task_grants_through_the_control_api() {
     let ok = srv.mcp("bot", &tool_call(3, "delete_file", "/tmp/a")).await;
     assert!(ok.allowed, "the approved action goes through: {}", ok.body);
     assert_eq!(ok.meta.get("grant"), Some(&gid));
+    assert_eq!(ok.meta.get("approved_by").map(String::as_str), Some("ops"), "metadata names the approver");
     assert_eq!(ok.meta.get("rule").map(String::as_str), Some("mcp"), "the allow rule decides once lifted");
     // Once: the same retry again is held anew.
     let (id2, st2, _) = held(&srv.mcp("bot", &call).await);
