@@ -14,8 +14,8 @@
 //!   (so an approval for `POST` never covers a `POST` that some upstream reads as `DELETE`);
 //! - `host`: normalized (lowercase, no port); `path`: normalized, without the query (`null`
 //!   when the path is invalid);
-//! - `query`: the decoded `[name, value]` pairs sorted by name (bytewise), stably: the values
-//!   of a repeated name keep their order;
+//! - `query`: the decoded `[name, value]` pairs sorted by name, then value (bytewise; the order
+//!   of a repeated name's values is bound to a grant separately, see [`binding`]);
 //! - `body`: `null` without a body; a JSON body (strict parse) as its value with the JSON-RPC
 //!   `id` (a string, number or null) of a JSON-RPC 2.0 call (`"jsonrpc": "2.0"` and a string
 //!   `method`), or of each such
@@ -230,7 +230,8 @@ pub struct PendingApproval {
     /// The body: JSON as parsed (redacted); any other body as `{"text", "bytes", "truncated"}`;
     /// a JSON body too large to show as `{"too_large_bytes"}`.
     pub body: Option<Json>,
-    /// What `body` is: `json`, `text` or `too_large` (a JSON body may look like the others).
+    /// What `body` is: `json`, `form` (its fields), `text` or `too_large` (a JSON body may
+    /// look like the others).
     #[serde(default)]
     pub body_kind: Option<String>,
     /// Whether everything above is shown in full (a body too large to show is not): an
@@ -284,7 +285,7 @@ impl PendingApproval {
                                 tool: params.and_then(|p| p.get("name")).and_then(Json::as_str).map(str::to_owned),
                                 arguments: params
                                     .and_then(|p| p.get("arguments"))
-                                    .map(|a| redacted(a.clone(), &settings.redact)),
+                                    .map(|a| exact_numbers(redacted(a.clone(), &settings.redact))),
                             });
                         }
                     }
@@ -292,6 +293,13 @@ impl PendingApproval {
                     body = Some(b);
                     complete &= full;
                     kind = Some(if full { "json" } else { "too_large" }.to_owned());
+                }
+                (false, Parsed::Form(v)) => {
+                    // Shown as its fields, so `redact` names them as in a JSON body.
+                    let (b, full) = shown(v, &settings.redact);
+                    body = Some(b);
+                    complete &= full;
+                    kind = Some(if full { "form" } else { "too_large" }.to_owned());
                 }
                 _ => {
                     let bytes = &req.body.bytes;
@@ -399,8 +407,8 @@ fn exact_numbers(v: Json) -> Json {
 const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
 
 /// What an approval is bound to besides its id (which names the action): the holds the
-/// approver saw and the values of `bound` headers (those the policy reads, and
-/// `content-type`). A grant lifts only a request with the same binding, so a header the
+/// approver saw, the values of `bound` headers (those the policy reads, and
+/// `content-type`) and the query in its order. A grant lifts only a request with the same binding, so a header the
 /// policy reads (or another hold) cannot be changed after approval. Returns the digest and
 /// the headers as shown (credentials as a digest).
 pub fn binding(
@@ -428,7 +436,11 @@ pub fn binding(
             shown.insert(n.to_owned(), Json::from(show));
         }
     }
-    let doc = Json::Array(vec![Json::from(rules), Json::Array(pairs)]);
+    // The query in order: the id sorts its pairs, and upstreams take a repeated name's first
+    // or last value.
+    let query: Vec<Json> =
+        req.query.iter().map(|(k, v)| Json::Array(vec![Json::from(k.as_str()), Json::from(v.as_str())])).collect();
+    let doc = Json::Array(vec![Json::from(rules), Json::Array(pairs), Json::Array(query)]);
     let mut text = String::new();
     write_canonical(&doc, &mut text);
     let hex: String = Sha256::digest(text.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
@@ -456,8 +468,9 @@ pub fn unapprovable(req: &Request) -> Option<&'static str> {
     None
 }
 
-/// Whether a JSON text has a number hallpass's reading does not hold exactly: an integer of
-/// more than 19 digits, or a fraction or exponent with more than 15 significant digits.
+/// Whether a JSON text has a number hallpass's reading does not hold exactly: an integer
+/// outside the 64-bit range (read as a float), or a fraction or exponent with more than 15
+/// significant digits.
 fn inexact_numbers(text: &[u8]) -> bool {
     let (mut in_str, mut esc, mut i) = (false, false, 0usize);
     while let Some(&b) = text.get(i) {
@@ -477,10 +490,15 @@ fn inexact_numbers(text: &[u8]) -> bool {
                 i += 1;
             }
             b'-' | b'0'..=b'9' => {
-                let (mut digits, mut frac, mut in_exp) = (0usize, false, false);
+                let start = i;
+                let (mut sig, mut frac, mut in_exp, mut leading) = (0usize, false, false, true);
                 while let Some(&c) = text.get(i) {
                     match c {
-                        b'0'..=b'9' if !in_exp => digits += 1,
+                        b'0' if !in_exp && leading => {}
+                        b'0'..=b'9' if !in_exp => {
+                            leading = false;
+                            sig += 1;
+                        }
                         b'.' => frac = true,
                         b'e' | b'E' => {
                             frac = true;
@@ -491,7 +509,15 @@ fn inexact_numbers(text: &[u8]) -> bool {
                     }
                     i += 1;
                 }
-                if (frac && digits > 15) || digits > 19 {
+                let literal = std::str::from_utf8(text.get(start..i).unwrap_or(&[])).unwrap_or("");
+                let inexact = if frac {
+                    sig > 15
+                } else {
+                    sig > 18
+                        && !matches!(literal.parse::<i128>(),
+                            Ok(n) if n >= i128::from(i64::MIN) && n <= i128::from(u64::MAX))
+                };
+                if inexact {
                     return true;
                 }
             }
@@ -652,10 +678,10 @@ pub fn id_of(text: &str) -> String {
 
 /// The canonical text an approval id is the hash of.
 pub fn canonical_text(req: &Request, ident: Identity<'_>) -> String {
-    // Sorted by name only, stably: the values of a repeated name keep their order (upstreams
-    // take the first or the last).
+    // Sorted pairs (the contract's form); the order of a repeated name's values, which
+    // upstreams read differently (first or last), is bound separately ([`binding`]).
     let mut query: Vec<(&str, &str)> = req.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    query.sort_by(|a, b| a.0.cmp(b.0));
+    query.sort_unstable();
     let query: Vec<Json> = query.into_iter().map(|(k, v)| Json::Array(vec![Json::from(k), Json::from(v)])).collect();
     let doc = Json::Array(vec![
         Json::from(VERSION),

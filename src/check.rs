@@ -379,9 +379,10 @@ impl Checker {
                 // settings allow. A deny of the agent's making (it counts toward quarantine).
                 decision.verdict = Verdict::Deny;
                 decision.approval = None;
-                decision.message = Some(Arc::from(
-                    "This request needs a human's approval, but too many approvals are pending for this agent; it was not recorded. Retry once pending ones are decided or expired.",
-                ));
+                decision.message = Some(Arc::from(format!(
+                    "{} It was not recorded for approval: too many approvals are pending (for this agent, or in all). Retry once pending ones are decided or expired.",
+                    decision.message.as_deref().unwrap_or("This request needs a human's approval.")
+                )));
             }
             Ok(HoldOutcome::Held { status, expires_at, seen }) => {
                 if let Some(a) = decision.approval.as_mut() {

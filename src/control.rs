@@ -356,7 +356,7 @@ async fn approve(
     if !pending.complete && req.force != Some(true) {
         return error(
             StatusCode::CONFLICT,
-            "this pending approval is not shown in full (its body is too large to show); approve with \"force\": true only if you know what it does",
+            "this pending approval is not shown in full (its body is too large to show, or not text); approve with \"force\": true only if you know what it does",
         );
     }
     let grant = Grant {

@@ -105,6 +105,9 @@ enum ApprovalsVerb {
         /// Why (recorded).
         #[arg(long)]
         reason: Option<String>,
+        /// Approve although the pending approval is not shown in full.
+        #[arg(long)]
+        force: bool,
     },
     /// Deny a held action: the agent is told so until the approval expires.
     Deny {
@@ -199,10 +202,13 @@ fn main() -> ExitCode {
                 |id: &str| percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string();
             let (method, path, body) = match &verb {
                 ApprovalsVerb::List => ("GET", "/v1/approvals".to_string(), None),
-                ApprovalsVerb::Approve { id, ttl, uses, reason } => (
+                ApprovalsVerb::Approve { id, ttl, uses, reason, force } => (
                     "POST",
                     format!("/v1/approvals/{}/approve", seg(id)),
-                    Some(serde_json::json!({ "ttl": ttl, "uses": uses, "reason": reason }).to_string()),
+                    Some(
+                        serde_json::json!({ "ttl": ttl, "uses": uses, "reason": reason, "force": force.then_some(true) })
+                            .to_string(),
+                    ),
                 ),
                 ApprovalsVerb::Deny { id, reason } => (
                     "POST",
@@ -370,7 +376,14 @@ fn check(a: CheckArgs) -> ExitCode {
         Err(_) => Default::default(),
     };
     let mut decision = decision;
-    if !decision.holds.is_empty() {
+    if let (false, Some(why)) = (decision.holds.is_empty(), hallpass::approvals::unapprovable(&req)) {
+        // As the Check answers it: denied by the hold, no approval id.
+        if decision.verdict == hallpass::policy::Verdict::Held {
+            decision.verdict = hallpass::policy::Verdict::Deny;
+        }
+        let m = decision.message.as_deref().unwrap_or("This request needs a human's approval.").to_string();
+        decision.message = Some(format!("{m} This request cannot be approved: {why}.").into());
+    } else if !decision.holds.is_empty() {
         // The id the approval would have, so an approver (or a test) can name it.
         decision.approval = Some(Box::new(hallpass::approvals::ApprovalState {
             id: Some(hallpass::approvals::approval_id(&req, ident)),

@@ -157,7 +157,7 @@ impl StateRuntime {
         let r = self.timed("hold", self.store.hold(ask.clone(), owner, takes, now)).await;
         if let Some(m) = &self.metrics {
             match &r {
-                Ok(HoldOutcome::Held { seen, .. }) => {
+                Ok(HoldOutcome::Held { seen, .. }) if *seen > 0 => {
                     m.approval_event("held");
                     if *seen == 1 {
                         m.approval_event("requested");

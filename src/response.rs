@@ -211,8 +211,9 @@ fn deny_headers(d: &Decision, decision_id: &str) -> Vec<HeaderValueOption> {
         h.push(header("ratelimit-policy", &policy));
         h.push(header("ratelimit", &state));
     }
-    // A denied approval: not worth retrying.
-    if let Some(a) = held(d).filter(|a| a.status != Some(crate::approvals::ApprovalStatus::Denied)) {
+    // The contract's held response carries it whether pending or denied (the tool text tells
+    // a model not to retry a denied one).
+    if let Some(a) = held(d) {
         h.push(header("retry-after", &a.retry_after_s.to_string()));
     }
     h

@@ -665,9 +665,10 @@ rules:
     assert_eq!((p["complete"].as_bool(), p["rules"][0]["id"].as_str()), (Some(true), Some("pay-hold")));
     let (st, _) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{id}/approve"), Some("{}")).await;
     assert_eq!(st, 201);
-    // Another order of the same values is another action (upstreams take the first or last).
+    // Another order of the same values: the same id (its pairs are sorted), but the grant is
+    // bound to the order (upstreams take the first or the last value): held.
     let other = held_http(&srv.check("POST", "/pay?to=mallory&to=alice", &bot, Some(r#"{"amount":10}"#)).await);
-    assert_ne!(other, id);
+    assert_eq!(other, id);
     // The same id with a header the policy reads changed (and so another hold): not lifted.
     let prod = [("x-agent-id", "bot"), ("x-env", "prod")];
     let again = srv.check("POST", "/pay?to=alice&to=mallory", &prod, Some(r#"{"amount":10}"#)).await;
@@ -687,13 +688,15 @@ rules:
 
     // -- one agent cannot fill the queue: past its quota its holds are refused, not recorded.
     let n = srv.api(TOKEN, "GET", "/v1/approvals", None).await.1["approvals"].as_array().unwrap().len();
-    assert_eq!(n, 4, "bot's quota of 4 is full (other, prod, a, b)");
+    assert_eq!(n, 3, "bot has 3 pending (the reordered query or prod header: one id; a; b)");
+    held_http(&srv.check("POST", "/pay?n=4", &bot, None).await);
     let refused = srv.check("POST", "/pay?n=5", &bot, None).await;
     assert_eq!((refused.status, refused.body["error"].as_str()), (403, Some("forbidden")), "{}", refused.body);
     assert!(refused.body["message"].as_str().unwrap().contains("too many approvals are pending"));
     assert!(refused.body.get("approval").is_none());
     let (_, list) = srv.api(TOKEN, "GET", "/v1/approvals", None).await;
     assert_eq!(list["approvals"].as_array().unwrap().len(), 4, "not recorded");
+    assert!(refused.body["message"].as_str().unwrap().starts_with("This request needs a human's approval."));
     // Others still are.
     held(&srv.mcp("other", &tool_call(1, "send_mail", "/x")).await);
 
@@ -729,6 +732,19 @@ rules:
     assert_eq!(st, 409, "{err}");
     let (st, _) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{id}/approve"), Some(r#"{"force":true}"#)).await;
     assert_eq!(st, 201);
+    // Integers beyond 64 bits (negative too) are read as floats: such a request cannot be
+    // approved (one approval would cover its neighbours).
+    for n in ["-9999999999999999999", "18446744073709551616", "0.10000000000000000001"] {
+        let r = srv
+            .check("POST", "/pay", &[("x-agent-id", "num"), ("x-env", "staging")], Some(&format!(r#"{{"n":{n}}}"#)))
+            .await;
+        assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden")), "{n}: {}", r.body);
+        assert!(r.body["message"].as_str().unwrap().contains("cannot be approved"), "{n}");
+    }
+    let r = srv
+        .check("POST", "/pay", &[("x-agent-id", "num"), ("x-env", "staging")], Some(r#"{"n":-9223372036854775808}"#))
+        .await;
+    held_http(&r);
     let small = held_http(
         &srv.check(
             "POST",
