@@ -110,21 +110,11 @@ fn approver(st: &ControlState, headers: &HeaderMap) -> Result<String, &'static s
         .ok_or_else(|| unauthorized("unknown token"))
 }
 
-fn entry_json(q: &Quarantine) -> serde_json::Value {
-    serde_json::json!({
-        "agent": q.agent,
-        "since": q.since.to_string(),
-        "until": if q.until == Timestamp::MAX { serde_json::Value::Null } else { q.until.to_string().into() },
-        "reason": q.reason,
-        "by": q.by,
-    })
-}
-
 async fn list_quarantine(State(st): State<ControlState>, headers: HeaderMap) -> Response {
     if let Err(m) = authenticate(&st, &headers).await {
         return error(StatusCode::UNAUTHORIZED, m);
     }
-    let list: Vec<serde_json::Value> = st.state.quarantines(Timestamp::now()).iter().map(entry_json).collect();
+    let list: Vec<serde_json::Value> = st.state.quarantines(Timestamp::now()).iter().map(Quarantine::view).collect();
     Json(serde_json::json!({ "quarantined": list })).into_response()
 }
 
@@ -178,7 +168,7 @@ async fn add_quarantine(
     };
     let q = Quarantine { agent: req.agent, since: now, until, reason: req.reason.unwrap_or_default(), by };
     match st.state.quarantine(q.clone()).await {
-        Ok(()) => (StatusCode::CREATED, Json(entry_json(&q))).into_response(),
+        Ok(()) => (StatusCode::CREATED, Json(q.view())).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -228,6 +218,17 @@ fn url_id(id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>) 
 
 fn unavailable(e: crate::state::StoreError) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// What a call on one approval carries: the approver, the approval id and the request body.
+async fn on_approval<T: serde::de::DeserializeOwned>(
+    st: &ControlState,
+    headers: &HeaderMap,
+    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(String, String, T), Refused> {
+    let by = who(st, headers).await?;
+    Ok((by, url_id(id)?, json_body(body)?))
 }
 
 /// Longest `reason` accepted.
@@ -321,13 +322,9 @@ async fn approve(
     id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let by = match who(&st, &headers).await {
-        Ok(b) => b,
+    let (by, id, req) = match on_approval::<Approve>(&st, &headers, id, body).await {
+        Ok(p) => p,
         Err(r) => return *r,
-    };
-    let (id, req) = match (url_id(id), json_body::<Approve>(body)) {
-        (Ok(i), Ok(r)) => (i, r),
-        (Err(r), _) | (_, Err(r)) => return *r,
     };
     let settings = st.policy.handle().load().policy.settings.approvals.clone();
     let now = Timestamp::now();
@@ -386,13 +383,9 @@ async fn deny_approval(
     id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let by = match who(&st, &headers).await {
-        Ok(b) => b,
+    let (by, id, req) = match on_approval::<DenyApproval>(&st, &headers, id, body).await {
+        Ok(p) => p,
         Err(r) => return *r,
-    };
-    let (id, req) = match (url_id(id), json_body::<DenyApproval>(body)) {
-        (Ok(i), Ok(r)) => (i, r),
-        (Err(r), _) | (_, Err(r)) => return *r,
     };
     let reason = match check_reason(&req.reason) {
         Ok(r) => r,

@@ -369,7 +369,7 @@ impl StateRuntime {
             if let Some(m) = &self.metrics {
                 m.quarantined("auto");
             }
-            self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": quarantine_event(&q) }));
+            self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": q.view() }));
             self.apply(q);
         }
     }
@@ -396,7 +396,7 @@ impl StateRuntime {
         if let Some(m) = &self.metrics {
             m.quarantined("manual");
         }
-        self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": quarantine_event(&q) }));
+        self.event(serde_json::json!({ "type": "agent.quarantined", "quarantine": q.view() }));
         self.apply(q);
         Ok(())
     }
@@ -461,15 +461,4 @@ impl StateRuntime {
             w.abort();
         }
     }
-}
-
-/// A quarantine as events show it (`until: null` when it lasts until lifted, as the API).
-fn quarantine_event(q: &Quarantine) -> serde_json::Value {
-    serde_json::json!({
-        "agent": q.agent,
-        "since": q.since.to_string(),
-        "until": if q.until == Timestamp::MAX { serde_json::Value::Null } else { q.until.to_string().into() },
-        "reason": q.reason,
-        "by": q.by,
-    })
 }

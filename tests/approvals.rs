@@ -9,57 +9,22 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use hallpass::app;
-use hallpass::control::client::call;
-use hallpass::reload::PolicyStore;
 use hallpass::request::build::CheckRequestBuilder;
-use hallpass::settings::{Overrides, ServerSettings};
-use hallpass::telemetry::Metrics;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 const TOKEN: &str = "approvals-test-token-1";
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-struct Server {
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    control: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), app::ServeError>>,
-}
+use common::{sha256_hex, InProcess as Server};
 
 async fn start(dir: &Path) -> Server {
-    let settings = ServerSettings::resolve(Overrides {
-        policy: Some(dir.join("policy.yaml")),
-        grpc_listen: Some("127.0.0.1:0".into()),
-        admin_listen: Some("127.0.0.1:0".into()),
-        control_listen: Some("127.0.0.1:0".into()),
-        drain_delay: Some("0s".into()),
-        decision_log: Some(dir.join("decisions.jsonl").display().to_string()),
-        state_dir: Some(dir.join("state")),
-        ..Overrides::default()
-    })
-    .unwrap();
-    let metrics = Metrics::new().unwrap();
-    let store = Arc::new(PolicyStore::open(&settings.policy, Some(metrics.clone())).unwrap());
-    let bound = app::bind(&settings).await.unwrap();
-    let (grpc, admin, control) =
-        (bound.grpc_addr().unwrap(), bound.admin_addr().unwrap(), bound.control_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app::run(settings, bound, store, metrics, async move {
-        let _ = stopped.await;
-    }));
-    Server { grpc, admin, control, stop, task }
+    Server::start(dir, Some(&dir.join("decisions.jsonl"))).await
 }
 
 /// A tools/call body with JSON-RPC `id` `rpc_id`.
@@ -102,23 +67,14 @@ fn answer(resp: CheckResponse) -> Answer {
     }
 }
 
-impl Server {
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
+/// Checks through the gRPC service, and the admin metrics.
+trait Client {
+    async fn mcp(&self, agent: &str, body: &str) -> Answer;
+    async fn check(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer;
+    async fn metrics(&self) -> String;
+}
 
-    async fn api(&self, token: &str, method: &'static str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (addr, token, path, body) = (self.control, token.to_string(), path.to_string(), body.map(str::to_string));
-        let (status, text) = tokio::task::spawn_blocking(move || {
-            call(&format!("http://{addr}"), &token, method, &path, body.as_deref())
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
-    }
-
+impl Client for Server {
     async fn mcp(&self, agent: &str, body: &str) -> Answer {
         let mut c = AuthorizationClient::connect(format!("http://{}", self.grpc)).await.unwrap();
         let req = CheckRequestBuilder::new("POST", "/mcp")
@@ -758,5 +714,3 @@ rules:
     assert_eq!(p["body"]["amount"], "9007199254740993", "a browser would round the number: shown as its digits");
     srv.shutdown().await;
 }
-
-mod common;

@@ -4,76 +4,27 @@
 //! a quarantine enforced on the Check path at once, and kept across a restart by `state.dir`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "tests may panic")]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use hallpass::app;
-use hallpass::control::client::call;
-use hallpass::reload::PolicyStore;
 use hallpass::request::build::CheckRequestBuilder;
-use hallpass::settings::{Overrides, ServerSettings};
-use hallpass::telemetry::Metrics;
+
+mod common;
+
+use common::{sha256_hex, InProcess as Server};
 
 const TOKEN: &str = "control-test-token-1";
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-struct Server {
-    grpc: SocketAddr,
-    control: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), app::ServeError>>,
-}
-
 async fn start(dir: &Path) -> Server {
-    let settings = ServerSettings::resolve(Overrides {
-        policy: Some(dir.join("policy.yaml")),
-        grpc_listen: Some("127.0.0.1:0".into()),
-        admin_listen: Some("127.0.0.1:0".into()),
-        control_listen: Some("127.0.0.1:0".into()),
-        drain_delay: Some("0s".into()),
-        decision_log: Some("off".into()),
-        state_dir: Some(dir.join("state")),
-        ..Overrides::default()
-    })
-    .unwrap();
-    let metrics = Metrics::new().unwrap();
-    let store = Arc::new(PolicyStore::open(&settings.policy, Some(metrics.clone())).unwrap());
-    let bound = app::bind(&settings).await.unwrap();
-    let (grpc, control) = (bound.grpc_addr().unwrap(), bound.control_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app::run(settings, bound, store, metrics, async move {
-        let _ = stopped.await;
-    }));
-    Server { grpc, control, stop, task }
+    Server::start(dir, None).await
 }
 
-impl Server {
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-
-    async fn api(&self, token: &str, method: &'static str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let (addr, token, path, body) = (self.control, token.to_string(), path.to_string(), body.map(str::to_string));
-        let (status, text) = tokio::task::spawn_blocking(move || {
-            call(&format!("http://{addr}"), &token, method, &path, body.as_deref())
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
-    }
-
-    async fn rule(&self, agent: &str) -> String {
-        let mut c = AuthorizationClient::connect(format!("http://{}", self.grpc)).await.unwrap();
+/// The rule that decided a GET by `agent` (`allow` when allowed).
+async fn rule(srv: &Server, agent: &str) -> String {
+    {
+        let mut c = AuthorizationClient::connect(format!("http://{}", srv.grpc)).await.unwrap();
         let resp = c.check(CheckRequestBuilder::new("GET", "/x").header("x-agent-id", agent).build()).await.unwrap();
         let resp = resp.into_inner();
         match (&resp.http_response, resp.dynamic_metadata.as_ref().and_then(|m| m.fields.get("rule"))) {
@@ -105,7 +56,7 @@ fn setup() -> PathBuf {
 async fn control_api_quarantines_with_approvers_and_refuses_bad_input() {
     let dir = setup();
     let srv = start(&dir).await;
-    assert_eq!(srv.rule("bot-1").await, "allow");
+    assert_eq!(rule(&srv, "bot-1").await, "allow");
 
     // -- authentication: no token, a wrong token: 401 with a JSON error, nothing done.
     let body = r#"{"agent":"bot-1","for":"1h","reason":"test"}"#;
@@ -114,7 +65,7 @@ async fn control_api_quarantines_with_approvers_and_refuses_bad_input() {
     assert!(err["error"].as_str().unwrap().contains("Bearer"), "{err}");
     let (st, err) = srv.api("not-the-token", "POST", "/v1/quarantine", Some(body)).await;
     assert_eq!((st, err["error"].as_str()), (401, Some("unknown token")));
-    assert_eq!(srv.rule("bot-1").await, "allow", "nothing changed");
+    assert_eq!(rule(&srv, "bot-1").await, "allow", "nothing changed");
 
     // -- bad input: 4xx, a JSON error, nothing changed.
     for (bad, what) in [
@@ -152,8 +103,8 @@ async fn control_api_quarantines_with_approvers_and_refuses_bad_input() {
         (q["agent"].as_str(), q["by"].as_str(), q["reason"].as_str()),
         (Some("bot-1"), Some("ops"), Some("test"))
     );
-    assert_eq!(srv.rule("bot-1").await, "quarantined");
-    assert_eq!(srv.rule("bot-2").await, "allow");
+    assert_eq!(rule(&srv, "bot-1").await, "quarantined");
+    assert_eq!(rule(&srv, "bot-2").await, "allow");
 
     // -- the approvers file is read on every request: a token removed is refused at once.
     std::fs::write(dir.join("approvers.yaml"), format!("- name: other\n  token_sha256: {}\n", sha256_hex("t2")))
@@ -192,7 +143,7 @@ async fn control_api_quarantines_with_approvers_and_refuses_bad_input() {
     .unwrap();
     assert_eq!(code, Some(0));
     assert!(out.contains("\"bot 3/x\"") && out.contains("\"bot-1\""), "{out}");
-    assert_eq!(srv.rule("bot 3/x").await, "quarantined");
+    assert_eq!(rule(&srv, "bot 3/x").await, "quarantined");
     let (code, out) = tokio::task::spawn_blocking({
         let cli = cli.clone();
         move || cli(&["lift", "bot 3/x"])
@@ -200,17 +151,17 @@ async fn control_api_quarantines_with_approvers_and_refuses_bad_input() {
     .await
     .unwrap();
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(srv.rule("bot 3/x").await, "allow");
+    assert_eq!(rule(&srv, "bot 3/x").await, "allow");
     let (code, _) = tokio::task::spawn_blocking(move || cli(&["lift", "bot 3/x"])).await.unwrap();
     assert_eq!(code, Some(1), "lifting what is not quarantined fails (404)");
 
     // -- state.dir: the quarantine survives a restart of the whole server.
     srv.shutdown().await;
     let srv = start(&dir).await;
-    assert_eq!(srv.rule("bot-1").await, "quarantined", "kept across a restart");
+    assert_eq!(rule(&srv, "bot-1").await, "quarantined", "kept across a restart");
     let (st, _) = srv.api(TOKEN, "DELETE", "/v1/quarantine/bot-1", None).await;
     assert_eq!(st, 200);
-    assert_eq!(srv.rule("bot-1").await, "allow");
+    assert_eq!(rule(&srv, "bot-1").await, "allow");
     srv.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -86,30 +86,13 @@ impl MemoryStore {
     /// A store keeping at most `max_keys` limit buckets (and as many deny counters); with
     /// `dir`, quarantines are read from and written to `dir/quarantine.json`.
     pub fn new(max_keys: usize, max_per_owner: usize, dir: Option<PathBuf>) -> Result<MemoryStore, String> {
-        let mut quarantines = HashMap::new();
-        let mut grants = HashMap::new();
+        let (mut quarantines, mut grants) = (HashMap::new(), HashMap::new());
         if let Some(d) = &dir {
-            let file = d.join("grants.json");
-            match std::fs::read(&file) {
-                Ok(bytes) => {
-                    let list: Vec<Grant> = serde_json::from_slice(&bytes)
-                        .map_err(|e| format!("{}: not a grant list: {e}", file.display()))?;
-                    grants.extend(list.into_iter().map(|g| (g.id.clone(), g)));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("{}: {e}", file.display())),
-            }
             std::fs::create_dir_all(d).map_err(|e| format!("state.dir {}: {e}", d.display()))?;
-            let file = d.join("quarantine.json");
-            match std::fs::read(&file) {
-                Ok(bytes) => {
-                    let list: Vec<Quarantine> = serde_json::from_slice(&bytes)
-                        .map_err(|e| format!("{}: not a quarantine list: {e}", file.display()))?;
-                    quarantines.extend(list.into_iter().map(|q| (q.agent.clone(), q)));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("{}: {e}", file.display())),
-            }
+            let list: Vec<Quarantine> = read_list(d, "quarantine.json", "a quarantine list")?;
+            quarantines.extend(list.into_iter().map(|q| (q.agent.clone(), q)));
+            let list: Vec<Grant> = read_list(d, "grants.json", "a grant list")?;
+            grants.extend(list.into_iter().map(|g| (g.id.clone(), g)));
         }
         Ok(MemoryStore {
             buckets: Mutex::new(Buckets::default()),
@@ -186,6 +169,16 @@ impl MemoryStore {
             }
         }
         Ok(TakeOutcome::Taken(buckets))
+    }
+}
+
+/// A JSON list kept in `state.dir` (empty when the file does not exist yet).
+fn read_list<T: serde::de::DeserializeOwned>(dir: &std::path::Path, name: &str, what: &str) -> Result<Vec<T>, String> {
+    let file = dir.join(name);
+    match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: not {what}: {e}", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", file.display())),
     }
 }
 

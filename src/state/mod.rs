@@ -136,6 +136,17 @@ impl Quarantine {
     pub fn in_force(&self, now: Timestamp) -> bool {
         now < self.until
     }
+
+    /// As the control API and events show it: `until` null for a quarantine until lifted.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "agent": self.agent,
+            "since": self.since.to_string(),
+            "until": if self.until == Timestamp::MAX { serde_json::Value::Null } else { self.until.to_string().into() },
+            "reason": self.reason,
+            "by": self.by,
+        })
+    }
 }
 
 /// `settings.quarantine` of the policy: an agent denied `after_denies` times within `within`

@@ -200,3 +200,70 @@ impl Drop for Served {
 pub fn ready<F: std::future::Future>(f: F) -> F::Output {
     hallpass::check::ready_now(f).expect("the in-memory pipeline never waits")
 }
+
+/// SHA-256 in hex (approvers files list token digests).
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The whole server in process on port 0 (gRPC, admin, control), the policy `dir/policy.yaml`,
+/// the memory store persisted in `dir/state`, decision records to `decision_log` (or off).
+pub struct InProcess {
+    pub grpc: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub control: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), hallpass::app::ServeError>>,
+}
+
+impl InProcess {
+    pub async fn start(dir: &std::path::Path, decision_log: Option<&std::path::Path>) -> InProcess {
+        use hallpass::settings::{Overrides, ServerSettings};
+        let settings = ServerSettings::resolve(Overrides {
+            policy: Some(dir.join("policy.yaml")),
+            grpc_listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            control_listen: Some("127.0.0.1:0".into()),
+            drain_delay: Some("0s".into()),
+            decision_log: Some(decision_log.map_or_else(|| "off".to_string(), |p| p.display().to_string())),
+            state_dir: Some(dir.join("state")),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let metrics = hallpass::telemetry::Metrics::new().unwrap();
+        let store =
+            std::sync::Arc::new(hallpass::reload::PolicyStore::open(&settings.policy, Some(metrics.clone())).unwrap());
+        let bound = hallpass::app::bind(&settings).await.unwrap();
+        let (grpc, admin, control) =
+            (bound.grpc_addr().unwrap(), bound.admin_addr().unwrap(), bound.control_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(hallpass::app::run(settings, bound, store, metrics, async move {
+            let _ = stopped.await;
+        }));
+        InProcess { grpc, admin, control, stop, task }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// A control API call with bearer `token`: the status and the JSON answer.
+    pub async fn api(
+        &self,
+        token: &str,
+        method: &'static str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (addr, token, path, body) = (self.control, token.to_string(), path.to_string(), body.map(str::to_string));
+        let (status, text) = tokio::task::spawn_blocking(move || {
+            hallpass::control::client::call(&format!("http://{addr}"), &token, method, &path, body.as_deref())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    }
+}
