@@ -117,6 +117,21 @@ impl MemoryStore {
         self.write("grants.json", &list)
     }
 
+    /// Add (or replace) a grant and write the grants through; a failed write undoes it, so
+    /// what the API reports (an error) is true.
+    fn put_grant(&self, a: &mut Approvals, grant: Grant) -> Result<(), StoreError> {
+        let gid = grant.id.clone();
+        let old = a.grants.insert(gid.clone(), grant);
+        if let Err(e) = self.persist_grants(&a.grants) {
+            match old {
+                Some(o) => a.grants.insert(gid, o),
+                None => a.grants.remove(&gid),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Write `name` in `state.dir` atomically (a temporary file renamed over it).
     fn write<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         let Some(dir) = &self.dir else { return Ok(()) };
@@ -355,15 +370,7 @@ impl StateStore for MemoryStore {
         if let GrantKind::Approval { binding, .. } = &mut grant.kind {
             binding.clone_from(&pending.binding);
         }
-        let gid = grant.id.clone();
-        let old = a.grants.insert(gid.clone(), grant);
-        if let Err(e) = self.persist_grants(&a.grants) {
-            match old {
-                Some(o) => a.grants.insert(gid, o),
-                None => a.grants.remove(&gid),
-            };
-            return Err(e);
-        }
+        self.put_grant(&mut a, grant)?;
         a.pending.remove(id);
         Ok(true)
     }
@@ -385,16 +392,7 @@ impl StateStore for MemoryStore {
 
     async fn add_grant(&self, grant: Grant) -> Result<(), StoreError> {
         let mut a = self.approvals.lock().map_err(poisoned)?;
-        let gid = grant.id.clone();
-        let old = a.grants.insert(gid.clone(), grant);
-        if let Err(e) = self.persist_grants(&a.grants) {
-            match old {
-                Some(o) => a.grants.insert(gid, o),
-                None => a.grants.remove(&gid),
-            };
-            return Err(e);
-        }
-        Ok(())
+        self.put_grant(&mut a, grant)
     }
 
     async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
