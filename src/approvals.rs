@@ -314,7 +314,36 @@ impl PendingApproval {
                 }
             }
         }
-        let (binding, headers) = binding(req, bound, holds);
+        let (binding, mut headers) = binding(req, bound, holds);
+        // Long values are cut (and the approval is not shown in full); `redact` pointers
+        // naming one field (`/password`) hide a query parameter of that name too.
+        let cut = |v: &str, complete: &mut bool| -> String {
+            if v.len() <= MAX_SHOWN_VALUE {
+                return v.to_owned();
+            }
+            *complete = false;
+            let mut end = MAX_SHOWN_VALUE;
+            while !v.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", v.get(..end).unwrap_or(""))
+        };
+        let redacted_names: Vec<&str> =
+            settings.redact.iter().filter_map(|p| p.strip_prefix('/')).filter(|n| !n.contains('/')).collect();
+        let query: Vec<(String, String)> = req
+            .query
+            .iter()
+            .map(|(k, v)| {
+                let v =
+                    if redacted_names.contains(&k.as_str()) { "[redacted]".to_owned() } else { cut(v, &mut complete) };
+                (k.clone(), v)
+            })
+            .collect();
+        for v in headers.values_mut() {
+            if let Some(t) = v.as_str().filter(|t| t.len() > MAX_SHOWN_VALUE) {
+                *v = Json::from(cut(t, &mut complete));
+            }
+        }
         if mcp.as_ref().is_some_and(|m| m.arguments.as_ref().is_some_and(|a| a.to_string().len() > MAX_SHOWN)) {
             if let Some(m) = mcp.as_mut() {
                 m.arguments = Some(serde_json::json!({ "shown_in": "body" }));
@@ -330,7 +359,7 @@ impl PendingApproval {
             method: method_reading(req),
             host: req.host.clone(),
             path: req.path.as_deref().ok().map(str::to_owned),
-            query: req.query.clone(),
+            query,
             headers,
             mcp,
             body,
@@ -403,8 +432,15 @@ fn exact_numbers(v: Json) -> Json {
     }
 }
 
-/// Headers shown to approvers only as a digest.
-const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
+/// Whether a header is shown to approvers only as a digest: credentials by name
+/// (`authorization`, `cookie`, anything naming a key, token, secret, password, session or
+/// signature).
+fn is_credential_header(name: &str) -> bool {
+    ["auth", "cookie", "key", "token", "secret", "passw", "session", "signature"].iter().any(|w| name.contains(w))
+}
+
+/// Longest query or header value a pending approval shows whole.
+pub const MAX_SHOWN_VALUE: usize = 2048;
 
 /// What an approval is bound to besides its id (which names the action): the holds the
 /// approver saw, the values of `bound` headers (those the policy reads, and
@@ -416,7 +452,7 @@ pub fn binding(
     bound: &[Box<str>],
     holds: &[HoldRule],
 ) -> (String, std::collections::BTreeMap<String, Json>) {
-    let mut names: Vec<&str> = bound.iter().map(|b| &**b).chain(std::iter::once("content-type")).collect();
+    let mut names: Vec<&str> = bound.iter().map(|b| &**b).chain(["content-type", "content-encoding"]).collect();
     names.sort_unstable();
     names.dedup();
     let mut rules: Vec<&str> = holds.iter().map(|h| &*h.id).collect();
@@ -427,7 +463,7 @@ pub fn binding(
         let v = req.headers.get(n).map(String::as_str);
         pairs.push(Json::Array(vec![Json::from(n), v.map_or(Json::Null, Json::from)]));
         if let Some(v) = v {
-            let show = if CREDENTIAL_HEADERS.contains(&n) {
+            let show = if is_credential_header(n) {
                 let d: String = Sha256::digest(v.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
                 format!("[sha256:{d}…]")
             } else {
@@ -452,6 +488,18 @@ pub fn binding(
 pub fn unapprovable(req: &Request) -> Option<&'static str> {
     if req.body.truncated {
         return Some("its body was not received in full");
+    }
+    if req.body.encoded {
+        return Some("its body is compressed or encoded (`content-encoding`): the upstream acts on what it decodes");
+    }
+    if let Parsed::Unknown(u) = req.body.parsed() {
+        use crate::request::body::UnknownBody;
+        if matches!(u, UnknownBody::Unparseable | UnknownBody::Charset | UnknownBody::Ambiguous) {
+            return Some("its body is declared JSON or a form but does not read alike to every upstream (duplicate keys, another charset, bracketed or JSON-looking fields)");
+        }
+    }
+    if !req.method_overrides(|_| {}) {
+        return Some("its method overrides cannot be read (a multipart or encoded body may carry `_method`)");
     }
     if req.query_overflow {
         return Some("its query has more parameters than hallpass reads");
@@ -544,7 +592,8 @@ pub fn tools(req: &Request) -> Vec<&str> {
         let Some(o) = v.as_object() else { return Some("") };
         match lookup_key(o, "method") {
             KeyLookup::Found(Json::String(m)) if m == "tools/call" => {}
-            KeyLookup::Found(Json::String(_)) | KeyLookup::Missing => return None,
+            KeyLookup::Missing => return None,
+            // Another method (resources/read, prompts/get, …) is no tool a grant names.
             _ => return Some(""),
         }
         let Some(params) = o.get("params").and_then(Json::as_object) else { return Some("") };
@@ -561,7 +610,9 @@ pub fn tools(req: &Request) -> Vec<&str> {
         return vec![""];
     }
     match req.body.parsed() {
-        Parsed::Json(Json::Array(items)) => items.iter().filter_map(name).collect(),
+        // Every element of an array counts: one that is not a tool call is not lifted by a
+        // grant for tools.
+        Parsed::Json(Json::Array(items)) => items.iter().map(|i| name(i).unwrap_or("")).collect(),
         Parsed::Json(v) => name(v).into_iter().collect(),
         Parsed::Unknown(_) => vec![""],
         _ => Vec::new(),

@@ -311,6 +311,9 @@ struct Approve {
     reason: Option<String>,
     /// Approve a pending approval that is not shown in full (`complete: false`).
     force: Option<bool>,
+    /// The `binding` of the pending approval the approver saw: if the record under the id
+    /// is another one now (expired and held again differently), the approval is refused.
+    binding: Option<String>,
 }
 
 /// Most uses one approval grant may have.
@@ -350,6 +353,12 @@ async fn approve(
         Err(e) => return unavailable(e),
     };
     let Some(pending) = pending else { return error(StatusCode::NOT_FOUND, format!("no pending approval `{id}`")) };
+    if req.binding.as_deref().is_some_and(|b| b != pending.binding) {
+        return error(
+            StatusCode::CONFLICT,
+            "the pending approval under this id is not the one you saw (it was held again with other headers, holds or query order): look at it again",
+        );
+    }
     if !pending.complete && req.force != Some(true) {
         return error(
             StatusCode::CONFLICT,

@@ -598,9 +598,12 @@ rules:
     effect: require_approval
     paths: ["/mcp"]
     mcp: { tools: [send_mail, delete_all] }
+  - id: upload-hold
+    effect: require_approval
+    paths: ["/upload"]
   - id: pay
     effect: allow
-    paths: ["/pay"]
+    paths: ["/pay", "/upload"]
   - id: mcp
     effect: allow
     methods: [POST]
@@ -670,6 +673,62 @@ rules:
     let sneaky = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_mail","arguments":{}}},{"jsonrpc":"2.0","id":2,"Method":"tools/call","params":{"name":"delete_all","arguments":{}}}]"#;
     let r = srv.mcp("mailer", sneaky).await;
     assert!(!r.allowed, "a folded `Method` (Go reads it) calling another tool is not lifted: {}", r.body);
+
+    // -- a tool-scoped task grant does not lift other calls in the same batch (a
+    // resources/read beside the granted tool call).
+    let mixed = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_mail","arguments":{}}},{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///etc/secret"}}]"#;
+    let r = srv.mcp("mailer", mixed).await;
+    assert!(!r.allowed, "a batch with a call that is not the granted tool: {}", r.body);
+
+    // -- bodies that read differently to upstreams, or hide a method, cannot be approved.
+    let env = [("x-agent-id", "bot2"), ("x-env", "staging")];
+    let dup = srv.check("POST", "/pay", &env, Some(r#"{"discount":5,"discount":95}"#)).await;
+    assert_eq!((dup.status, dup.body["error"].as_str()), (403, Some("forbidden")), "duplicate keys: {}", dup.body);
+    assert!(dup.body["message"].as_str().unwrap().contains("cannot be approved"));
+    let mut c = AuthorizationClient::connect(format!("http://{}", srv.grpc)).await.unwrap();
+    for (ct, extra, body) in [
+        ("application/octet-stream", Some(("content-encoding", "gzip")), "hello world"),
+        (
+            "multipart/form-data; boundary=x",
+            None,
+            "--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--x--\r\n",
+        ),
+    ] {
+        let mut b = CheckRequestBuilder::new("POST", "/pay").header("x-agent-id", "bot2").header("content-type", ct);
+        if let Some((k, v)) = extra {
+            b = b.header(k, v);
+        }
+        let r = answer(c.check(b.body(body.as_bytes().to_vec()).build()).await.unwrap().into_inner());
+        assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden")), "{ct}: {}", r.body);
+    }
+    // A binary upload is approvable, and bound to its content-encoding (none).
+    let mut c2 = c.clone();
+    let octet = |enc: Option<&str>| {
+        let mut b = CheckRequestBuilder::new("POST", "/upload")
+            .header("x-agent-id", "bot2")
+            .header("content-type", "application/octet-stream");
+        if let Some(e) = enc {
+            b = b.header("content-encoding", e);
+        }
+        b.body(b"hello world".to_vec()).build()
+    };
+    let r = answer(c2.check(octet(None)).await.unwrap().into_inner());
+    let up = held_http(&r);
+    let (_, p) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{up}"), None).await;
+    assert_eq!((p["body_kind"].as_str(), p["body"]["text"].as_str()), (Some("text"), Some("hello world")), "{p}");
+    // Approved as seen (the binding the approver saw is checked).
+    let (st, err) =
+        srv.api(TOKEN, "POST", &format!("/v1/approvals/{up}/approve"), Some(r#"{"binding":"not-this"}"#)).await;
+    assert_eq!(st, 409, "another record than the one seen: {err}");
+    let body = format!(r#"{{"binding":"{}"}}"#, p["binding"].as_str().unwrap());
+    let (st, _) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{up}/approve"), Some(&body)).await;
+    assert_eq!(st, 201);
+
+    // -- query parameters named by `redact`, and credential-like headers, are not shown.
+    let r = srv.check("POST", "/pay?password=hunter5&to=x", &env, None).await;
+    let q = held_http(&r);
+    let (_, p) = srv.api(TOKEN, "GET", &format!("/v1/approvals/{q}"), None).await;
+    assert_eq!(p["query"], json!([["password", "[redacted]"], ["to", "x"]]), "{p}");
 
     // -- redaction reaches the arguments of every element of a batch.
     let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"send_mail","arguments":{"password":"hunter2"}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_all","arguments":{"password":"hunter3"}}}]"#;
