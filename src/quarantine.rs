@@ -178,8 +178,11 @@ impl StateRuntime {
 
     /// The pending approvals.
     pub async fn pending(&self, now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
-        let list = self.timed("pending", self.store.pending(now)).await?;
+        let (list, ended) = self.timed("pending", self.store.pending(now)).await?;
         if let Some(m) = &self.metrics {
+            for _ in 0..ended {
+                m.approval_event("expired");
+            }
             // Denied ones wait for nobody.
             m.pending_approvals(list.iter().filter(|p| p.status == crate::approvals::ApprovalStatus::Pending).count());
         }
@@ -440,6 +443,11 @@ impl StateRuntime {
             })
         });
         tokio::pin!(stop);
+        if let Store::Redis(r) = &self.store {
+            if let Err(e) = r.load_scripts().await {
+                tracing::warn!(error = %e, "state store scripts not preloaded; loaded on first use");
+            }
+        }
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;

@@ -91,7 +91,7 @@ pub const STATE_OPS: [&str; 12] = [
     "grants",
 ];
 /// Approval events (label `event` of `hallpass_approvals_total`).
-pub const APPROVAL_EVENTS: [&str; 6] = ["held", "requested", "approved", "denied", "lifted", "revoked"];
+pub const APPROVAL_EVENTS: [&str; 7] = ["held", "requested", "approved", "denied", "expired", "lifted", "revoked"];
 
 impl StateMetrics {
     fn new(registry: &Registry) -> Result<StateMetrics, prometheus::Error> {
@@ -142,7 +142,8 @@ impl StateMetrics {
             Opts::new(
                 "hallpass_approvals_total",
                 "Approval events on this replica: held (a request held), requested (a new pending approval), \
-                 approved, denied (by a human), lifted (a grant let a held request through), revoked.",
+                 approved, denied (by a human), expired (a pending approval ended unanswered, counted by \
+                 the replica that removed it), lifted (a grant let a held request through), revoked.",
             ),
             &["event"],
         )?;

@@ -773,3 +773,39 @@ rules:
     assert_eq!(p["body"]["amount"], "9007199254740993", "a browser would round the number: shown as its digits");
     srv.shutdown().await;
 }
+
+/// A pending approval nobody answers ends after `pending_ttl` (counted as expired); the same
+/// action held again is a new pending approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_approval_expires() {
+    let (hook, _events) = receiver().await;
+    let dir = setup("expire", hook);
+    let policy = std::fs::read_to_string(dir.join("policy.yaml")).unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        policy.replace("    retry_after: 20s\n", "    retry_after: 20s\n    pending_ttl: 1s\n"),
+    )
+    .unwrap();
+    let srv = start(&dir).await;
+    let (id, _, _) = held(&srv.mcp("bot", &tool_call(1, "delete_file", "/a")).await);
+    let (_, list) = srv.api(TOKEN, "GET", "/v1/approvals", None).await;
+    assert_eq!(list["approvals"][0]["id"], id.as_str());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, list) = srv.api(TOKEN, "GET", "/v1/approvals", None).await;
+    assert_eq!(list["approvals"], json!([]), "ended unanswered");
+    let (st, _) = srv.api(TOKEN, "POST", &format!("/v1/approvals/{id}/approve"), Some("{}")).await;
+    assert_eq!(st, 404, "an ended approval cannot be approved");
+    let m = srv.metrics().await;
+    let expired: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("hallpass_approvals_total{event=\"expired\"}"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    assert_eq!(expired, 1, "counted once");
+    held(&srv.mcp("bot", &tool_call(2, "delete_file", "/a")).await);
+    let (_, list) = srv.api(TOKEN, "GET", "/v1/approvals", None).await;
+    assert_eq!(
+        (list["approvals"][0]["id"].as_str(), list["approvals"][0]["seen"].as_u64()),
+        (Some(id.as_str()), Some(1))
+    );
+    srv.shutdown().await;
+}

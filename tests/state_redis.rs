@@ -225,6 +225,11 @@ async fn replicas_share_limits_and_quarantines_through_redis() {
     let policy = setup(&dir);
     let mut redis = Redis::start(&bin, &dir, None);
     let (a, b) = (Replica::start(&policy, &redis.url()).await, Replica::start(&policy, &redis.url()).await);
+    // Ready: connected, scripts loaded, the quarantine list read (a first Check on a replica
+    // still connecting would meet the 50 ms store deadline on a busy machine).
+    for r in [&a, &b] {
+        assert!(until(Duration::from_secs(5), async || readyz(r.admin).await.0 == 200).await.is_some());
+    }
 
     // -- one limit, two replicas: an agent alternating between them gets 10 in total, not 20.
     let mut allowed = 0;
@@ -391,6 +396,10 @@ rules:
     .unwrap();
     let redis = Redis::start(&bin, &dir, None);
     let (a, b) = (Replica::start(&policy, &redis.url()).await, Replica::start(&policy, &redis.url()).await);
+    // Ready: connected, scripts loaded, the quarantine list read.
+    for r in [&a, &b] {
+        assert!(until(Duration::from_secs(5), async || readyz(r.admin).await.0 == 200).await.is_some());
+    }
 
     // -- held on A, pending on B too (one store), the same id on both.
     let (id, status) = approval(a.body_of("/wire/acme", "bot-1").await);

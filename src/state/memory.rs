@@ -40,6 +40,17 @@ pub struct MemoryStore {
 struct Approvals {
     pending: HashMap<String, PendingApproval>,
     grants: HashMap<String, Grant>,
+    /// Pending approvals that ended unanswered since the last `pending` call.
+    ended: u64,
+}
+
+impl Approvals {
+    /// Drop the pending approvals ended at `now`, counting them.
+    fn drop_ended(&mut self, now: Timestamp) {
+        let before = self.pending.len();
+        self.pending.retain(|_, p| now < p.expires_at);
+        self.ended += (before - self.pending.len()) as u64;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +109,7 @@ impl MemoryStore {
             buckets: Mutex::new(Buckets::default()),
             denies: Mutex::new(HashMap::new()),
             quarantines: Mutex::new(quarantines),
-            approvals: Mutex::new(Approvals { pending: HashMap::new(), grants }),
+            approvals: Mutex::new(Approvals { pending: HashMap::new(), grants, ended: 0 }),
             max_keys,
             max_per_owner,
             dir,
@@ -335,7 +346,7 @@ impl StateStore for MemoryStore {
             }
             return Ok(HoldOutcome::Lifted { grant: gid, approved_by, take });
         }
-        a.pending.retain(|_, p| now < p.expires_at);
+        a.drop_ended(now);
         let expires_at = crate::approvals::add(now, ask.pending_ttl);
         if let Some(p) = a.pending.get_mut(ask.approval_id) {
             p.seen += 1;
@@ -355,12 +366,12 @@ impl StateStore for MemoryStore {
         Ok(HoldOutcome::Held { status: ApprovalStatus::Pending, expires_at, seen: 1 })
     }
 
-    async fn pending(&self, now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
+    async fn pending(&self, now: Timestamp) -> Result<(Vec<PendingApproval>, u64), StoreError> {
         let mut a = self.approvals.lock().map_err(poisoned)?;
-        a.pending.retain(|_, p| now < p.expires_at);
+        a.drop_ended(now);
         let mut list: Vec<PendingApproval> = a.pending.values().cloned().collect();
         list.sort_by(|x, y| x.created_at.cmp(&y.created_at).then_with(|| x.id.cmp(&y.id)));
-        Ok(list)
+        Ok((list, std::mem::take(&mut a.ended)))
     }
 
     async fn approve(&self, id: &str, _agent: Option<&str>, mut grant: Grant) -> Result<bool, StoreError> {

@@ -253,8 +253,9 @@ pub trait StateStore: Send + Sync {
         now: Timestamp,
     ) -> impl Future<Output = Result<HoldOutcome, StoreError>> + Send;
 
-    /// The pending approvals at `now` (ended ones are dropped), oldest first.
-    fn pending(&self, now: Timestamp) -> impl Future<Output = Result<Vec<PendingApproval>, StoreError>> + Send;
+    /// The pending approvals at `now`, oldest first, and how many ended (unanswered) since the
+    /// last call on this store: they are dropped.
+    fn pending(&self, now: Timestamp) -> impl Future<Output = Result<(Vec<PendingApproval>, u64), StoreError>> + Send;
 
     /// Approve a pending approval (of `agent`): it is replaced by `grant` (an approval grant
     /// for it, bound as the pending approval was). `false`: no such pending approval.
@@ -365,7 +366,7 @@ impl StateStore for Store {
         }
     }
 
-    async fn pending(&self, now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
+    async fn pending(&self, now: Timestamp) -> Result<(Vec<PendingApproval>, u64), StoreError> {
         match self {
             Store::Memory(m) => m.pending(now).await,
             Store::Redis(r) => r.pending(now).await,

@@ -118,11 +118,12 @@ if g[1] and tonumber(g[2]) and tonumber(g[2]) > 0 and tonumber(g[3]) and tonumbe
   end
   return {1, g[1], g[4] or '', r}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms)
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms)
 local exp = now_ms + tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) or redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
+  -- ended entries stay in the index until PENDING removes (and counts) them
+  local live = redis.call('ZCOUNT', KEYS[3], '(' .. now_ms, '+inf')
+  if live >= tonumber(ARGV[4]) or redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
     return {0, 'pending', exp, 0}
   end
   redis.call('HSET', KEYS[2], 'json', ARGV[2], 'status', 'pending', 'binding', ARGV[5])
@@ -137,12 +138,12 @@ return {0, redis.call('HGET', KEYS[2], 'status'), exp, seen}
 ";
 
 /// The pending approvals, dropping ended ones (Redis's clock). KEYS: pending index; ARGV:
-/// the key prefix of pending hashes. Returns {id, json, status, seen, expires_ms,
-/// decided_by, reason} per approval, oldest expiry first.
+/// the key prefix of pending hashes. Returns {how many ended, then {id, json, status, seen,
+/// expires_ms, decided_by, reason} per approval, oldest expiry first}.
 const PENDING: &str = r"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+local ended = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local h = redis.call('HMGET', ARGV[1] .. id, 'json', 'status', 'seen', 'expires_ms', 'decided_by', 'reason')
@@ -152,7 +153,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     redis.call('ZREM', KEYS[1], id)
   end
 end
-return out
+return {ended, out}
 ";
 
 /// Approve: the pending approval is replaced by its approval grant, bound as the pending
@@ -401,6 +402,32 @@ fn pending_of(f: &[redis::Value]) -> Option<PendingApproval> {
 }
 
 impl RedisStore {
+    /// Load every script into Redis's script cache, so the first Check that needs one does
+    /// not spend its deadline on `NOSCRIPT` and a second round trip. Best effort.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for s in [
+            &self.take,
+            &self.count_deny,
+            &self.list,
+            &self.hold,
+            &self.pending,
+            &self.approve,
+            &self.deny,
+            &self.revoke,
+            &self.grants,
+        ] {
+            let inv = s.prepare_invoke();
+            match tokio::time::timeout(self.timeout * 20, inv.load_async(&mut conn)).await {
+                Ok(r) => {
+                    r.map_err(unavailable)?;
+                }
+                Err(_) => return Err(StoreError::Timeout),
+            }
+        }
+        Ok(())
+    }
+
     fn take_args(&self, inv: &mut redis::ScriptInvocation<'_>, owner: &str, takes: &[Take]) {
         for t in takes {
             inv.key(self.key(&t.key));
@@ -564,11 +591,11 @@ impl StateStore for RedisStore {
         }
     }
 
-    async fn pending(&self, _now: Timestamp) -> Result<Vec<PendingApproval>, StoreError> {
+    async fn pending(&self, _now: Timestamp) -> Result<(Vec<PendingApproval>, u64), StoreError> {
         let mut inv = self.pending.prepare_invoke();
         inv.key(self.key("pending_idx")).arg(self.key("pending:"));
         let mut conn = self.conn.clone();
-        let out: Vec<Vec<redis::Value>> = self.within(inv.invoke_async(&mut conn)).await?;
+        let (ended, out): (u64, Vec<Vec<redis::Value>>) = self.within(inv.invoke_async(&mut conn)).await?;
         let mut list = Vec::with_capacity(out.len());
         for row in &out {
             let Some((_id, fields)) = row.split_first() else { continue };
@@ -578,7 +605,7 @@ impl StateStore for RedisStore {
             }
         }
         list.sort_by(|x, y| x.created_at.cmp(&y.created_at).then_with(|| x.id.cmp(&y.id)));
-        Ok(list)
+        Ok((list, ended))
     }
 
     async fn approve(&self, id: &str, agent: Option<&str>, grant: Grant) -> Result<bool, StoreError> {
