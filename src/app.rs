@@ -204,6 +204,7 @@ pub async fn run(
     if let Some(c) = &cache {
         authz = authz.with_cache(c.clone());
     }
+    let tokens_task = tokio::spawn(authz.tokens().clone().run(store.handle(), stopped(stop_rx.clone())));
     let log_writer = sink.map(|sink| {
         let m = metrics.clone();
         let (log, writer) =
@@ -234,6 +235,7 @@ pub async fn run(
     admin_task.abort();
     reload_task.abort();
     state_task.abort();
+    tokens_task.abort();
     if let Some(t) = control_task {
         t.abort();
     }

@@ -68,6 +68,8 @@ pub struct Checked {
     pub time: Timestamp,
     /// What the decision record says about the request.
     pub summary: RequestSummary,
+    /// The credential injected (its name), if any.
+    pub credential: Option<Arc<str>>,
 }
 
 impl Checked {
@@ -108,6 +110,8 @@ pub struct Checker {
     pub include_query: bool,
     /// The state store and the quarantine list in force.
     pub state: Arc<StateRuntime>,
+    /// Upstream credentials' tokens (agent-controls §6).
+    pub tokens: Arc<crate::credentials::Tokens>,
 }
 
 impl Checker {
@@ -122,6 +126,7 @@ impl Checker {
             keep_identities: false,
             include_query: false,
             state: Arc::new(StateRuntime::memory()),
+            tokens: Arc::new(crate::credentials::Tokens::new()),
         }
     }
 
@@ -141,7 +146,9 @@ impl Checker {
                 Some(hold) => self.hold(&live, &mut staged.decision, hold, &pending.takes, owner, now).await,
                 None => self.limits(&live, &mut staged.decision, &pending.takes, owner, now).await,
             }
-            staged.response = Some(pending.respond(&staged.decision, &decision_id, &live));
+            let inject = self.credentials(&live, &mut staged.decision, pending.batch);
+            staged.credential = inject.as_ref().and_then(|i| i.credential.clone());
+            staged.response = Some(pending.respond(&staged.decision, &decision_id, &live, inject.as_ref()));
         }
         let response = staged.response.take().unwrap_or_else(|| {
             check_response(
@@ -150,6 +157,7 @@ impl Checker {
                 &decision_id,
                 live.policy.settings.deny_status,
                 &live.revision,
+                None,
                 None,
             )
         });
@@ -163,7 +171,16 @@ impl Checker {
             summary.agent = None;
             summary.on_behalf_of = None;
         }
-        Checked { decision: staged.decision, decision_id, response, cache: staged.cache, live, time: now, summary }
+        Checked {
+            decision: staged.decision,
+            decision_id,
+            response,
+            cache: staged.cache,
+            live,
+            time: now,
+            summary,
+            credential: staged.credential,
+        }
     }
 
     /// The synchronous stages, one per line. `None`: the CheckRequest carries no HTTP
@@ -186,7 +203,6 @@ impl Checker {
             Some(h) => takes_for(live, &request, ident, &mut h.lifted),
             None => takes_for(live, &request, ident, &mut decision),
         };
-        // credentials: agent-controls §6 (the credentials issue).
         // Identities are shown only where deciding got to them (not for an invalid path or
         // an ambiguous identity).
         let shown = match (path_ok, ident) {
@@ -204,11 +220,32 @@ impl Checker {
         let maybe_rpc = !decision.allowed()
             || (!takes.is_empty() && memchr::memmem::find(&request.body.bytes, b"\"jsonrpc\"").is_some());
         let rpc = (live.policy.settings.mcp_jsonrpc_responses && maybe_rpc).then(|| rpc_call(&request)).flatten();
+        // A batch's length, for the credentials stage (every element must agree).
+        let batch = if decision.limited.iter().any(|l| l.element.is_some()) {
+            match request.body.parsed() {
+                crate::request::Parsed::Json(serde_json::Value::Array(items)) => Some(items.len()),
+                _ => Some(0),
+            }
+        } else {
+            None
+        };
+        let mut credential = None;
         let (response, pending) = if takes.is_empty() && hold.is_none() {
             let deny_status = live.policy.settings.deny_status;
-            (Some(check_response(&decision, shown, decision_id, deny_status, &live.revision, rpc.as_ref())), None)
+            let inject = self.credentials(live, &mut decision, batch);
+            credential = inject.as_ref().and_then(|i| i.credential.clone());
+            let r = check_response(
+                &decision,
+                shown,
+                decision_id,
+                deny_status,
+                &live.revision,
+                rpc.as_ref(),
+                inject.as_ref(),
+            );
+            (Some(r), None)
         } else {
-            (None, Some(Pending { takes, hold, agent: agent.clone(), on_behalf_of: on_behalf_of.clone(), rpc }))
+            (None, Some(Pending { takes, hold, agent: agent.clone(), on_behalf_of: on_behalf_of.clone(), rpc, batch }))
         };
         // Denies count toward automatic quarantine for the resolved agent, also when the path
         // was refused (probing with paths that cannot be read is a deny like any other).
@@ -217,7 +254,7 @@ impl Checker {
             _ => None,
         };
         let summary = self.summary(request, &decision, (agent, on_behalf_of));
-        Some(Staged { decision, cache, summary, response, pending, agent: counted })
+        Some(Staged { decision, cache, summary, response, pending, agent: counted, credential })
     }
 
     /// Stage `request`: the Envoy adapter (a body over the limit counts as truncated).
@@ -405,6 +442,64 @@ impl Checker {
     }
 }
 
+impl Checker {
+    /// Stage `credentials` (agent-controls §6): what an allow changes in the upstream
+    /// request — the allowing rule's credential (its token from memory) and `strip_headers`.
+    /// A batch's elements must all be allowed by rules that change it alike, or it is denied;
+    /// a credential without a usable token denies with `credential_unavailable` (503).
+    fn credentials(
+        &self,
+        live: &LivePolicy,
+        decision: &mut Decision,
+        batch: Option<usize>,
+    ) -> Option<crate::response::Injection> {
+        if !decision.allowed() || decision.limited.is_empty() {
+            return None;
+        }
+        let policy = &live.policy;
+        let mut spec: Option<(Option<usize>, &[Box<str>])> = None;
+        let mut covered = 0usize;
+        let mut alike = true;
+        for by in &decision.limited {
+            let Some(rule) = policy.rules.get(by.rule) else { continue };
+            if !rule.injects() {
+                continue;
+            }
+            covered += 1;
+            let this = (rule.credential, rule.strip_headers.as_slice());
+            match spec {
+                None => spec = Some(this),
+                Some(s) if s == this => {}
+                Some(_) => alike = false,
+            }
+        }
+        let (credential, strip) = spec?;
+        if !alike || batch.is_some_and(|n| covered != n) {
+            decision.verdict = Verdict::Deny;
+            decision.message = Some(Arc::from(
+                "The elements of this batch are allowed by rules that change the upstream request differently (credentials, removed headers): send them one by one.",
+            ));
+            return None;
+        }
+        let mut inject = crate::response::Injection { set: None, remove: strip.to_vec(), credential: None };
+        if let Some(c) = credential.and_then(|i| policy.credentials.get(i)) {
+            match self.tokens.token(&c.file) {
+                Some(token) => {
+                    inject.set = Some((c.header.clone(), crate::credentials::Secret::new(&c.value(&token))));
+                    inject.credential = Some(c.name.clone());
+                }
+                None => {
+                    decision.verdict = Verdict::Deny;
+                    decision.rule = RuleId::CredentialUnavailable;
+                    decision.message = None;
+                    return None;
+                }
+            }
+        }
+        Some(inject)
+    }
+}
+
 /// What the store answered to a limits take, applied to the decision: over a limit → 429
 /// (counted only in a dry run); the agent's quota of keys → deny; store unreachable → each
 /// limit's `on_store_error`.
@@ -480,6 +575,8 @@ struct Staged {
     pending: Option<Pending>,
     /// The agent, where deciding got to it (deny counting).
     agent: Option<String>,
+    /// The credential injected, for the record.
+    credential: Option<Arc<str>>,
 }
 
 impl Staged {
@@ -491,6 +588,7 @@ impl Staged {
             response: None,
             pending: None,
             agent: None,
+            credential: None,
         }
     }
 }
@@ -511,10 +609,18 @@ struct Pending {
     agent: Option<String>,
     on_behalf_of: Option<String>,
     rpc: Option<RpcCall>,
+    /// A batch's length, when rules that inject allowed its elements.
+    batch: Option<usize>,
 }
 
 impl Pending {
-    fn respond(&self, decision: &Decision, decision_id: &str, live: &LivePolicy) -> CheckResponse {
+    fn respond(
+        &self,
+        decision: &Decision,
+        decision_id: &str,
+        live: &LivePolicy,
+        inject: Option<&crate::response::Injection>,
+    ) -> CheckResponse {
         let ident = Identity { agent: self.agent.as_deref(), on_behalf_of: self.on_behalf_of.as_deref() };
         check_response(
             decision,
@@ -523,6 +629,7 @@ impl Pending {
             live.policy.settings.deny_status,
             &live.revision,
             self.rpc.as_ref(),
+            inject,
         )
     }
 }
@@ -696,6 +803,10 @@ fn counts_toward_quarantine(d: &Decision) -> bool {
         && !held_again
         && !matches!(
             d.rule,
-            RuleId::Quarantined | RuleId::StateUnavailable | RuleId::InternalError | RuleId::InvalidRequest
+            RuleId::Quarantined
+                | RuleId::StateUnavailable
+                | RuleId::CredentialUnavailable
+                | RuleId::InternalError
+                | RuleId::InvalidRequest
         )
 }

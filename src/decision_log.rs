@@ -55,13 +55,15 @@ pub struct DecisionRecord {
     pub cache_hit: bool,
     /// Time to decide, in microseconds.
     pub latency_us: f64,
+    /// The credential injected (its name; never its value).
+    pub credential: Option<Arc<str>>,
 }
 
 impl Serialize for DecisionRecord {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let d = &self.decision;
         let r = &self.summary;
-        let mut m = s.serialize_struct("DecisionRecord", 29)?;
+        let mut m = s.serialize_struct("DecisionRecord", 30)?;
         m.serialize_field("schema", SCHEMA)?;
         m.serialize_field("time", &Display(&self.time))?;
         m.serialize_field("decision_id", &self.decision_id)?;
@@ -101,6 +103,9 @@ impl Serialize for DecisionRecord {
                     "retry_after_s": retry,
                 }),
             )?;
+        }
+        if let Some(c) = &self.credential {
+            m.serialize_field("credential", &**c)?;
         }
         if !d.holds.is_empty() {
             let holds: Vec<&str> = d.holds.iter().map(|h| &*h.id).collect();
@@ -227,6 +232,7 @@ impl DecisionRecord {
             live: c.live,
             cache_hit: c.cache == crate::check::CacheLookup::Hit,
             latency_us: latency.as_secs_f64() * 1e6,
+            credential: c.credential,
         }
     }
 }

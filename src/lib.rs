@@ -37,6 +37,7 @@ pub mod approvals;
 pub mod cache;
 pub mod check;
 pub mod control;
+pub mod credentials;
 pub mod decision_log;
 pub mod explain;
 pub mod limits;

@@ -160,7 +160,7 @@ pub fn deny_error(d: &Decision) -> &'static str {
         return "approval_required";
     }
     match d.rule {
-        RuleId::StateUnavailable => "unavailable",
+        RuleId::StateUnavailable | RuleId::CredentialUnavailable => "unavailable",
         _ => "forbidden",
     }
 }
@@ -295,6 +295,18 @@ fn rpc_text(d: &Decision, message: &str) -> String {
     text
 }
 
+/// What an allow changes in the upstream request (agent-controls §6): a header set (the
+/// credential; overwriting what the agent sent) and headers removed.
+#[derive(Debug, Clone, Default)]
+pub struct Injection {
+    /// The credential's header and its value (a secret).
+    pub set: Option<(Box<str>, crate::credentials::Secret)>,
+    /// Headers removed.
+    pub remove: Vec<Box<str>>,
+    /// The credential's name, for the record.
+    pub credential: Option<std::sync::Arc<str>>,
+}
+
 /// Build the CheckResponse for a decision. `rpc`: the request is one JSON-RPC call and the
 /// policy answers those natively (a deny becomes HTTP 200 with a JSON-RPC answer; records,
 /// metadata and metrics still say deny).
@@ -305,14 +317,24 @@ pub fn check_response(
     deny_status: u16,
     revision: &str,
     rpc: Option<&RpcCall>,
+    inject: Option<&Injection>,
 ) -> CheckResponse {
     let dynamic_metadata = Some(metadata(d, ident, decision_id, revision));
     if d.allowed() {
+        let mut headers = vec![header(DECISION_ID_HEADER, decision_id)];
+        let mut headers_to_remove = Vec::new();
+        if let Some(i) = inject {
+            if let Some((name, value)) = &i.set {
+                headers.push(header(name, value.expose()));
+            }
+            headers_to_remove.extend(i.remove.iter().map(|h| h.to_string()));
+        }
         CheckResponse {
             status: Some(rpc::Status { code: GRPC_OK, message: String::new(), details: Vec::new() }),
             dynamic_metadata,
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: vec![header(DECISION_ID_HEADER, decision_id)],
+                headers,
+                headers_to_remove,
                 ..Default::default()
             })),
         }

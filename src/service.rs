@@ -85,7 +85,12 @@ impl Authz {
         self
     }
 
-    /// The state store and quarantine list in use.
+    /// The credentials' tokens in use.
+    pub fn tokens(&self) -> &Arc<crate::credentials::Tokens> {
+        &self.checker.tokens
+    }
+
+    /// The state store runtime the pipeline uses.
     pub fn state(&self) -> &Arc<crate::quarantine::StateRuntime> {
         &self.checker.state
     }

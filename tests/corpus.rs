@@ -103,6 +103,7 @@ fn corpus_decisions() {
             // The holds stage (task grants, approvability) may change a held decision.
             let stateful = decision.limit.is_some()
                 || decision.rule == hallpass::policy::eval::RuleId::Quarantined
+                || decision.rule == hallpass::policy::eval::RuleId::CredentialUnavailable
                 || !decision.holds.is_empty();
             // The holds stage names the approval (explain does not run it).
             let mut decision = decision;

@@ -152,6 +152,15 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
     };
 
     let groups = resolve_groups(&def.groups, &mut errs);
+    let credentials = match crate::credentials::compile(&def.credentials) {
+        Ok(c) => c,
+        Err(msgs) => {
+            for m in msgs {
+                errs.top(m);
+            }
+            Vec::new()
+        }
+    };
 
     let mut rules = Vec::with_capacity(def.rules.len());
     let mut seen: HashSet<String> = HashSet::new();
@@ -183,7 +192,7 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
             });
             continue;
         }
-        match compile_rule(rd, &label, &groups) {
+        match compile_rule(rd, &label, &groups, &credentials) {
             Ok(mut r) => {
                 r.line = locate_rule(src, &label, 0);
                 rules.push(r);
@@ -202,7 +211,7 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
     let deny_index = RuleIndex::build(&rules, Effect::Deny);
     let allow_index = RuleIndex::build(&rules, Effect::Allow);
     let inputs = Inputs::of(&rules);
-    Ok(Policy { settings, identity, rules, deny_index, allow_index, source: file.to_string(), inputs })
+    Ok(Policy { settings, identity, rules, deny_index, allow_index, source: file.to_string(), inputs, credentials })
 }
 
 fn yaml_brief(v: &Value) -> String {
@@ -341,7 +350,12 @@ fn resolve_groups(defs: &BTreeMap<String, Vec<String>>, errs: &mut Errors<'_>) -
     done
 }
 
-fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str>>>) -> Result<Rule, Vec<String>> {
+fn compile_rule(
+    rd: &RuleDef,
+    id: &str,
+    groups: &HashMap<String, HashSet<Box<str>>>,
+    credentials: &[crate::credentials::Credential],
+) -> Result<Rule, Vec<String>> {
     let mut msgs = Vec::new();
     let effect = match rd.effect {
         Some(EffectDef::Allow) => Effect::Allow,
@@ -555,6 +569,41 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
             }
         }
     }
+    let credential = match &rd.credential {
+        None => None,
+        Some(_) if effect != Effect::Allow => {
+            msgs.push("`credential` is only for allow rules (it is injected into what a rule lets through)".into());
+            None
+        }
+        Some(name) => match credentials.iter().position(|c| &*c.name == name.as_str()) {
+            Some(i) => Some(i),
+            None => {
+                msgs.push(format!("`credential` `{name}` is not defined under `credentials:`"));
+                None
+            }
+        },
+    };
+    let mut strip_headers: Vec<Box<str>> = Vec::new();
+    if let Some(list) = &rd.strip_headers {
+        if effect != Effect::Allow {
+            msgs.push("`strip_headers` is only for allow rules".into());
+        }
+        for h in list {
+            let lower = h.to_ascii_lowercase();
+            if !valid_header_name(&lower)
+                || lower.starts_with(':')
+                || matches!(lower.as_str(), "host" | "content-length")
+            {
+                msgs.push(format!("`strip_headers`: `{h}` is not a header hallpass can remove"));
+            } else if credential.and_then(|i| credentials.get(i)).is_some_and(|c| *c.header == *lower) {
+                msgs.push(format!(
+                    "`strip_headers`: `{h}` is the header the credential sets (Envoy removes after it sets: it would be gone)"
+                ));
+            } else if !strip_headers.iter().any(|x| **x == *lower) {
+                strip_headers.push(Box::from(lower.as_str()));
+            }
+        }
+    }
     if !msgs.is_empty() {
         return Err(msgs);
     }
@@ -577,6 +626,8 @@ fn compile_rule(rd: &RuleDef, id: &str, groups: &HashMap<String, HashSet<Box<str
         dry_run,
         reads_body,
         limits,
+        credential,
+        strip_headers,
         line: None,
     })
 }

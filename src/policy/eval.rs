@@ -37,6 +37,8 @@ pub enum RuleId {
     /// A limit could not be read from the state store in time and its `on_store_error` is
     /// `deny` (agent-controls.md §4).
     StateUnavailable,
+    /// The allowing rule's credential has no usable token (agent-controls.md §6).
+    CredentialUnavailable,
 }
 
 /// A decision hallpass makes itself, without a policy rule: its id, and the message a denied
@@ -73,7 +75,7 @@ impl DenyStatus {
 }
 
 /// Every built-in decision, in [`RuleId`] order.
-pub const BUILTINS: [Builtin; 7] = [
+pub const BUILTINS: [Builtin; 8] = [
     Builtin { id: "default", message: "No policy rule allows this request.", status: DenyStatus::Policy },
     Builtin { id: "invalid_path", message: "The request path is not acceptable", status: DenyStatus::Policy },
     Builtin {
@@ -98,6 +100,11 @@ pub const BUILTINS: [Builtin; 7] = [
         status: DenyStatus::Fixed(403),
     },
     Builtin {
+        id: "credential_unavailable",
+        message: "The upstream credential this rule injects is not available; the request is denied.",
+        status: DenyStatus::Fixed(503),
+    },
+    Builtin {
         id: "state_unavailable",
         message: "The state store that keeps this rule's limits could not be reached; the request is denied.",
         status: DenyStatus::Fixed(503),
@@ -115,7 +122,8 @@ impl RuleId {
             RuleId::InvalidRequest => 3,
             RuleId::InternalError => 4,
             RuleId::Quarantined => 5,
-            RuleId::StateUnavailable => 6,
+            RuleId::CredentialUnavailable => 6,
+            RuleId::StateUnavailable => 7,
         };
         BUILTINS.get(i)
     }
@@ -168,8 +176,9 @@ pub struct Decision {
     /// The deciding rule matched on an unknown part (a deny rule): which part. An auditor
     /// tells "denied because the body could not be read" from "denied because it matched".
     pub unknown: Option<Part>,
-    /// The allow rules with `limits` that allowed this request (or a batch element of it):
-    /// what the limits stage charges. Empty (and unallocated) when no such rule allowed it.
+    /// The allow rules with `limits`, a `credential` or `strip_headers` that allowed this
+    /// request (or a batch element of it): what the limits stage charges and the credentials
+    /// stage injects. Empty (and unallocated) when no such rule allowed it.
     pub limited: Vec<LimitedBy>,
     /// What the limits stage found, when a limit refused the request (or would have, in a
     /// dry run) or a key part or cost was unknown.
@@ -951,7 +960,7 @@ fn decide_one<T: Tracer>(
             message: if rule.effect == Effect::Deny { rule.message.clone() } else { None },
             dry_run_rules,
             unknown: if m.result == Tri::Unknown { m.part } else { None },
-            limited: (rule.effect == Effect::Allow && !rule.limits.is_empty()).then_some(i),
+            limited: (rule.effect == Effect::Allow && (!rule.limits.is_empty() || rule.injects())).then_some(i),
             // A deny rule decides before any hold (agent-controls §1).
             holds: if rule.effect == Effect::Deny { Vec::new() } else { holds },
         },

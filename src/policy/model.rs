@@ -26,6 +26,23 @@ pub struct PolicyFile {
     /// Rules in file order.
     #[serde(default)]
     pub rules: Vec<RuleDef>,
+    /// Upstream credentials hallpass injects on allow (agent-controls.md §6).
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialDef>,
+}
+
+/// One entry of `credentials:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialDef {
+    /// A file holding the token (its first line), re-read when it changes.
+    pub file: Option<String>,
+    /// An OAuth2 token endpoint (not yet supported).
+    pub oauth2: Option<Value>,
+    /// The header set on allow (default `authorization`).
+    pub header: Option<String>,
+    /// Its value, `{token}` replaced (default `Bearer {token}`).
+    pub format: Option<String>,
 }
 
 /// `settings:`.
@@ -174,6 +191,10 @@ pub struct RuleDef {
     pub dry_run: Option<bool>,
     /// Rate limits and budgets (allow rules only; agent-controls.md §4).
     pub limits: Option<Vec<LimitDef>>,
+    /// The credential injected on allow (allow rules only; agent-controls.md §6).
+    pub credential: Option<String>,
+    /// Headers removed from the upstream request on allow (allow rules only).
+    pub strip_headers: Option<Vec<String>>,
 }
 
 /// One entry of a rule's `limits:`.

@@ -174,6 +174,10 @@ pub struct Rule {
     pub reads_body: bool,
     /// Limits and budgets (allow rules; empty when none).
     pub limits: Vec<crate::limits::Limit>,
+    /// The credential injected on allow: an index into [`Policy::credentials`].
+    pub credential: Option<usize>,
+    /// Headers removed from the upstream request on allow (lowercase).
+    pub strip_headers: Vec<Box<str>>,
     /// Line of the rule's `id:` in the source, for messages.
     pub line: Option<usize>,
 }
@@ -196,6 +200,16 @@ pub struct Policy {
     /// What of a request any rule reads beyond method, host, path and identity: the decision
     /// cache keys on exactly this.
     pub inputs: Inputs,
+    /// Upstream credentials (agent-controls.md §6).
+    pub credentials: Vec<crate::credentials::Credential>,
+}
+
+impl Rule {
+    /// Whether allowing by this rule changes the upstream request (a credential, headers
+    /// removed): the credentials stage must see which rules allowed it.
+    pub fn injects(&self) -> bool {
+        self.credential.is_some() || !self.strip_headers.is_empty()
+    }
 }
 
 /// The request inputs a policy's decisions can depend on, besides method, host, path,

@@ -611,17 +611,23 @@ def main() -> int:
             p = procs.start(name, upstream_argv(name, port), log, env=env, cwd=HERE / name)
             up_ports[name], up_records[name] = port, rec
             started.append((name, port, p, log))
-        # hallpass, one per policy
+        # hallpass, one per policy; each policy a copy whose credential files point at a
+        # token written here (the example's /var/run/secrets/... is a mounted Secret)
         hp_ports = {}
+        token = work / "credential-token"
+        token.write_text("upstream-suite-token\n")
         for pol in sorted({c["policy"] for c in cases}):
             log = work / f"hallpass-{pol}.log"
+            policy = work / f"policy-{pol}.yaml"
+            text = POLICIES[pol].read_text()
+            policy.write_text(re.sub(r"file: /var/run/secrets/hallpass/[A-Za-z0-9._-]+", f"file: {token}", text))
             p = procs.start(
                 f"hallpass-{pol}",
                 [
                     hallpass,
                     "serve",
                     "--policy",
-                    POLICIES[pol],
+                    policy,
                     "--grpc-listen",
                     "127.0.0.1:0",
                     "--admin-listen",

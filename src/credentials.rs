@@ -1,0 +1,247 @@
+//! Credential custody (agent-controls.md §6): the agent never holds the upstream token. A
+//! policy names credentials; an allow rule with `credential:` has hallpass tell Envoy to set
+//! the credential's header (default `authorization: Bearer {token}`) on the upstream request,
+//! overwriting whatever the agent sent, and to remove the rule's `strip_headers`.
+//!
+//! This version reads tokens from files (a mounted Kubernetes Secret): each file is re-read
+//! every [`REFRESH`] by one background task, so a rewritten file (a ConfigMap/Secret `..data`
+//! swap included) is in force within a second; a Check reads the token from memory. A file
+//! that is missing, unreadable or empty leaves the credential without a token: its requests
+//! are denied with `credential_unavailable` (HTTP 503). OAuth2 token custody is refused at
+//! load for now.
+//!
+//! A token lives in a [`Secret`], which prints as `Secret(…)` and has no `Display` or
+//! `Serialize`: it can reach Envoy's answer and nothing else (records, logs, metrics,
+//! metadata, deny bodies, `/policy`, `hallpass check`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::model::CredentialDef;
+
+/// How often token files are re-read.
+pub const REFRESH: Duration = Duration::from_millis(250);
+/// Largest token file read.
+pub const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// A secret value: never printed, logged or serialized by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wrap a value.
+    pub fn new(v: &str) -> Secret {
+        Secret(Arc::from(v))
+    }
+
+    /// The value, for the one place it goes: Envoy's answer.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// A compiled credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Its name in the policy.
+    pub name: Arc<str>,
+    /// The token file (absolute).
+    pub file: PathBuf,
+    /// The header set on allow (lowercase).
+    pub header: Box<str>,
+    /// The header's value with `{token}` in it.
+    pub format: Box<str>,
+}
+
+impl Credential {
+    /// The header value for `token`.
+    pub fn value(&self, token: &Secret) -> String {
+        self.format.replace("{token}", token.expose())
+    }
+}
+
+/// Read `credentials:`; the messages name what is wrong.
+pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> Result<Vec<Credential>, Vec<String>> {
+    let mut out = Vec::with_capacity(defs.len());
+    let mut msgs = Vec::new();
+    for (name, d) in defs {
+        let at = format!("`credentials.{name}`");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            msgs.push(format!("{at}: a credential name may only use letters, digits, `.`, `_` and `-`"));
+            continue;
+        }
+        if d.oauth2.is_some() {
+            msgs.push(format!(
+                "{at}: `oauth2` credentials are not supported by this version of hallpass yet (use `file:`)"
+            ));
+            continue;
+        }
+        let Some(file) = &d.file else {
+            msgs.push(format!("{at}: give `file:` (a mounted token file)"));
+            continue;
+        };
+        if !Path::new(file).is_absolute() {
+            msgs.push(format!("{at}: `file` `{file}` must be an absolute path (a mounted Secret)"));
+            continue;
+        }
+        let header = d.header.as_deref().unwrap_or("authorization");
+        if !crate::policy::compile::valid_header_name(header) || header.starts_with(':') {
+            msgs.push(format!("{at}: `header` `{header}` is not a lowercase HTTP header name"));
+            continue;
+        }
+        if matches!(header, "host" | "content-length" | "transfer-encoding" | "connection") {
+            msgs.push(format!("{at}: `header` may not be `{header}`"));
+            continue;
+        }
+        let format = d.format.as_deref().unwrap_or("Bearer {token}");
+        if format.matches("{token}").count() != 1 || format.chars().any(|c| c.is_control()) {
+            msgs.push(format!("{at}: `format` must contain `{{token}}` once and no control characters"));
+            continue;
+        }
+        out.push(Credential {
+            name: Arc::from(name.as_str()),
+            file: PathBuf::from(file),
+            header: Box::from(header),
+            format: Box::from(format),
+        });
+    }
+    if msgs.is_empty() {
+        Ok(out)
+    } else {
+        Err(msgs)
+    }
+}
+
+/// The token in a file: its first line, trimmed; `None` when missing, unreadable, too large,
+/// not UTF-8, empty, or holding characters a header value cannot carry.
+pub fn read_token(file: &Path) -> Option<Secret> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).ok()?;
+    let mut bytes = Vec::new();
+    f.take(MAX_TOKEN_FILE + 1).read_to_end(&mut bytes).ok()?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE {
+        return None;
+    }
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let line = text.lines().next()?.trim();
+    if line.is_empty() || line.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        return None;
+    }
+    Some(Secret::new(line))
+}
+
+/// The tokens in force, by file; read off the Check path.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    by_file: ArcSwap<HashMap<PathBuf, Option<Secret>>>,
+}
+
+impl Tokens {
+    /// An empty set.
+    pub fn new() -> Tokens {
+        Tokens::default()
+    }
+
+    /// The token of `file`: from memory; a file not read yet (a credential a reload just
+    /// added) is read now, once.
+    pub fn token(&self, file: &Path) -> Option<Secret> {
+        if let Some(t) = self.by_file.load().get(file) {
+            return t.clone();
+        }
+        let t = read_token(file);
+        let mut next = HashMap::clone(&self.by_file.load());
+        next.insert(file.to_path_buf(), t.clone());
+        self.by_file.store(Arc::new(next));
+        t
+    }
+
+    /// Re-read every file in `files` (and forget the others).
+    pub fn refresh<'a>(&self, files: impl Iterator<Item = &'a Path>) {
+        let mut next = HashMap::new();
+        for f in files {
+            next.insert(f.to_path_buf(), read_token(f));
+        }
+        let changed = {
+            let cur = self.by_file.load();
+            cur.len() != next.len() || next.iter().any(|(k, v)| cur.get(k) != Some(v))
+        };
+        if changed {
+            for (f, t) in &next {
+                if t.is_none() {
+                    tracing::warn!(file = %f.display(), "credential file missing, unreadable or empty: its requests are denied (credential_unavailable)");
+                }
+            }
+            self.by_file.store(Arc::new(next));
+        }
+    }
+
+    /// Keep the token files of the live policy fresh until `stop` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        policy: crate::reload::PolicyHandle,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => {
+                    let live = policy.load_full();
+                    let me = Arc::clone(&self);
+                    // File reads off the async runtime.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        me.refresh(live.policy.credentials.iter().map(|c| c.file.as_path()));
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests may panic")]
+    use super::*;
+
+    #[test]
+    fn a_secret_never_prints() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(…)");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some(Secret(…))");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn token_files_are_read_strictly() {
+        let dir = std::env::temp_dir().join(format!("hallpass-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("t");
+        for (content, want) in [
+            ("abc\n", Some("abc")),
+            ("  abc  \nsecond line", Some("abc")),
+            ("", None),
+            ("\n", None),
+            ("a\u{7}b", None),
+            ("ümlaut", None),
+        ] {
+            std::fs::write(&f, content).unwrap();
+            assert_eq!(read_token(&f).as_ref().map(Secret::expose), want, "{content:?}");
+        }
+        assert!(read_token(&dir.join("missing")).is_none());
+        std::fs::write(&f, "x".repeat(70_000)).unwrap();
+        assert!(read_token(&f).is_none(), "too large");
+    }
+}
