@@ -242,6 +242,11 @@ fn through_real_envoy() {
     let example = std::fs::read_to_string(Path::new(ROOT).join("config/policy.yaml")).unwrap();
     let with_control = example.replace("  approvals:", "  control: { approvers_file: approvers.yaml }\n  approvals:");
     assert_ne!(with_control, example);
+    // The CRM credential's token file (a mounted Secret in k8s), here.
+    let crm_token = "crm-upstream-token-e2e-51c0";
+    std::fs::write(dir.join("crm-token"), format!("{crm_token}\n")).unwrap();
+    let with_control =
+        with_control.replace("/var/run/secrets/hallpass/crm-token", dir.join("crm-token").to_str().unwrap());
     std::fs::write(&policy, with_control).unwrap();
     let approver_token = "e2e-approver-token";
     let digest: String = {
@@ -502,6 +507,37 @@ fn through_real_envoy() {
     std::thread::sleep(until.duration_since(jiff::Timestamp::now()).unsigned_abs() + Duration::from_millis(50));
     let r = mcp(&email(5, "anything else"));
     expect("after the task grant expires: held again", held(&r).is_some(), format!("{r:?}"));
+
+    // -- credential custody (agent-controls §6): the CRM receives hallpass's token, not the
+    // agent's JWT, and none of the agent's cookies or API keys.
+    let sales_jwt = format!("Bearer {}", jwt("sales-assistant", None, JWT_SECRET));
+    let r = go(
+        "GET",
+        "/api/contacts/42",
+        &[
+            ("host", "crm.example.com".to_string()),
+            ("authorization", sales_jwt.clone()),
+            ("cookie", "session=agent".to_string()),
+            ("x-api-key", "agent-key".to_string()),
+        ],
+        None,
+    );
+    let echo = if r.status == 200 { r.json() } else { serde_json::Value::Null };
+    expect(
+        "the upstream receives the injected credential only",
+        r.status == 200
+            && echo["headers"]["authorization"] == format!("Bearer {crm_token}").as_str()
+            && echo["headers"].get("cookie").is_none()
+            && echo["headers"].get("x-api-key").is_none(),
+        format!("{r:?}"),
+    );
+    // The agent's request for a rule without a credential does not get one.
+    let r = go("GET", "/v1/users/alice/messages/m1", &mail(&[]), None);
+    expect(
+        "no credential where the rule names none",
+        r.status == 200 && !r.json()["headers"]["authorization"].as_str().unwrap_or("").contains(crm_token),
+        format!("{r:?}"),
+    );
 
     // -- a limit (crm-create-deal: 5 at once per agent): the 6th deal is answered 429 by
     // Envoy with retry-after and the ratelimit headers, and never reaches the upstream.

@@ -120,6 +120,22 @@ fn deployment_is_hardened_and_runs_hallpass_as_a_native_sidecar() {
             assert!(m.get("subPath").is_none(), "{name}: subPath mounts never update (no reload)");
         }
     }
+    // Upstream credentials: a Secret mounted into hallpass only, where the example policy's
+    // credential files are, readable by hallpass's group only.
+    let mounts = |c: &Value, path: &str| {
+        c["volumeMounts"].as_sequence().into_iter().flatten().any(|m| m["mountPath"] == path && m["readOnly"] == true)
+    };
+    assert!(mounts(hallpass, "/var/run/secrets/hallpass"));
+    for c in spec["containers"].as_sequence().unwrap() {
+        assert!(!mounts(c, "/var/run/secrets/hallpass"), "only hallpass holds the credentials");
+    }
+    let vol = spec["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "upstream-credentials").unwrap();
+    assert_eq!(vol["secret"]["secretName"], "hallpass-upstream-credentials");
+    assert_eq!(vol["secret"]["defaultMode"], Value::from(0o440));
+    let policy = hallpass::policy::Policy::from_yaml(&read("config/policy.yaml"), "config/policy.yaml").unwrap();
+    for c in &policy.credentials {
+        assert!(c.file.starts_with("/var/run/secrets/hallpass"), "{}: mounted from the Secret", c.name);
+    }
 }
 
 #[test]
