@@ -217,8 +217,10 @@ impl Checker {
         // A denied JSON-RPC call is answered in JSON-RPC (agent-controls §8); read only for a
         // request that is denied, or may be by its limits.
         // A request its limits may still refuse is parsed only if it can be JSON-RPC at all.
+        // (Or by its credentials stage: a missing token.)
+        let injects = decision.limited.iter().any(|l| live.policy.rules.get(l.rule).is_some_and(|r| r.injects()));
         let maybe_rpc = !decision.allowed()
-            || (!takes.is_empty() && memchr::memmem::find(&request.body.bytes, b"\"jsonrpc\"").is_some());
+            || ((!takes.is_empty() || injects) && memchr::memmem::find(&request.body.bytes, b"\"jsonrpc\"").is_some());
         let rpc = (live.policy.settings.mcp_jsonrpc_responses && maybe_rpc).then(|| rpc_call(&request)).flatten();
         // A batch's length, for the credentials stage (every element must agree).
         let batch = if decision.limited.iter().any(|l| l.element.is_some()) {
@@ -492,7 +494,12 @@ impl Checker {
                     decision.verdict = Verdict::Deny;
                     decision.rule = RuleId::CredentialUnavailable;
                     decision.message = None;
-                    return None;
+                    // Nothing is injected into a deny; the record names the credential.
+                    return Some(crate::response::Injection {
+                        set: None,
+                        remove: Vec::new(),
+                        credential: Some(c.name.clone()),
+                    });
                 }
             }
         }

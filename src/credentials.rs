@@ -70,8 +70,9 @@ impl Credential {
     }
 }
 
-/// Read `credentials:`; the messages name what is wrong.
-pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> Result<Vec<Credential>, Vec<String>> {
+/// Read `credentials:`: the valid ones, and messages naming what is wrong with the others
+/// (so a rule naming a valid credential is not also reported as naming an undefined one).
+pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> (Vec<Credential>, Vec<String>) {
     let mut out = Vec::with_capacity(defs.len());
     let mut msgs = Vec::new();
     for (name, d) in defs {
@@ -115,11 +116,7 @@ pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> Result<Vec<Credential>
             format: Box::from(format),
         });
     }
-    if msgs.is_empty() {
-        Ok(out)
-    } else {
-        Err(msgs)
-    }
+    (out, msgs)
 }
 
 /// The token in a file: its first line, trimmed; `None` when missing, unreadable, too large,

@@ -221,6 +221,26 @@ async fn credentials_are_injected_rotated_and_never_shown() {
     }
     let (st, _) = denied(&check(srv.grpc, "GET", "/denied", None).await);
     assert_eq!(st, 403);
+    // A single MCP call whose credential has no token is answered in JSON-RPC (§8).
+    k8s_write(&dir.join("secrets"), "crm-token", "", 3);
+    let t = Instant::now();
+    let (st, body) = loop {
+        let r = check(srv.grpc, "POST", "/mcp", Some(&call(9, "crm_read"))).await;
+        if injected(&r).is_none() {
+            break denied(&r);
+        }
+        assert!(t.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["result"]["isError"], true, "{body}");
+    assert_eq!(body["result"]["_meta"]["dev.hallpass/decision"]["rule"], "credential_unavailable", "{body}");
+    k8s_write(&dir.join("secrets"), "crm-token", TOKEN_2, 4);
+    let t = Instant::now();
+    while injected(&check(srv.grpc, "GET", "/contacts", None).await).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // -- no secret in any output channel but the answer to Envoy.
     let metrics = http_get(srv.admin, "/metrics");
@@ -244,6 +264,10 @@ async fn credentials_are_injected_rotated_and_never_shown() {
     let logs = srv.log();
     let recs = std::fs::read_to_string(&records).unwrap();
     assert!(recs.contains("\"credential\":\"crm\""), "records name the credential: {recs}");
+    assert!(
+        recs.lines().any(|l| l.contains("\"rule\":\"credential_unavailable\"") && l.contains("\"credential\":\"api\"")),
+        "a 503's record names the credential that had no token"
+    );
     for (channel, text) in [
         ("decision records", recs.as_str()),
         ("logs", logs.as_str()),

@@ -152,15 +152,10 @@ fn compile(def: PolicyFile, src: &str, file: &str) -> Result<Policy, PolicyError
     };
 
     let groups = resolve_groups(&def.groups, &mut errs);
-    let credentials = match crate::credentials::compile(&def.credentials) {
-        Ok(c) => c,
-        Err(msgs) => {
-            for m in msgs {
-                errs.top(m);
-            }
-            Vec::new()
-        }
-    };
+    let (credentials, msgs) = crate::credentials::compile(&def.credentials);
+    for m in msgs {
+        errs.top(m);
+    }
 
     let mut rules = Vec::with_capacity(def.rules.len());
     let mut seen: HashSet<String> = HashSet::new();
@@ -603,6 +598,8 @@ fn compile_rule(
                 strip_headers.push(Box::from(lower.as_str()));
             }
         }
+        // Sorted: rules that remove the same headers compare equal (batches).
+        strip_headers.sort();
     }
     if !msgs.is_empty() {
         return Err(msgs);
