@@ -197,6 +197,14 @@ impl Checker {
         };
         let mut decision = decision;
         let mut hold = self.holds(live, &request, ident, &mut decision, now);
+        // A credential without a token denies before the limits are charged (a request its
+        // rule cannot let through consumes no budget); it is injected after them.
+        let missing = if hold.is_none() && decision.allowed() { self.token_missing(live, &decision) } else { None };
+        if missing.is_some() {
+            decision.verdict = Verdict::Deny;
+            decision.rule = RuleId::CredentialUnavailable;
+            decision.message = None;
+        }
         // The limits of the rule the request goes on to: now, or once an approval grant
         // lifts its holds (taken in the same store step).
         let takes = match &mut hold {
@@ -231,11 +239,11 @@ impl Checker {
         } else {
             None
         };
-        let mut credential = None;
+        let mut credential = missing;
         let (response, pending) = if takes.is_empty() && hold.is_none() {
             let deny_status = live.policy.settings.deny_status;
             let inject = self.credentials(live, &mut decision, batch);
-            credential = inject.as_ref().and_then(|i| i.credential.clone());
+            credential = credential.or_else(|| inject.as_ref().and_then(|i| i.credential.clone()));
             let r = check_response(
                 &decision,
                 shown,
@@ -445,6 +453,14 @@ impl Checker {
 }
 
 impl Checker {
+    /// The credential of a rule that allowed the request that has no usable token, if any.
+    fn token_missing(&self, live: &LivePolicy, decision: &Decision) -> Option<Arc<str>> {
+        decision.limited.iter().find_map(|by| {
+            let c = live.policy.rules.get(by.rule)?.credential.and_then(|i| live.policy.credentials.get(i))?;
+            self.tokens.token(&c.file).is_none().then(|| c.name.clone())
+        })
+    }
+
     /// Stage `credentials` (agent-controls §6): what an allow changes in the upstream
     /// request — the allowing rule's credential (its token from memory) and `strip_headers`.
     /// A batch's elements must all be allowed by rules that change it alike, or it is denied;

@@ -67,6 +67,13 @@ rules:
     methods: [GET]
     paths: ["/search"]
     credential: api
+  - id: limited-search
+    effect: allow
+    methods: [GET]
+    paths: ["/lsearch"]
+    credential: api
+    limits:
+      - {{ per: [agent], rate: "1/m" }}
   - id: plain
     effect: allow
     methods: [GET]
@@ -213,12 +220,18 @@ async fn credentials_are_injected_rotated_and_never_shown() {
         (st, body["rule"].as_str(), body["error"].as_str()),
         (503, Some("credential_unavailable"), Some("unavailable"))
     );
+    // Denied before its limit is charged: the bucket (1 a minute) is still full afterwards.
+    for _ in 0..3 {
+        assert_eq!(denied(&check(srv.grpc, "GET", "/lsearch", None).await).0, 503);
+    }
     std::fs::write(dir.join("secrets").join("api-key"), API_KEY).unwrap();
     let t = Instant::now();
     while injected(&check(srv.grpc, "GET", "/search", None).await).is_none() {
         assert!(t.elapsed() < Duration::from_secs(2), "recovers when the file is back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(injected(&check(srv.grpc, "GET", "/lsearch", None).await).is_some(), "no budget spent by the 503s");
+    assert_eq!(denied(&check(srv.grpc, "GET", "/lsearch", None).await).0, 429);
     let (st, _) = denied(&check(srv.grpc, "GET", "/denied", None).await);
     assert_eq!(st, 403);
     // A single MCP call whose credential has no token is answered in JSON-RPC (§8).
