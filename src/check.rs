@@ -204,6 +204,12 @@ impl Checker {
             decision.verdict = Verdict::Deny;
             decision.rule = RuleId::CredentialUnavailable;
             decision.message = None;
+        } else if decision.allowed() && credential_in_query(live, &request, &decision) {
+            // The agent's own credential in the query would travel with the injected one.
+            decision.verdict = Verdict::Deny;
+            decision.message = Some(Arc::from(
+                "A request to this upstream may not carry a credential in its query (access_token, api_key, key, …): hallpass supplies the credential.",
+            ));
         }
         // The limits of the rule the request goes on to: now, or once an approval grant
         // lifts its holds (taken in the same store step).
@@ -521,6 +527,19 @@ impl Checker {
         }
         Some(inject)
     }
+}
+
+/// Whether a rule with a credential allowed a request whose query carries a credential
+/// parameter (any case).
+fn credential_in_query(live: &LivePolicy, request: &Request, decision: &Decision) -> bool {
+    let credentialed =
+        decision.limited.iter().any(|by| live.policy.rules.get(by.rule).is_some_and(|r| r.credential.is_some()));
+    credentialed
+        && request
+            .query
+            .iter()
+            .chain(&request.query_alt)
+            .any(|(k, _)| crate::credentials::CREDENTIAL_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)))
 }
 
 /// What the store answered to a limits take, applied to the decision: over a limit → 429

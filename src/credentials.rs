@@ -27,6 +27,41 @@ use crate::policy::model::CredentialDef;
 pub const REFRESH: Duration = Duration::from_millis(250);
 /// Largest token file read.
 pub const MAX_TOKEN_FILE: u64 = 64 * 1024;
+/// Longest a token file read may take.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Headers a credential rule removes besides its own `strip_headers`: other places an agent's
+/// own credential travels (the credential's header itself is overwritten; `authorization` is
+/// removed when the credential sets another header).
+pub const DEFAULT_STRIP: [&str; 10] = [
+    "authorization",
+    "cookie",
+    "cookie2",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-apikey",
+    "x-auth-token",
+    "x-access-token",
+    "x-forwarded-authorization",
+];
+
+/// Query parameters that carry credentials: a request to a credential rule carrying one is
+/// denied (Envoy cannot remove a query parameter, and the upstream may prefer it).
+pub const CREDENTIAL_PARAMS: [&str; 5] = ["access_token", "api_key", "apikey", "auth_token", "key"];
+
+/// [`read_token`] on a thread of its own, abandoned after [`READ_TIMEOUT`].
+fn read_with_timeout(file: &Path) -> Option<Secret> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let f = file.to_path_buf();
+    std::thread::Builder::new()
+        .name("hallpass-token-read".into())
+        .spawn(move || {
+            let _ = tx.send(read_token(&f));
+        })
+        .ok()?;
+    rx.recv_timeout(READ_TIMEOUT).ok().flatten()
+}
 
 /// A secret value: never printed, logged or serialized by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -100,12 +135,18 @@ pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> (Vec<Credential>, Vec<
             msgs.push(format!("{at}: `header` `{header}` is not a lowercase HTTP header name"));
             continue;
         }
-        if matches!(header, "host" | "content-length" | "transfer-encoding" | "connection") {
+        if matches!(header, "host" | "content-length" | "transfer-encoding" | "connection" | "te" | "upgrade")
+            || header.starts_with("x-envoy-")
+            || header.starts_with("x-hallpass-")
+        {
             msgs.push(format!("{at}: `header` may not be `{header}`"));
             continue;
         }
         let format = d.format.as_deref().unwrap_or("Bearer {token}");
-        if format.matches("{token}").count() != 1 || format.chars().any(|c| c.is_control()) {
+        if format.matches("{token}").count() != 1
+            || format.chars().any(|c| c.is_control() || !c.is_ascii())
+            || format.trim() != format
+        {
             msgs.push(format!("{at}: `format` must contain `{{token}}` once and no control characters"));
             continue;
         }
@@ -123,6 +164,10 @@ pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> (Vec<Credential>, Vec<
 /// not UTF-8, empty, or holding characters a header value cannot carry.
 pub fn read_token(file: &Path) -> Option<Secret> {
     use std::io::Read;
+    // A regular file only (a FIFO or device would block the reader).
+    if !std::fs::metadata(file).ok()?.is_file() {
+        return None;
+    }
     let f = std::fs::File::open(file).ok()?;
     let mut bytes = Vec::new();
     f.take(MAX_TOKEN_FILE + 1).read_to_end(&mut bytes).ok()?;
@@ -149,24 +194,19 @@ impl Tokens {
         Tokens::default()
     }
 
-    /// The token of `file`: from memory; a file not read yet (a credential a reload just
-    /// added) is read now, once.
+    /// The token of `file`, from memory (no I/O on a Check). A file not read yet (a
+    /// credential a reload just added, until the next refresh) has none: denied.
     pub fn token(&self, file: &Path) -> Option<Secret> {
-        if let Some(t) = self.by_file.load().get(file) {
-            return t.clone();
-        }
-        let t = read_token(file);
-        let mut next = HashMap::clone(&self.by_file.load());
-        next.insert(file.to_path_buf(), t.clone());
-        self.by_file.store(Arc::new(next));
-        t
+        self.by_file.load().get(file).cloned().flatten()
     }
 
-    /// Re-read every file in `files` (and forget the others).
+    /// Re-read every file in `files` (and forget the others), each within [`READ_TIMEOUT`]:
+    /// a file that does not answer in time has no token (a stuck mount never keeps a revoked
+    /// token in force).
     pub fn refresh<'a>(&self, files: impl Iterator<Item = &'a Path>) {
         let mut next = HashMap::new();
         for f in files {
-            next.insert(f.to_path_buf(), read_token(f));
+            next.insert(f.to_path_buf(), read_with_timeout(f));
         }
         let changed = {
             let cur = self.by_file.load();
@@ -238,6 +278,13 @@ mod tests {
             assert_eq!(read_token(&f).as_ref().map(Secret::expose), want, "{content:?}");
         }
         assert!(read_token(&dir.join("missing")).is_none());
+        // A FIFO (or any file that is not regular) is never opened: it would block.
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(read_token(&fifo).is_none());
+        assert!(read_with_timeout(&fifo).is_none());
+        assert!(read_token(&dir).is_none(), "a directory");
         std::fs::write(&f, "x".repeat(70_000)).unwrap();
         assert!(read_token(&f).is_none(), "too large");
     }

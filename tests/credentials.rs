@@ -169,13 +169,30 @@ async fn credentials_are_injected_rotated_and_never_shown() {
     let r = check(srv.grpc, "GET", "/contacts", None).await;
     let (set, removed) = injected(&r).expect("allowed");
     assert_eq!(set, vec![("authorization".to_string(), format!("Bearer {TOKEN_1}"), true)], "overwrite, not append");
-    assert_eq!(removed, vec!["cookie".to_string(), "x-api-key".to_string()]);
+    // The rule's strip_headers and every other place an agent's own credential travels.
+    let want = [
+        "api-key",
+        "cookie",
+        "cookie2",
+        "proxy-authorization",
+        "x-access-token",
+        "x-api-key",
+        "x-apikey",
+        "x-auth-token",
+        "x-forwarded-authorization",
+    ];
+    assert_eq!(removed, want.map(String::from).to_vec());
     let r = check(srv.grpc, "GET", "/search", None).await;
-    assert_eq!(
-        injected(&r).unwrap().0,
-        vec![("x-api-key".to_string(), API_KEY.to_string(), true)],
-        "header and format"
-    );
+    let (set, removed) = injected(&r).unwrap();
+    assert_eq!(set, vec![("x-api-key".to_string(), API_KEY.to_string(), true)], "header and format");
+    assert!(removed.contains(&"authorization".to_string()) && !removed.contains(&"x-api-key".to_string()));
+    // The agent's own credential in the query would travel along: denied.
+    for q in ["/contacts?access_token=agent", "/contacts?API_KEY=agent", "/search?key=agent"] {
+        let (st, body) = denied(&check(srv.grpc, "GET", q, None).await);
+        assert_eq!(st, 403, "{q}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("credential in its query"), "{q}");
+    }
+    assert!(injected(&check(srv.grpc, "GET", "/plain?access_token=x", None).await).is_some(), "not a credential rule");
     let r = check(srv.grpc, "GET", "/plain", None).await;
     assert_eq!(injected(&r).unwrap(), (vec![], vec![]), "a rule without a credential changes nothing");
 

@@ -587,7 +587,10 @@ fn compile_rule(
             let lower = h.to_ascii_lowercase();
             if !valid_header_name(&lower)
                 || lower.starts_with(':')
-                || matches!(lower.as_str(), "host" | "content-length")
+                || matches!(
+                    lower.as_str(),
+                    "host" | "content-length" | "transfer-encoding" | "connection" | "te" | "upgrade"
+                )
             {
                 msgs.push(format!("`strip_headers`: `{h}` is not a header hallpass can remove"));
             } else if credential.and_then(|i| credentials.get(i)).is_some_and(|c| *c.header == *lower) {
@@ -598,9 +601,17 @@ fn compile_rule(
                 strip_headers.push(Box::from(lower.as_str()));
             }
         }
-        // Sorted: rules that remove the same headers compare equal (batches).
-        strip_headers.sort();
     }
+    // A credential also removes the other places an agent's own credential travels.
+    if let Some(c) = credential.and_then(|i| credentials.get(i)) {
+        for h in crate::credentials::DEFAULT_STRIP {
+            if h != &*c.header && !strip_headers.iter().any(|x| &**x == h) {
+                strip_headers.push(Box::from(h));
+            }
+        }
+    }
+    // Sorted: rules that remove the same headers compare equal (batches).
+    strip_headers.sort();
     if !msgs.is_empty() {
         return Err(msgs);
     }
