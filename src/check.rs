@@ -146,7 +146,7 @@ impl Checker {
                 Some(hold) => self.hold(&live, &mut staged.decision, hold, &pending.takes, owner, now).await,
                 None => self.limits(&live, &mut staged.decision, &pending.takes, owner, now).await,
             }
-            let inject = self.credentials(&live, &mut staged.decision, pending.batch);
+            let inject = self.credentials(&live, &mut staged.decision, pending.batch, pending.route.as_deref());
             staged.credential = inject.as_ref().and_then(|i| i.credential.clone());
             staged.response = Some(pending.respond(&staged.decision, &decision_id, &live, inject.as_ref()));
         }
@@ -248,7 +248,7 @@ impl Checker {
         let mut credential = missing;
         let (response, pending) = if takes.is_empty() && hold.is_none() {
             let deny_status = live.policy.settings.deny_status;
-            let inject = self.credentials(live, &mut decision, batch);
+            let inject = self.credentials(live, &mut decision, batch, request.route_upstream.as_deref());
             credential = credential.or_else(|| inject.as_ref().and_then(|i| i.credential.clone()));
             let r = check_response(
                 &decision,
@@ -261,7 +261,19 @@ impl Checker {
             );
             (Some(r), None)
         } else {
-            (None, Some(Pending { takes, hold, agent: agent.clone(), on_behalf_of: on_behalf_of.clone(), rpc, batch }))
+            let route = request.route_upstream.clone();
+            (
+                None,
+                Some(Pending {
+                    takes,
+                    hold,
+                    agent: agent.clone(),
+                    on_behalf_of: on_behalf_of.clone(),
+                    rpc,
+                    batch,
+                    route,
+                }),
+            )
         };
         // Denies count toward automatic quarantine for the resolved agent, also when the path
         // was refused (probing with paths that cannot be read is a deny like any other).
@@ -476,6 +488,7 @@ impl Checker {
         live: &LivePolicy,
         decision: &mut Decision,
         batch: Option<usize>,
+        route: Option<&str>,
     ) -> Option<crate::response::Injection> {
         if !decision.allowed() || decision.limited.is_empty() {
             return None;
@@ -507,6 +520,16 @@ impl Checker {
         }
         let mut inject = crate::response::Injection { set: None, remove: strip.to_vec(), credential: None };
         if let Some(c) = credential.and_then(|i| policy.credentials.get(i)) {
+            // Bound to a route: Envoy must be sending this request to that upstream (the host
+            // hallpass decided on is not what routes it: a port, a catch-all route).
+            if let Some(want) = c.route.as_deref().filter(|w| route != Some(*w)) {
+                decision.verdict = Verdict::Deny;
+                decision.message = Some(Arc::from(format!(
+                    "This request is not routed to the upstream the credential `{}` is for (route `{want}`): it is not sent with it.",
+                    c.name
+                )));
+                return None;
+            }
             match self.tokens.token(&c.file) {
                 Some(token) => {
                     inject.set = Some((c.header.clone(), crate::credentials::Secret::new(&c.value(&token))));
@@ -653,6 +676,8 @@ struct Pending {
     rpc: Option<RpcCall>,
     /// A batch's length, when rules that inject allowed its elements.
     batch: Option<usize>,
+    /// The route Envoy selected (its `hallpass` `upstream`).
+    route: Option<String>,
 }
 
 impl Pending {

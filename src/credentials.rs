@@ -96,6 +96,8 @@ pub struct Credential {
     pub header: Box<str>,
     /// The header's value with `{token}` in it.
     pub format: Box<str>,
+    /// The `upstream` the route Envoy selected must name (route metadata `hallpass`), if set.
+    pub route: Option<Box<str>>,
 }
 
 impl Credential {
@@ -150,11 +152,18 @@ pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> (Vec<Credential>, Vec<
             msgs.push(format!("{at}: `format` must contain `{{token}}` once and no control characters"));
             continue;
         }
+        if let Some(r) = &d.route {
+            if r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+                msgs.push(format!("{at}: `route` may only use letters, digits, `.`, `_` and `-`"));
+                continue;
+            }
+        }
         out.push(Credential {
             name: Arc::from(name.as_str()),
             file: PathBuf::from(file),
             header: Box::from(header),
             format: Box::from(format),
+            route: d.route.as_deref().map(Box::from),
         });
     }
     (out, msgs)

@@ -531,6 +531,19 @@ fn through_real_envoy() {
             && echo["headers"].get("x-api-key").is_none(),
         format!("{r:?}"),
     );
+    // Not routed to the CRM (a port Envoy's CRM route does not take; hallpass reads the host
+    // without it): the credential is not sent — denied.
+    let r = go(
+        "GET",
+        "/api/contacts/42",
+        &[("host", "crm.example.com:6666".to_string()), ("authorization", sales_jwt.clone())],
+        None,
+    );
+    expect(
+        "a request Envoy does not route to the CRM gets no CRM token",
+        r.status == 403 && r.json()["message"].as_str().unwrap_or("").contains("not routed"),
+        format!("{r:?}"),
+    );
     // The agent's request for a rule without a credential does not get one.
     let r = go("GET", "/v1/users/alice/messages/m1", &mail(&[]), None);
     expect(

@@ -43,6 +43,9 @@ pub struct CredentialDef {
     pub header: Option<String>,
     /// Its value, `{token}` replaced (default `Bearer {token}`).
     pub format: Option<String>,
+    /// The `upstream` Envoy's route must name (route metadata, namespace `hallpass`) for the
+    /// credential to be injected.
+    pub route: Option<String>,
 }
 
 /// `settings:`.

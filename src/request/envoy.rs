@@ -8,6 +8,9 @@ use envoy_types::ext_authz::v3::pb::CheckRequest;
 
 use super::{add_header, MissingHttpAttributes, Request, RequestParts, JWT_AUTHN_NAMESPACE};
 
+/// The route metadata namespace hallpass reads (`upstream`: what a credential's `route` names).
+pub const ROUTE_NAMESPACE: &str = "hallpass";
+
 impl Request {
     /// Normalize a CheckRequest, consuming it.
     pub fn from_check_request(req: CheckRequest) -> Result<Request, MissingHttpAttributes> {
@@ -51,6 +54,16 @@ pub fn parts(req: CheckRequest) -> Result<RequestParts, MissingHttpAttributes> {
     let method = if http.method.is_empty() { headers.get(":method").cloned().unwrap_or_default() } else { http.method };
     let principal = attrs.source.map(|s| s.principal);
     let jwt = attrs.metadata_context.and_then(|mut m| m.filter_metadata.remove(JWT_AUTHN_NAMESPACE));
+    // The route Envoy selected, as its `hallpass` metadata names it (the filter's
+    // `route_metadata_context_namespaces: [hallpass]`).
+    let route_upstream = attrs
+        .route_metadata_context
+        .and_then(|mut m| m.filter_metadata.remove(ROUTE_NAMESPACE))
+        .and_then(|mut s| s.fields.remove("upstream"))
+        .and_then(|v| match v.kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s),
+            _ => None,
+        });
     let body = if !http.raw_body.is_empty() { http.raw_body } else { http.body.into_bytes() };
-    Ok(RequestParts { method, path, host, headers, body, principal, jwt })
+    Ok(RequestParts { method, path, host, headers, body, principal, jwt, route_upstream })
 }

@@ -56,6 +56,8 @@ pub struct Request {
     pub jwt: Option<Struct>,
     /// The body, parsed on first use.
     pub body: Body,
+    /// The `upstream` of the route Envoy selected (route metadata, namespace `hallpass`).
+    pub route_upstream: Option<String>,
     /// Set only by `hallpass check --agent`: the agent id, bypassing identity sources.
     pub agent_override: Option<String>,
     /// Set only by `hallpass check --on-behalf-of`.
@@ -80,6 +82,9 @@ pub struct RequestParts {
     pub principal: Option<String>,
     /// Verified JWT payloads (provider → payload), as Envoy's jwt_authn puts them.
     pub jwt: Option<Struct>,
+    /// The `upstream` of the `hallpass` namespace of the route Envoy selected (its
+    /// `route_metadata_context`): what a credential bound to a route is checked against.
+    pub route_upstream: Option<String>,
 }
 
 /// The CheckRequest had no HTTP request attributes to decide on.
@@ -96,7 +101,16 @@ impl Request {
     /// Normalize a request from its parts (no Envoy types: `hallpass test`, replay). Header
     /// names must be lowercase, repeated headers joined with `,` (as Envoy does).
     pub fn from_parts(p: RequestParts) -> Request {
-        let RequestParts { method, path: raw_path, host: host_raw, headers, body: bytes, principal, jwt } = p;
+        let RequestParts {
+            method,
+            path: raw_path,
+            host: host_raw,
+            headers,
+            body: bytes,
+            principal,
+            jwt,
+            route_upstream,
+        } = p;
         let (path_part, query_part) = path::split(&raw_path);
         let path = path::normalize(path_part);
         let query = path::parse_query(query_part);
@@ -145,6 +159,7 @@ impl Request {
             principal,
             jwt,
             body,
+            route_upstream,
             agent_override: None,
             on_behalf_of_override: None,
         }
