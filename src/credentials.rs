@@ -50,16 +50,35 @@ pub const DEFAULT_STRIP: [&str; 10] = [
 /// denied (Envoy cannot remove a query parameter, and the upstream may prefer it).
 pub const CREDENTIAL_PARAMS: [&str; 5] = ["access_token", "api_key", "apikey", "auth_token", "key"];
 
-/// [`read_token`] on a thread of its own, abandoned after [`READ_TIMEOUT`].
-fn read_with_timeout(file: &Path) -> Option<Secret> {
+/// Files whose read has not returned yet (a stuck mount): not read again until it does.
+type InFlight = Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>;
+
+/// [`read_token`] on a thread of its own, abandoned after [`READ_TIMEOUT`]. A file whose
+/// earlier read is still stuck is not read again (one stuck thread per file at most): no
+/// token meanwhile.
+fn read_with_timeout(file: &Path, in_flight: &InFlight) -> Option<Secret> {
+    {
+        let mut busy = in_flight.lock().ok()?;
+        if !busy.insert(file.to_path_buf()) {
+            return None;
+        }
+    }
     let (tx, rx) = std::sync::mpsc::channel();
-    let f = file.to_path_buf();
-    std::thread::Builder::new()
-        .name("hallpass-token-read".into())
-        .spawn(move || {
-            let _ = tx.send(read_token(&f));
-        })
-        .ok()?;
+    let (f, busy) = (file.to_path_buf(), Arc::clone(in_flight));
+    let spawned = std::thread::Builder::new().name("hallpass-token-read".into()).spawn(move || {
+        let token = read_token(&f);
+        // Done before the answer is sent: a read right after this one is never refused.
+        if let Ok(mut b) = busy.lock() {
+            b.remove(&f);
+        }
+        let _ = tx.send(token);
+    });
+    if spawned.is_err() {
+        if let Ok(mut b) = in_flight.lock() {
+            b.remove(file);
+        }
+        return None;
+    }
     rx.recv_timeout(READ_TIMEOUT).ok().flatten()
 }
 
@@ -195,6 +214,7 @@ pub fn read_token(file: &Path) -> Option<Secret> {
 #[derive(Debug, Default)]
 pub struct Tokens {
     by_file: ArcSwap<HashMap<PathBuf, Option<Secret>>>,
+    in_flight: InFlight,
 }
 
 impl Tokens {
@@ -215,7 +235,7 @@ impl Tokens {
     pub fn refresh<'a>(&self, files: impl Iterator<Item = &'a Path>) {
         let mut next = HashMap::new();
         for f in files {
-            next.insert(f.to_path_buf(), read_with_timeout(f));
+            next.insert(f.to_path_buf(), read_with_timeout(f, &self.in_flight));
         }
         let changed = {
             let cur = self.by_file.load();
@@ -292,7 +312,15 @@ mod tests {
         let _ = std::fs::remove_file(&fifo);
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         assert!(read_token(&fifo).is_none());
-        assert!(read_with_timeout(&fifo).is_none());
+        let in_flight = InFlight::default();
+        assert!(read_with_timeout(&fifo, &in_flight).is_none());
+        std::fs::write(&f, "ok\n").unwrap();
+        assert_eq!(read_with_timeout(&f, &in_flight).as_ref().map(Secret::expose), Some("ok"));
+        // A read still stuck (as on a hung mount) is not started again: no token meanwhile.
+        in_flight.lock().unwrap().insert(f.clone());
+        assert!(read_with_timeout(&f, &in_flight).is_none(), "one stuck reader per file at most");
+        in_flight.lock().unwrap().remove(&f);
+        assert!(read_with_timeout(&f, &in_flight).is_some());
         assert!(read_token(&dir).is_none(), "a directory");
         std::fs::write(&f, "x".repeat(70_000)).unwrap();
         assert!(read_token(&f).is_none(), "too large");

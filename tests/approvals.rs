@@ -21,7 +21,7 @@ mod common;
 
 const TOKEN: &str = "approvals-test-token-1";
 
-use common::{sha256_hex, InProcess as Server};
+use common::InProcess as Server;
 
 async fn start(dir: &Path) -> Server {
     Server::start(dir, Some(&dir.join("decisions.jsonl"))).await
@@ -164,11 +164,7 @@ async fn receiver() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Value>)
 }
 
 fn setup(name: &str, hook: SocketAddr) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hallpass-approvals-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {}\n", sha256_hex(TOKEN)))
-        .unwrap();
+    let dir = common::approvers_dir(&format!("approvals-{name}"), TOKEN);
     std::fs::write(
         dir.join("policy.yaml"),
         format!(

@@ -39,11 +39,7 @@ async fn rule(srv: &Server, agent: &str) -> String {
 }
 
 fn setup() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hallpass-control-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {}\n", sha256_hex(TOKEN)))
-        .unwrap();
+    let dir = common::approvers_dir("control", TOKEN);
     std::fs::write(
         dir.join("policy.yaml"),
         "version: 1\nidentity:\n  agent: [{header: x-agent-id}]\nsettings:\n  control: { approvers_file: approvers.yaml }\nrules:\n  - { id: all, effect: allow }\n",

@@ -217,6 +217,17 @@ async fn until(within: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<Dur
     None
 }
 
+/// Two replicas on `redis`, ready: connected, scripts loaded, the quarantine list read (a
+/// first Check on a replica still connecting would meet the 50 ms store deadline on a busy
+/// machine).
+async fn two_ready_replicas(policy: &Path, redis: &str) -> (Replica, Replica) {
+    let (a, b) = (Replica::start(policy, redis).await, Replica::start(policy, redis).await);
+    for r in [&a, &b] {
+        assert!(until(Duration::from_secs(5), async || readyz(r.admin).await.0 == 200).await.is_some());
+    }
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_limits_and_quarantines_through_redis() {
     let Some(bin) = common::tool("redis-server") else { return };
@@ -224,12 +235,7 @@ async fn replicas_share_limits_and_quarantines_through_redis() {
     let _ = std::fs::remove_dir_all(&dir);
     let policy = setup(&dir);
     let mut redis = Redis::start(&bin, &dir, None);
-    let (a, b) = (Replica::start(&policy, &redis.url()).await, Replica::start(&policy, &redis.url()).await);
-    // Ready: connected, scripts loaded, the quarantine list read (a first Check on a replica
-    // still connecting would meet the 50 ms store deadline on a busy machine).
-    for r in [&a, &b] {
-        assert!(until(Duration::from_secs(5), async || readyz(r.admin).await.0 == 200).await.is_some());
-    }
+    let (a, b) = two_ready_replicas(&policy, &redis.url()).await;
 
     // -- one limit, two replicas: an agent alternating between them gets 10 in total, not 20.
     let mut allowed = 0;
@@ -395,11 +401,7 @@ rules:
     )
     .unwrap();
     let redis = Redis::start(&bin, &dir, None);
-    let (a, b) = (Replica::start(&policy, &redis.url()).await, Replica::start(&policy, &redis.url()).await);
-    // Ready: connected, scripts loaded, the quarantine list read.
-    for r in [&a, &b] {
-        assert!(until(Duration::from_secs(5), async || readyz(r.admin).await.0 == 200).await.is_some());
-    }
+    let (a, b) = two_ready_replicas(&policy, &redis.url()).await;
 
     // -- held on A, pending on B too (one store), the same id on both.
     let (id, status) = approval(a.body_of("/wire/acme", "bot-1").await);

@@ -201,6 +201,17 @@ pub fn ready<F: std::future::Future>(f: F) -> F::Output {
     hallpass::check::ready_now(f).expect("the in-memory pipeline never waits")
 }
 
+/// A fresh test directory `hallpass-<name>-<pid>` with an approvers file naming `ops` with
+/// `token`.
+pub fn approvers_dir(name: &str, token: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hallpass-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {}\n", sha256_hex(token)))
+        .unwrap();
+    dir
+}
+
 /// SHA-256 in hex (approvers files list token digests).
 pub fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
