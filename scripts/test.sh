@@ -34,6 +34,9 @@ command -v npm >/dev/null 2>&1 || APT_NEED="$APT_NEED nodejs npm"
 command -v redis-server >/dev/null 2>&1 || APT_NEED="$APT_NEED redis-server"
 # a real browser for the approval console (tests/approvals.rs, driven by tests/console/console.mjs)
 command -v chromium >/dev/null 2>&1 || APT_NEED="$APT_NEED chromium"
+# a real OAuth 2.0 server (npm oidc-provider, tests/oauth/) for credential custody; openssl
+# makes its test CA (tests/oauth.rs)
+command -v openssl >/dev/null 2>&1 || APT_NEED="$APT_NEED openssl"
 if [ -n "$APT_NEED" ]; then
   echo "== installing$APT_NEED (Debian packages)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -41,7 +44,7 @@ if [ -n "$APT_NEED" ]; then
   # shellcheck disable=SC2086 # a list of package names
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $APT_NEED >/dev/null
 fi
-for dir in tests/upstreams/express tests/upstreams/mcp tests/console; do
+for dir in tests/upstreams/express tests/upstreams/mcp tests/console tests/oauth; do
   if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     echo "== npm ci in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)

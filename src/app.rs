@@ -204,14 +204,8 @@ pub async fn run(
     if let Some(c) = &cache {
         authz = authz.with_cache(c.clone());
     }
-    // Token files read before the first Check (then every 250 ms).
-    {
-        let (tokens, live) = (authz.tokens().clone(), store.handle().load_full());
-        let _ = tokio::task::spawn_blocking(move || {
-            tokens.refresh(live.policy.credentials.iter().map(|c| c.file.as_path()));
-        })
-        .await;
-    }
+    // Token files read and OAuth2 tokens requested before the first Check (then kept fresh).
+    authz.tokens().prime(store.handle().load_full().policy.credentials.clone()).await;
     let tokens_task = tokio::spawn(authz.tokens().clone().run(store.handle(), stopped(stop_rx.clone())));
     let log_writer = sink.map(|sink| {
         let m = metrics.clone();

@@ -134,9 +134,22 @@ impl Checker {
     pub async fn check(&self, req: CheckRequest, now: Timestamp) -> Checked {
         let live = self.policy.load_full();
         let decision_id = self.ids.next_id();
-        let staged = catch_unwind(AssertUnwindSafe(|| self.decide(&live, req, &decision_id, now)));
+        let staged = catch_unwind(AssertUnwindSafe(|| {
+            let request = self.request(req)?;
+            Some(self.decide(&live, request, &decision_id, now, true))
+        }));
+        // An OAuth2 credential without a valid token and a token request in flight: wait for
+        // it (the one request every such Check waits for), then decide again, without waiting.
+        let staged = match staged {
+            Ok(Some(Decided::Wait(request, waiter))) => {
+                waiter.wait().await;
+                catch_unwind(AssertUnwindSafe(|| Some(self.decide(&live, *request, &decision_id, now, false))))
+            }
+            other => other,
+        };
         let mut staged = match staged {
-            Ok(Some(s)) => s,
+            Ok(Some(Decided::Staged(s))) => s,
+            Ok(Some(Decided::Wait(..))) => Staged::refused(Decision::internal_error()),
             Ok(None) => Staged::refused(Decision::invalid_request()),
             Err(_) => Staged::refused(Decision::internal_error()),
         };
@@ -183,10 +196,9 @@ impl Checker {
         }
     }
 
-    /// The synchronous stages, one per line. `None`: the CheckRequest carries no HTTP
-    /// request.
-    fn decide(&self, live: &LivePolicy, req: CheckRequest, decision_id: &str, now: Timestamp) -> Option<Staged> {
-        let request = self.request(req)?;
+    /// The synchronous stages, one per line. With `may_wait`, a credential whose token is
+    /// being requested hands the request back to wait for it.
+    fn decide(&self, live: &LivePolicy, request: Request, decision_id: &str, now: Timestamp, may_wait: bool) -> Decided {
         let ident = resolve_identity(&live.policy, &request);
         let path_ok = checked_path(&live.policy, &request).is_ok();
         let quarantined = self.quarantine(path_ok, ident, now);
@@ -199,7 +211,12 @@ impl Checker {
         let mut hold = self.holds(live, &request, ident, &mut decision, now);
         // A credential without a token denies before the limits are charged (a request its
         // rule cannot let through consumes no budget); it is injected after them.
-        let missing = if hold.is_none() && decision.allowed() { self.token_missing(live, &decision) } else { None };
+        let missing = match (hold.is_none() && decision.allowed()).then(|| self.token_missing(live, &decision)) {
+            Some(Missing::Wait(w)) if may_wait => return Decided::Wait(Box::new(request), w),
+            Some(Missing::Wait(_)) => self.token_missing_name(live, &decision),
+            Some(Missing::Yes(name)) => Some(name),
+            Some(Missing::No) | None => None,
+        };
         if missing.is_some() {
             decision.verdict = Verdict::Deny;
             decision.rule = RuleId::CredentialUnavailable;
@@ -282,7 +299,7 @@ impl Checker {
             _ => None,
         };
         let summary = self.summary(request, &decision, (agent, on_behalf_of));
-        Some(Staged { decision, cache, summary, response, pending, agent: counted, credential })
+        Decided::Staged(Staged { decision, cache, summary, response, pending, agent: counted, credential })
     }
 
     /// Stage `request`: the Envoy adapter (a body over the limit counts as truncated).
@@ -471,11 +488,28 @@ impl Checker {
 }
 
 impl Checker {
-    /// The credential of a rule that allowed the request that has no usable token, if any.
-    fn token_missing(&self, live: &LivePolicy, decision: &Decision) -> Option<Arc<str>> {
+    /// Whether a credential of a rule that allowed the request has no usable token now (and
+    /// whether one is being requested).
+    fn token_missing(&self, live: &LivePolicy, decision: &Decision) -> Missing {
+        for by in &decision.limited {
+            let Some(c) = live.policy.rules.get(by.rule).and_then(|r| r.credential).and_then(|i| live.policy.credentials.get(i))
+            else {
+                continue;
+            };
+            match self.tokens.lookup(c) {
+                crate::oauth::Lookup::Ready(_) => {}
+                crate::oauth::Lookup::Wait(w) => return Missing::Wait(w),
+                crate::oauth::Lookup::Missing => return Missing::Yes(c.name.clone()),
+            }
+        }
+        Missing::No
+    }
+
+    /// The first credential of a rule that allowed the request without a valid token now.
+    fn token_missing_name(&self, live: &LivePolicy, decision: &Decision) -> Option<Arc<str>> {
         decision.limited.iter().find_map(|by| {
             let c = live.policy.rules.get(by.rule)?.credential.and_then(|i| live.policy.credentials.get(i))?;
-            self.tokens.token(&c.file).is_none().then(|| c.name.clone())
+            self.tokens.current(c).is_none().then(|| c.name.clone())
         })
     }
 
@@ -530,7 +564,7 @@ impl Checker {
                 )));
                 return None;
             }
-            match self.tokens.token(&c.file) {
+            match self.tokens.current(c) {
                 Some(token) => {
                     inject.set = Some((c.header.clone(), crate::credentials::Secret::new(&c.value(&token))));
                     inject.credential = Some(c.name.clone());
@@ -550,6 +584,26 @@ impl Checker {
         }
         Some(inject)
     }
+}
+
+/// What [`Checker::decide`] gives: the staged decision, or the request handed back to wait for
+/// a credential's token request in flight.
+#[allow(clippy::large_enum_variant, reason = "returned once per Check and matched at once, as `Option<Staged>` was; boxing would allocate per Check")]
+enum Decided {
+    /// Decided (the async stages may follow).
+    Staged(Staged),
+    /// Wait, then decide again.
+    Wait(Box<Request>, crate::oauth::Waiter),
+}
+
+/// Whether an allowed request's credential has no token now.
+enum Missing {
+    /// Every credential has one.
+    No,
+    /// This one has none.
+    Yes(Arc<str>),
+    /// One is being requested.
+    Wait(crate::oauth::Waiter),
 }
 
 /// Whether a rule with a credential allowed a request whose query carries a credential

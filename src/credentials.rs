@@ -3,12 +3,12 @@
 //! the credential's header (default `authorization: Bearer {token}`) on the upstream request,
 //! overwriting whatever the agent sent, and to remove the rule's `strip_headers`.
 //!
-//! This version reads tokens from files (a mounted Kubernetes Secret): each file is re-read
-//! every [`REFRESH`] by one background task, so a rewritten file (a ConfigMap/Secret `..data`
-//! swap included) is in force within a second; a Check reads the token from memory. A file
-//! that is missing, unreadable or empty leaves the credential without a token: its requests
-//! are denied with `credential_unavailable` (HTTP 503). OAuth2 token custody is refused at
-//! load for now.
+//! A token comes from a file (a mounted Kubernetes Secret) or from an OAuth2 token endpoint
+//! ([`crate::oauth`]). Files are re-read every [`REFRESH`] by one background task, so a
+//! rewritten file (a ConfigMap/Secret `..data` swap included) is in force within a second; a
+//! Check reads the token from memory. A file that is missing, unreadable or empty, or an
+//! OAuth2 credential whose token expired and could not be renewed, leaves the credential
+//! without a token: its requests are denied with `credential_unavailable` (HTTP 503).
 //!
 //! A token lives in a [`Secret`], which prints as `Secret(…)` and has no `Display` or
 //! `Serialize`: it can reach Envoy's answer and nothing else (records, logs, metrics,
@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::oauth::{Lookup, OAuth2, Observer, Slot, Waiter};
 use crate::policy::model::CredentialDef;
 
 /// How often token files are re-read.
@@ -51,12 +52,12 @@ pub const DEFAULT_STRIP: [&str; 10] = [
 pub const CREDENTIAL_PARAMS: [&str; 5] = ["access_token", "api_key", "apikey", "auth_token", "key"];
 
 /// Files whose read has not returned yet (a stuck mount): not read again until it does.
-type InFlight = Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>;
+pub(crate) type InFlight = Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>;
 
 /// [`read_token`] on a thread of its own, abandoned after [`READ_TIMEOUT`]. A file whose
 /// earlier read is still stuck is not read again (one stuck thread per file at most): no
 /// token meanwhile.
-fn read_with_timeout(file: &Path, in_flight: &InFlight) -> Option<Secret> {
+pub(crate) fn read_with_timeout(file: &Path, in_flight: &InFlight) -> Option<Secret> {
     {
         let mut busy = in_flight.lock().ok()?;
         if !busy.insert(file.to_path_buf()) {
@@ -104,13 +105,22 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Where a credential's token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A token file (absolute).
+    File(PathBuf),
+    /// An OAuth2 token endpoint.
+    OAuth2(Arc<crate::oauth::OAuth2>),
+}
+
 /// A compiled credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     /// Its name in the policy.
     pub name: Arc<str>,
-    /// The token file (absolute).
-    pub file: PathBuf,
+    /// Where the token comes from.
+    pub source: Source,
     /// The header set on allow (lowercase).
     pub header: Box<str>,
     /// The header's value with `{token}` in it.
@@ -137,20 +147,28 @@ pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> (Vec<Credential>, Vec<
             msgs.push(format!("{at}: a credential name may only use letters, digits, `.`, `_` and `-`"));
             continue;
         }
-        if d.oauth2.is_some() {
-            msgs.push(format!(
-                "{at}: `oauth2` credentials are not supported by this version of hallpass yet (use `file:`)"
-            ));
-            continue;
-        }
-        let Some(file) = &d.file else {
-            msgs.push(format!("{at}: give `file:` (a mounted token file)"));
-            continue;
+        let source = match (&d.file, &d.oauth2) {
+            (Some(_), Some(_)) => {
+                msgs.push(format!("{at}: give `file:` or `oauth2:`, not both"));
+                continue;
+            }
+            (None, None) => {
+                msgs.push(format!("{at}: give `file:` (a mounted token file) or `oauth2:` (a token endpoint)"));
+                continue;
+            }
+            (Some(file), None) if !Path::new(file).is_absolute() => {
+                msgs.push(format!("{at}: `file` `{file}` must be an absolute path (a mounted Secret)"));
+                continue;
+            }
+            (Some(file), None) => Source::File(PathBuf::from(file)),
+            (None, Some(o)) => match crate::oauth::compile(&at, o) {
+                Ok(o) => Source::OAuth2(Arc::new(o)),
+                Err(m) => {
+                    msgs.push(m);
+                    continue;
+                }
+            },
         };
-        if !Path::new(file).is_absolute() {
-            msgs.push(format!("{at}: `file` `{file}` must be an absolute path (a mounted Secret)"));
-            continue;
-        }
         let header = d.header.as_deref().unwrap_or("authorization");
         if !crate::policy::compile::valid_header_name(header) || header.starts_with(':') {
             msgs.push(format!("{at}: `header` `{header}` is not a lowercase HTTP header name"));
@@ -179,7 +197,7 @@ pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> (Vec<Credential>, Vec<
         }
         out.push(Credential {
             name: Arc::from(name.as_str()),
-            file: PathBuf::from(file),
+            source,
             header: Box::from(header),
             format: Box::from(format),
             route: d.route.as_deref().map(Box::from),
@@ -210,11 +228,22 @@ pub fn read_token(file: &Path) -> Option<Secret> {
     Some(Secret::new(line))
 }
 
-/// The tokens in force, by file; read off the Check path.
-#[derive(Debug, Default)]
+/// The tokens in force: by file, and by OAuth2 credential; read off the Check path.
+#[derive(Default)]
 pub struct Tokens {
     by_file: ArcSwap<HashMap<PathBuf, Option<Secret>>>,
     in_flight: InFlight,
+    /// OAuth2 credentials by name (a slot whose configuration changed is replaced).
+    oauth: ArcSwap<HashMap<Arc<str>, Arc<Slot>>>,
+    /// Serializes adding slots (rare: a credential's first use).
+    adding: std::sync::Mutex<()>,
+    observer: std::sync::OnceLock<Observer>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").finish_non_exhaustive()
+    }
 }
 
 impl Tokens {
@@ -223,10 +252,75 @@ impl Tokens {
         Tokens::default()
     }
 
+    /// Be told of each OAuth2 token request's result (metrics); once, before use.
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
     /// The token of `file`, from memory (no I/O on a Check). A file not read yet (a
     /// credential a reload just added, until the next refresh) has none: denied.
     pub fn token(&self, file: &Path) -> Option<Secret> {
         self.by_file.load().get(file).cloned().flatten()
+    }
+
+    /// The token of credential `c` from memory, or (OAuth2, no valid token) a wait for the one
+    /// token request in flight.
+    pub fn lookup(&self, c: &Credential) -> Lookup {
+        match &c.source {
+            Source::File(f) => self.token(f).map_or(Lookup::Missing, Lookup::Ready),
+            Source::OAuth2(def) => self.slot(&c.name, def).lookup(),
+        }
+    }
+
+    /// The token of credential `c` from memory, if there is a valid one (never waits).
+    pub fn current(&self, c: &Credential) -> Option<Secret> {
+        match &c.source {
+            Source::File(f) => self.token(f),
+            Source::OAuth2(def) => self.slot(&c.name, def).token(),
+        }
+    }
+
+    /// The slot of OAuth2 credential `name` with configuration `def`, added if new.
+    fn slot(&self, name: &Arc<str>, def: &Arc<OAuth2>) -> Arc<Slot> {
+        let same = |s: &Arc<Slot>| Arc::ptr_eq(&s.def, def) || *s.def == **def;
+        if let Some(s) = self.oauth.load().get(name).filter(|s| same(s)) {
+            return Arc::clone(s);
+        }
+        let _one = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cur = self.oauth.load_full();
+        if let Some(s) = cur.get(name).filter(|s| same(s)) {
+            return Arc::clone(s);
+        }
+        let slot = Arc::new(Slot::new(Arc::clone(name), Arc::clone(def), self.observer.get().cloned()));
+        let mut next = (*cur).clone();
+        next.insert(Arc::clone(name), Arc::clone(&slot));
+        self.oauth.store(Arc::new(next));
+        slot
+    }
+
+    /// Start the token requests due (none yet, or past the refresh time) of the OAuth2
+    /// credentials in `credentials`, and forget the slots of the others. The waiters of the
+    /// requests started.
+    pub fn refresh_oauth(&self, credentials: &[Credential]) -> Vec<Waiter> {
+        let mut waiters = Vec::new();
+        let mut live = std::collections::HashSet::new();
+        for c in credentials {
+            if let Source::OAuth2(def) = &c.source {
+                let slot = self.slot(&c.name, def);
+                live.insert(Arc::clone(&c.name));
+                if slot.due() {
+                    waiters.extend(slot.start());
+                }
+            }
+        }
+        let cur = self.oauth.load();
+        if cur.len() != live.len() || cur.keys().any(|k| !live.contains(k)) {
+            let _one = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next = (**self.oauth.load()).clone();
+            next.retain(|k, _| live.contains(k));
+            self.oauth.store(Arc::new(next));
+        }
+        waiters
     }
 
     /// Re-read every file in `files` (and forget the others), each within [`READ_TIMEOUT`]:
@@ -251,7 +345,19 @@ impl Tokens {
         }
     }
 
-    /// Keep the token files of the live policy fresh until `stop` resolves.
+    /// Read the token files of `credentials` and get their OAuth2 tokens (waiting at most
+    /// [`crate::oauth::WAIT`]): before serving.
+    pub async fn prime(self: &Arc<Self>, credentials: Vec<Credential>) {
+        let waiters = self.refresh_oauth(&credentials);
+        let me = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || me.refresh(files(&credentials))).await;
+        for w in waiters {
+            w.wait().await;
+        }
+    }
+
+    /// Keep the tokens of the live policy fresh until `stop` resolves: token files re-read,
+    /// OAuth2 tokens requested ahead of expiry (and retried after failures).
     pub async fn run(
         self: Arc<Self>,
         policy: crate::reload::PolicyHandle,
@@ -265,16 +371,25 @@ impl Tokens {
                 _ = &mut stop => break,
                 _ = tick.tick() => {
                     let live = policy.load_full();
+                    let _ = self.refresh_oauth(&live.policy.credentials);
                     let me = Arc::clone(&self);
                     // File reads off the async runtime.
                     let _ = tokio::task::spawn_blocking(move || {
-                        me.refresh(live.policy.credentials.iter().map(|c| c.file.as_path()));
+                        me.refresh(files(&live.policy.credentials));
                     })
                     .await;
                 }
             }
         }
     }
+}
+
+/// The token files of `credentials`.
+fn files(credentials: &[Credential]) -> impl Iterator<Item = &Path> {
+    credentials.iter().filter_map(|c| match &c.source {
+        Source::File(f) => Some(f.as_path()),
+        Source::OAuth2(_) => None,
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ pub mod credentials;
 pub mod decision_log;
 pub mod explain;
 pub mod limits;
+pub mod oauth;
 pub mod policy;
 pub mod quarantine;
 pub mod reload;

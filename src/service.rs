@@ -38,7 +38,12 @@ pub struct Authz {
 impl Authz {
     /// A service deciding against the live `policy`, recording into `metrics` if given.
     pub fn new(policy: PolicyHandle, metrics: Option<Metrics>) -> Authz {
-        Authz { checker: Checker::new(policy), metrics, check_delay: None, log: None }
+        let checker = Checker::new(policy);
+        if let Some(m) = &metrics {
+            let m = m.clone();
+            checker.tokens.observe(Arc::new(move |credential: &str, result: &'static str| m.token_request(credential, result)));
+        }
+        Authz { checker, metrics, check_delay: None, log: None }
     }
 
     /// Write a decision record for every Check to `log`; `include_query` adds the decoded

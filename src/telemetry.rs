@@ -56,6 +56,8 @@ pub struct Metrics {
     limits: IntCounterVec,
     /// Metrics of the state store and quarantines.
     pub state: StateMetrics,
+    /// `hallpass_credential_token_requests_total{credential,result}`.
+    token_requests: IntCounterVec,
 }
 
 /// Metrics of the state store (agent-controls.md §7) and of quarantines (§5). On the Check
@@ -355,6 +357,14 @@ impl Metrics {
             &["rule", "result"],
         )?;
         registry.register(Box::new(limits.clone()))?;
+        let token_requests = IntCounterVec::new(
+            Opts::new(
+                "hallpass_credential_token_requests_total",
+                "OAuth2 token requests by credential and result (ok, error); the token in force is used until it expires.",
+            ),
+            &["credential", "result"],
+        )?;
+        registry.register(Box::new(token_requests.clone()))?;
         let state = StateMetrics::new(&registry)?;
         let handles = Handles {
             by_rule: Arc::new(ArcSwap::from_pointee(HashMap::default())),
@@ -375,6 +385,7 @@ impl Metrics {
             invalid_paths,
             limits,
             state,
+            token_requests,
             log_dropped,
             handles,
         };
@@ -414,6 +425,11 @@ impl Metrics {
             Some(c) => c.inc(),
             None => self.invalid_paths.with_label_values(&[reason]).inc(),
         }
+    }
+
+    /// One OAuth2 token request of `credential`: `ok` or `error`.
+    pub fn token_request(&self, credential: &str, result: &str) {
+        self.token_requests.with_label_values(&[credential, result]).inc();
     }
 
     /// Count a dropped decision record.

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -142,13 +141,6 @@ fn denied(r: &CheckResponse) -> (i32, serde_json::Value) {
     }
 }
 
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_injected_rotated_and_never_shown() {
@@ -273,8 +265,8 @@ async fn credentials_are_injected_rotated_and_never_shown() {
     }
 
     // -- no secret in any output channel but the answer to Envoy.
-    let metrics = http_get(srv.admin, "/metrics");
-    let policy_status = http_get(srv.admin, "/policy");
+    let metrics = common::http_get(srv.admin, "/metrics");
+    let policy_status = common::http_get(srv.admin, "/policy");
     let meta = {
         let r = check(srv.grpc, "GET", "/contacts", None).await;
         format!("{:?}", r.dynamic_metadata)

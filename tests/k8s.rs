@@ -134,7 +134,8 @@ fn deployment_is_hardened_and_runs_hallpass_as_a_native_sidecar() {
     assert_eq!(vol["secret"]["defaultMode"], Value::from(0o440));
     let policy = hallpass::policy::Policy::from_yaml(&read("config/policy.yaml"), "config/policy.yaml").unwrap();
     for c in &policy.credentials {
-        assert!(c.file.starts_with("/var/run/secrets/hallpass"), "{}: mounted from the Secret", c.name);
+        let hallpass::credentials::Source::File(f) = &c.source else { continue };
+        assert!(f.starts_with("/var/run/secrets/hallpass"), "{}: mounted from the Secret", c.name);
     }
 }
 

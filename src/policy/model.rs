@@ -37,8 +37,8 @@ pub struct PolicyFile {
 pub struct CredentialDef {
     /// A file holding the token (its first line), re-read when it changes.
     pub file: Option<String>,
-    /// An OAuth2 token endpoint (not yet supported).
-    pub oauth2: Option<Value>,
+    /// An OAuth2 token endpoint hallpass gets the token from (and refreshes it).
+    pub oauth2: Option<OAuth2Def>,
     /// The header set on allow (default `authorization`).
     pub header: Option<String>,
     /// Its value, `{token}` replaced (default `Bearer {token}`).
@@ -46,6 +46,31 @@ pub struct CredentialDef {
     /// The `upstream` Envoy's route must name (route metadata, namespace `hallpass`) for the
     /// credential to be injected.
     pub route: Option<String>,
+}
+
+/// `credentials.<name>.oauth2`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Def {
+    /// The token endpoint: `https://`, or `http://` to a loopback address.
+    pub token_url: String,
+    /// `client_credentials` or `refresh_token`.
+    pub grant: String,
+    /// The client id.
+    pub client_id: String,
+    /// A file holding the client secret (its first line).
+    pub client_secret_file: Option<String>,
+    /// A file holding the refresh token to start from (`grant: refresh_token`).
+    pub refresh_token_file: Option<String>,
+    /// Scopes asked for.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// How long before expiry the token is refreshed (default 60s).
+    pub refresh_before: Option<String>,
+    /// How the client authenticates: `basic` (default) or `post`.
+    pub client_auth: Option<String>,
+    /// PEM file of CA certificates trusted for the endpoint, besides the system's.
+    pub ca_file: Option<String>,
 }
 
 /// `settings:`.

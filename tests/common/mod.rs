@@ -278,3 +278,147 @@ impl InProcess {
         (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
     }
 }
+
+/// The real OAuth 2.0 server of the credential tests: `tests/oauth/server.mjs` (npm
+/// `oidc-provider`) on loopback, its clients' secrets and token lifetime from `env`. `None`
+/// (skipped) without `node` or its `npm ci`, unless HALLPASS_REQUIRE_TOOLS=1.
+#[allow(dead_code, reason = "not every test crate uses every helper")]
+pub struct OAuthServer {
+    child: std::process::Child,
+    env: Vec<(String, String)>,
+    /// Its port (kept across a restart).
+    pub port: u16,
+    /// `http(s)://127.0.0.1:port`.
+    pub issuer: String,
+}
+
+#[allow(dead_code, reason = "not every test crate uses every helper")]
+impl OAuthServer {
+    pub fn start(env: &[(&str, &str)]) -> Option<OAuthServer> {
+        tool("node")?;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oauth");
+        if !std::path::Path::new(dir).join("node_modules/oidc-provider").is_dir() {
+            assert!(std::env::var("HALLPASS_REQUIRE_TOOLS").as_deref() != Ok("1"), "npm ci in tests/oauth first");
+            eprintln!("SKIPPED: tests/oauth has no node_modules (scripts/test.sh installs them)");
+            return None;
+        }
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (child, port, issuer) = Self::spawn(&env, 0);
+        Some(OAuthServer { child, env, port, issuer })
+    }
+
+    fn spawn(env: &[(String, String)], port: u16) -> (std::process::Child, u16, String) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("node")
+            .arg("server.mjs")
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oauth"))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        while let Some(Ok(line)) = out.next() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if let (Some(p), Some(i)) = (v["port"].as_u64(), v["issuer"].as_str()) {
+                    // The rest of its output is drained (a closed pipe would end the server).
+                    std::thread::spawn(move || out.for_each(|l| eprintln!("oauth server: {}", l.unwrap_or_default())));
+                    return (child, p as u16, i.to_string());
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the OAuth server did not start");
+    }
+
+    /// Stop it (the endpoint is down: connections refused).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port (a fresh server: clients as configured, no tokens).
+    pub fn restart(&mut self) {
+        self.stop();
+        let t = std::time::Instant::now();
+        loop {
+            // The port may still be held for a moment.
+            let env = self.env.clone();
+            let port = self.port;
+            match std::panic::catch_unwind(move || Self::spawn(&env, port)) {
+                Ok((child, _, _)) => {
+                    self.child = child;
+                    return;
+                }
+                Err(_) if t.elapsed() < std::time::Duration::from_secs(5) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        hallpass::oauth::install_crypto();
+        reqwest::Client::builder().build().unwrap()
+    }
+
+    /// Token requests counted at the server: `{token_requests, by_grant, by_status}`.
+    pub async fn stats(&self) -> serde_json::Value {
+        let r = Self::client().get(format!("{}/_test/stats", self.issuer)).send().await.unwrap();
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    }
+
+    /// Delay every token response by `ms`.
+    pub async fn delay(&self, ms: u64) {
+        let r = Self::client().post(format!("{}/_test/delay?ms={ms}", self.issuer)).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// What the server says of `token` (RFC 7662 introspection), asked as `client`.
+    pub async fn introspect(&self, client: &str, secret: &str, token: &str) -> serde_json::Value {
+        let r = Self::client()
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(client, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    }
+
+    /// A raw token request (form `body`) as `client`: status and JSON.
+    pub async fn token(&self, client: &str, secret: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = Self::client()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&body))))
+    }
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A plain HTTP/1.1 GET (admin endpoints): the whole response, status line included.
+#[allow(dead_code, reason = "not every test crate uses every helper")]
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
