@@ -198,7 +198,14 @@ impl Checker {
 
     /// The synchronous stages, one per line. With `may_wait`, a credential whose token is
     /// being requested hands the request back to wait for it.
-    fn decide(&self, live: &LivePolicy, request: Request, decision_id: &str, now: Timestamp, may_wait: bool) -> Decided {
+    fn decide(
+        &self,
+        live: &LivePolicy,
+        request: Request,
+        decision_id: &str,
+        now: Timestamp,
+        may_wait: bool,
+    ) -> Decided {
         let ident = resolve_identity(&live.policy, &request);
         let path_ok = checked_path(&live.policy, &request).is_ok();
         let quarantined = self.quarantine(path_ok, ident, now);
@@ -492,7 +499,8 @@ impl Checker {
     /// whether one is being requested).
     fn token_missing(&self, live: &LivePolicy, decision: &Decision) -> Missing {
         for by in &decision.limited {
-            let Some(c) = live.policy.rules.get(by.rule).and_then(|r| r.credential).and_then(|i| live.policy.credentials.get(i))
+            let Some(c) =
+                live.policy.rules.get(by.rule).and_then(|r| r.credential).and_then(|i| live.policy.credentials.get(i))
             else {
                 continue;
             };
@@ -588,7 +596,10 @@ impl Checker {
 
 /// What [`Checker::decide`] gives: the staged decision, or the request handed back to wait for
 /// a credential's token request in flight.
-#[allow(clippy::large_enum_variant, reason = "returned once per Check and matched at once, as `Option<Staged>` was; boxing would allocate per Check")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per Check and matched at once, as `Option<Staged>` was; boxing would allocate per Check"
+)]
 enum Decided {
     /// Decided (the async stages may follow).
     Staged(Staged),

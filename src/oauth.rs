@@ -133,7 +133,8 @@ pub fn compile(at: &str, d: &OAuth2Def) -> Result<OAuth2, String> {
     if d.client_id.is_empty() || d.client_id.chars().any(|c| c.is_control()) {
         return Err(format!("{at}: `client_id` must be a non-empty string without control characters"));
     }
-    let client_secret_file = d.client_secret_file.as_deref().map(|f| absolute(at, "client_secret_file", f)).transpose()?;
+    let client_secret_file =
+        d.client_secret_file.as_deref().map(|f| absolute(at, "client_secret_file", f)).transpose()?;
     if client_secret_file.is_none() && grant == Grant::ClientCredentials {
         return Err(format!("{at}: `grant: client_credentials` needs `client_secret_file`"));
     }
@@ -319,7 +320,8 @@ impl Slot {
         match result {
             Ok(f) => {
                 let expires_at = sent + f.lifetime;
-                let refresh_at = (sent + f.lifetime / 2).max(expires_at.checked_sub(self.def.refresh_before).unwrap_or(sent));
+                let refresh_at =
+                    (sent + f.lifetime / 2).max(expires_at.checked_sub(self.def.refresh_before).unwrap_or(sent));
                 self.issued.store(Some(Arc::new(Issued { token: f.token, expires_at, refresh_at })));
                 let recovered = {
                     let mut a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
@@ -445,7 +447,8 @@ impl Slot {
         if let Some((id, s)) = basic {
             req = req.basic_auth(id, Some(s));
         }
-        let mut resp = req.send().await.map_err(|e| format!("the token endpoint could not be reached: {}", chain(e)))?;
+        let mut resp =
+            req.send().await.map_err(|e| format!("the token endpoint could not be reached: {}", chain(e)))?;
         let status = resp.status();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| format!("the token response broke off: {}", chain(e)))? {
@@ -456,8 +459,13 @@ impl Slot {
         }
         let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
         if !status.is_success() {
-            let code = json.as_ref().and_then(|j| j.get("error")).and_then(|e| e.as_str()).map(safe).unwrap_or_default();
-            return Err(format!("the token endpoint answered {}{}{code}", status.as_u16(), if code.is_empty() { "" } else { ": " }));
+            let code =
+                json.as_ref().and_then(|j| j.get("error")).and_then(|e| e.as_str()).map(safe).unwrap_or_default();
+            return Err(format!(
+                "the token endpoint answered {}{}{code}",
+                status.as_u16(),
+                if code.is_empty() { "" } else { ": " }
+            ));
         }
         let Some(serde_json::Value::Object(j)) = json else {
             return Err("the token response is not a JSON object".into());
@@ -581,7 +589,9 @@ mod tests {
 
     #[test]
     fn token_urls_are_https_or_loopback() {
-        for ok in ["https://idp.example.com/token", "http://127.0.0.1:8080/token", "http://[::1]/t", "http://127.9.9.9/t"] {
+        for ok in
+            ["https://idp.example.com/token", "http://127.0.0.1:8080/token", "http://[::1]/t", "http://127.9.9.9/t"]
+        {
             assert!(compile("x", &def(ok)).is_ok(), "{ok}");
         }
         for bad in [
@@ -620,7 +630,9 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap() {
-        for (n, lo, hi) in [(1, 400, 600), (2, 800, 1200), (3, 1600, 2400), (4, 3200, 4800), (9, 4000, 6000), (40, 4000, 6000)] {
+        for (n, lo, hi) in
+            [(1, 400, 600), (2, 800, 1200), (3, 1600, 2400), (4, 3200, 4800), (9, 4000, 6000), (40, 4000, 6000)]
+        {
             let d = backoff(n).as_millis();
             assert!((lo..=hi).contains(&d), "{n}: {d}");
         }

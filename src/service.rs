@@ -41,7 +41,9 @@ impl Authz {
         let checker = Checker::new(policy);
         if let Some(m) = &metrics {
             let m = m.clone();
-            checker.tokens.observe(Arc::new(move |credential: &str, result: &'static str| m.token_request(credential, result)));
+            checker
+                .tokens
+                .observe(Arc::new(move |credential: &str, result: &'static str| m.token_request(credential, result)));
         }
         Authz { checker, metrics, check_delay: None, log: None }
     }

@@ -141,7 +141,6 @@ fn denied(r: &CheckResponse) -> (i32, serde_json::Value) {
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_injected_rotated_and_never_shown() {
     let (dir, policy) = setup();

@@ -552,6 +552,64 @@ fn through_real_envoy() {
         format!("{r:?}"),
     );
 
+    // -- OAuth2 custody: the CRM credential switched (a policy reload) to a client_credentials
+    // token from a real OAuth 2.0 server (npm oidc-provider); the CRM receives the server's
+    // token whether the agent sent its own or none.
+    if let Some(idp) = common::OAuthServer::start(&[("CC_SECRET", "e2e-cc-secret")]) {
+        std::fs::write(dir.join("cc-secret"), "e2e-cc-secret\n").unwrap();
+        let current = std::fs::read_to_string(&policy).unwrap();
+        let file_line = format!("    file: {}", dir.join("crm-token").display());
+        let oauth = format!(
+            "    oauth2:\n      token_url: {}/token\n      grant: client_credentials\n      client_id: crm-gateway\n      client_secret_file: {}\n      scopes: [crm.read]",
+            idp.issuer,
+            dir.join("cc-secret").display()
+        );
+        let lines: Vec<&str> = current.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with(&file_line)).expect("the crm credential's file line");
+        let mut next: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        next[at] = oauth;
+        std::fs::write(&policy, next.join("\n") + "\n").unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let t = std::time::Instant::now();
+        let contact = |auth: Option<&str>| {
+            let mut h = vec![("host", "crm.example.com".to_string()), ("cookie", "session=agent".to_string())];
+            if let Some(a) = auth {
+                h.push(("authorization", a.to_string()));
+            }
+            go("GET", "/api/contacts/42", &h, None)
+        };
+        let token = loop {
+            let r = contact(Some(&sales_jwt));
+            assert!(
+                r.status != 200 || r.json()["headers"].get("cookie").is_none(),
+                "the agent's cookie reached the CRM"
+            );
+            let got =
+                if r.status == 200 { r.json()["headers"]["authorization"].as_str().map(str::to_string) } else { None };
+            match got {
+                Some(a) if a != format!("Bearer {crm_token}") => break a,
+                _ if t.elapsed() > Duration::from_secs(10) => panic!("the OAuth2 credential not in force: {r:?}"),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        let bare = token.strip_prefix("Bearer ").unwrap_or("");
+        let about = rt.block_on(idp.introspect("crm-gateway", "e2e-cc-secret", bare));
+        expect(
+            "the CRM receives the OAuth server's token instead of the agent's",
+            about["active"] == true && about["client_id"] == "crm-gateway" && about["scope"] == "crm.read",
+            format!("{about}"),
+        );
+        // (The agent's own JWT is its identity here; tests/oauth.rs sends none.)
+        let r = contact(Some(&sales_jwt));
+        expect(
+            "the same token again, no new token request",
+            r.status == 200
+                && r.json()["headers"]["authorization"] == token.as_str()
+                && rt.block_on(idp.stats())["token_requests"] == 1,
+            format!("{r:?}"),
+        );
+    }
+
     // -- a limit (crm-create-deal: 5 at once per agent): the 6th deal is answered 429 by
     // Envoy with retry-after and the ratelimit headers, and never reaches the upstream.
     let sales = format!("Bearer {}", jwt("sales-assistant", None, JWT_SECRET));

@@ -41,6 +41,11 @@ async fn check(c: &mut AuthorizationClient<tonic::transport::Channel>, path: &st
     c.check(req).await.unwrap().into_inner()
 }
 
+/// A Check whose agent sends no credential of its own.
+async fn check_bare(c: &mut AuthorizationClient<tonic::transport::Channel>, path: &str) -> CheckResponse {
+    c.check(CheckRequestBuilder::new("GET", path).header("x-agent-id", "bot").build()).await.unwrap().into_inner()
+}
+
 /// The `authorization` hallpass sets on an allow; `Err((status, body))` for a deny.
 fn outcome(r: &CheckResponse) -> Result<String, (i32, serde_json::Value)> {
     match &r.http_response {
@@ -141,6 +146,7 @@ async fn client_credentials_tokens_are_requested_once_renewed_at_expiry_and_neve
     for _ in 0..50 {
         assert_eq!(outcome(&check(&mut c, "/contacts").await).unwrap(), first, "no request while valid");
     }
+    assert_eq!(outcome(&check_bare(&mut c, "/contacts").await).unwrap(), first, "also when the agent sends none");
     assert_eq!(idp.stats().await["token_requests"], 1);
     seen.push(t1.clone());
 
@@ -199,7 +205,10 @@ async fn client_credentials_tokens_are_requested_once_renewed_at_expiry_and_neve
     seen.push(t3);
 
     let metrics = common::http_get(srv.admin, "/metrics");
-    assert!(metric(&metrics, r#"hallpass_credential_token_requests_total{credential="crm",result="ok"}"#) >= 3, "{metrics}");
+    assert!(
+        metric(&metrics, r#"hallpass_credential_token_requests_total{credential="crm",result="ok"}"#) >= 3,
+        "{metrics}"
+    );
     assert!(metric(&metrics, r#"hallpass_credential_token_requests_total{credential="crm",result="error"}"#) >= 1);
 
     // -- no secret in any output channel: records, logs (debug), metrics, /policy, the deny
@@ -236,11 +245,9 @@ async fn refresh_tokens_rotate_and_the_rotated_one_is_used() {
     let d = dir("rt");
     std::fs::write(d.join("rt-secret"), format!("{RT_SECRET}\n")).unwrap();
     let rt_file = d.join("refresh-token");
-    let Some(idp) = OAuthServer::start(&[
-        ("RT_SECRET", RT_SECRET),
-        ("RT_FILE", rt_file.to_str().unwrap()),
-        ("TTL", "2"),
-    ]) else {
+    let Some(idp) =
+        OAuthServer::start(&[("RT_SECRET", RT_SECRET), ("RT_FILE", rt_file.to_str().unwrap()), ("TTL", "2")])
+    else {
         return;
     };
     let seeded = std::fs::read_to_string(&rt_file).unwrap().trim().to_string();
@@ -253,7 +260,8 @@ async fn refresh_tokens_rotate_and_the_rotated_one_is_used() {
             d.join("rt-secret").display()
         ),
     );
-    let mut srv = common::Served::start(&["--policy", policy.to_str().unwrap(), "--drain-delay", "0s", "--log-level", "debug"]);
+    let mut srv =
+        common::Served::start(&["--policy", policy.to_str().unwrap(), "--drain-delay", "0s", "--log-level", "debug"]);
     let mut c = client(srv.grpc).await;
     // Tokens live 2 s and are renewed 1 s ahead: over 5 s, several refreshes, each rotating
     // the refresh token; every Check allowed meanwhile (renewed ahead, nobody waits).
@@ -276,7 +284,8 @@ async fn refresh_tokens_rotate_and_the_rotated_one_is_used() {
     assert_eq!((about["active"].as_bool(), about["sub"].as_str()), (Some(true), Some("alice")), "{about}");
     // The seeded refresh token was spent long ago: the server refuses it (hallpass moved on
     // to the rotated ones).
-    let (st, body) = idp.token("mail-gateway", RT_SECRET, &format!("grant_type=refresh_token&refresh_token={seeded}")).await;
+    let (st, body) =
+        idp.token("mail-gateway", RT_SECRET, &format!("grant_type=refresh_token&refresh_token={seeded}")).await;
     assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
     srv.signal("TERM");
     let _ = srv.child.wait();
@@ -300,10 +309,37 @@ async fn https_endpoints_need_a_trusted_certificate() {
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=hallpass test CA", "-keyout", "ca-key.pem", "-out", "ca.pem"]].concat());
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=hallpass test CA", "-keyout", "ca-key.pem", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
     openssl(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "idp-key.pem", "-out", "idp.csr"]].concat());
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(&["x509", "-req", "-in", "idp.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "idp.pem"]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "idp.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "idp.pem",
+    ]);
     assert!(ca_key.exists() && key.exists());
     std::fs::write(d.join("cc-secret"), CC_SECRET).unwrap();
     let Some(idp) = OAuthServer::start(&[

@@ -402,7 +402,11 @@ impl OAuthServer {
             .unwrap();
         let status = r.status().as_u16();
         let body = r.bytes().await.unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&body))))
+        (
+            status,
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&body))),
+        )
     }
 }
 
