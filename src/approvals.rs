@@ -57,7 +57,7 @@ pub struct ApprovalSettings {
     /// Most pending approvals one agent may have; past it its held requests are denied.
     pub max_pending_per_agent: usize,
     /// Where events are POSTed.
-    pub webhook: Option<String>,
+    pub webhook: Option<crate::webhook::Webhook>,
 }
 
 impl Default for ApprovalSettings {
@@ -121,16 +121,19 @@ impl ApprovalSettings {
             a.max_pending_per_agent = usize::try_from(n).unwrap_or(1_000_000);
         }
         if let Some(w) = &d.webhook {
-            match &w.url {
-                Some(u) if crate::webhook::parse_url(u).is_ok() => a.webhook = Some(u.clone()),
+            // The URL is not repeated in the message: it may carry a token (a Slack hook).
+            let url = match &w.url {
                 Some(u) => {
-                    return Err(format!(
-                        "`settings.approvals.webhook.url` `{u}`: {}",
-                        crate::webhook::parse_url(u).err().unwrap_or_default()
-                    ))
+                    crate::webhook::parse_url(u).map_err(|e| format!("`settings.approvals.webhook.url`: {e}"))?
                 }
                 None => return Err("`settings.approvals.webhook` needs a `url`".into()),
-            }
+            };
+            let ca_file = match &w.ca_file {
+                Some(f) if std::path::Path::new(f).is_absolute() => Some(std::path::PathBuf::from(f)),
+                Some(f) => return Err(format!("`settings.approvals.webhook.ca_file` `{f}` must be an absolute path")),
+                None => None,
+            };
+            a.webhook = Some(crate::webhook::Webhook { url, ca_file });
         }
         Ok(a)
     }

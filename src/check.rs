@@ -142,7 +142,11 @@ impl Checker {
         // it (the one request every such Check waits for), then decide again, without waiting.
         let staged = match staged {
             Ok(Some(Decided::Wait(request, waiter))) => {
+                let waited = std::time::Instant::now();
                 waiter.wait().await;
+                // Decided again at the time it is now (time windows, limits).
+                let later = jiff::SignedDuration::try_from(waited.elapsed()).ok().and_then(|d| now.checked_add(d).ok());
+                let now = later.unwrap_or(now);
                 catch_unwind(AssertUnwindSafe(|| Some(self.decide(&live, *request, &decision_id, now, false))))
             }
             other => other,

@@ -203,6 +203,22 @@ pub fn compile(defs: &BTreeMap<String, CredentialDef>) -> (Vec<Credential>, Vec<
             route: d.route.as_deref().map(Box::from),
         });
     }
+    // One consumer per refresh token: two credentials rotating the same one would spend it
+    // twice (the server then refuses both, and may revoke the grant).
+    let mut seen = std::collections::HashSet::new();
+    for c in &out {
+        if let Source::OAuth2(o) = &c.source {
+            if let crate::oauth::Grant::RefreshToken { file } = &o.grant {
+                if !seen.insert(file.clone()) {
+                    msgs.push(format!(
+                        "`credentials.{}`: `refresh_token_file` `{}` is used by another credential too (one credential per refresh token)",
+                        c.name,
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
     (out, msgs)
 }
 
@@ -228,13 +244,18 @@ pub fn read_token(file: &Path) -> Option<Secret> {
     Some(Secret::new(line))
 }
 
+/// OAuth2 slots by credential name, with the configuration each serves.
+type Slots = HashMap<Arc<str>, (Arc<OAuth2>, Arc<Slot>)>;
+
 /// The tokens in force: by file, and by OAuth2 credential; read off the Check path.
 #[derive(Default)]
 pub struct Tokens {
     by_file: ArcSwap<HashMap<PathBuf, Option<Secret>>>,
     in_flight: InFlight,
-    /// OAuth2 credentials by name (a slot whose configuration changed is replaced).
-    oauth: ArcSwap<HashMap<Arc<str>, Arc<Slot>>>,
+    /// OAuth2 credentials by name: the configuration of the live policy (the `Arc` it holds,
+    /// so a Check compares pointers) and its slot. Replaced only by [`Tokens::refresh_oauth`]
+    /// (the background task), never by a Check.
+    oauth: ArcSwap<Slots>,
     /// Serializes adding slots (rare: a credential's first use).
     adding: std::sync::Mutex<()>,
     observer: std::sync::OnceLock<Observer>,
@@ -268,7 +289,7 @@ impl Tokens {
     pub fn lookup(&self, c: &Credential) -> Lookup {
         match &c.source {
             Source::File(f) => self.token(f).map_or(Lookup::Missing, Lookup::Ready),
-            Source::OAuth2(def) => self.slot(&c.name, def).lookup(),
+            Source::OAuth2(def) => self.slot(&c.name, def).map_or(Lookup::Missing, |s| s.lookup()),
         }
     }
 
@@ -276,51 +297,68 @@ impl Tokens {
     pub fn current(&self, c: &Credential) -> Option<Secret> {
         match &c.source {
             Source::File(f) => self.token(f),
-            Source::OAuth2(def) => self.slot(&c.name, def).token(),
+            Source::OAuth2(def) => self.slot(&c.name, def)?.token(),
         }
     }
 
-    /// The slot of OAuth2 credential `name` with configuration `def`, added if new.
-    fn slot(&self, name: &Arc<str>, def: &Arc<OAuth2>) -> Arc<Slot> {
-        let same = |s: &Arc<Slot>| Arc::ptr_eq(&s.def, def) || *s.def == **def;
-        if let Some(s) = self.oauth.load().get(name).filter(|s| same(s)) {
-            return Arc::clone(s);
+    /// The slot of OAuth2 credential `name` for configuration `def` (a Check's view). Added if
+    /// there is none by that name (a credential's first use); while the slot holds another
+    /// configuration (a reload changed it: the background task replaces it within
+    /// [`REFRESH`], carrying over what may be carried), it serves only if its tokens are the
+    /// ones `def` would get, else `None` — a Check never replaces a slot.
+    fn slot(&self, name: &Arc<str>, def: &Arc<OAuth2>) -> Option<Arc<Slot>> {
+        let map = self.oauth.load();
+        if let Some((d, s)) = map.get(name) {
+            return (Arc::ptr_eq(d, def) || d.same_token(def)).then(|| Arc::clone(s));
         }
+        drop(map);
         let _one = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let cur = self.oauth.load_full();
-        if let Some(s) = cur.get(name).filter(|s| same(s)) {
-            return Arc::clone(s);
+        if let Some((d, s)) = cur.get(name) {
+            return d.same_token(def).then(|| Arc::clone(s));
         }
         let slot = Arc::new(Slot::new(Arc::clone(name), Arc::clone(def), self.observer.get().cloned()));
         let mut next = (*cur).clone();
-        next.insert(Arc::clone(name), Arc::clone(&slot));
+        next.insert(Arc::clone(name), (Arc::clone(def), Arc::clone(&slot)));
         self.oauth.store(Arc::new(next));
-        slot
+        Some(slot)
     }
 
-    /// Start the token requests due (none yet, or past the refresh time) of the OAuth2
-    /// credentials in `credentials`, and forget the slots of the others. The waiters of the
-    /// requests started.
+    /// Bring the slots in line with `credentials` (the live policy's): add new ones, replace
+    /// those whose configuration changed (once no request of theirs is in flight; the
+    /// rotated refresh token carried over when the refresh chain is the same), forget the
+    /// others; then start the token requests due. The waiters of the requests started.
     pub fn refresh_oauth(&self, credentials: &[Credential]) -> Vec<Waiter> {
-        let mut waiters = Vec::new();
-        let mut live = std::collections::HashSet::new();
+        let cur = self.oauth.load_full();
+        let mut next = HashMap::with_capacity(cur.len());
         for c in credentials {
-            if let Source::OAuth2(def) = &c.source {
-                let slot = self.slot(&c.name, def);
-                live.insert(Arc::clone(&c.name));
-                if slot.due() {
-                    waiters.extend(slot.start());
+            let Source::OAuth2(def) = &c.source else { continue };
+            let entry = match cur.get(&c.name) {
+                Some((d, s)) if Arc::ptr_eq(d, def) => (Arc::clone(d), Arc::clone(s)),
+                // The same configuration in a reloaded policy: its Arc, so Checks compare pointers.
+                Some((d, s)) if **d == **def => (Arc::clone(def), Arc::clone(s)),
+                // Changed while a request of the old one is in flight: after it ends.
+                Some((d, s)) if s.refreshing() => (Arc::clone(d), Arc::clone(s)),
+                Some((_, s)) => {
+                    let observer = self.observer.get().cloned();
+                    (Arc::clone(def), Arc::new(s.successor(Arc::clone(&c.name), Arc::clone(def), observer)))
                 }
-            }
+                None => {
+                    let slot = Slot::new(Arc::clone(&c.name), Arc::clone(def), self.observer.get().cloned());
+                    (Arc::clone(def), Arc::new(slot))
+                }
+            };
+            next.insert(Arc::clone(&c.name), entry);
         }
-        let cur = self.oauth.load();
-        if cur.len() != live.len() || cur.keys().any(|k| !live.contains(k)) {
+        let changed = next.len() != cur.len()
+            || next
+                .iter()
+                .any(|(k, (d, s))| cur.get(k).is_none_or(|(d0, s0)| !Arc::ptr_eq(d, d0) || !Arc::ptr_eq(s, s0)));
+        if changed {
             let _one = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut next = (**self.oauth.load()).clone();
-            next.retain(|k, _| live.contains(k));
-            self.oauth.store(Arc::new(next));
+            self.oauth.store(Arc::new(next.clone()));
         }
-        waiters
+        next.values().filter_map(|(_, s)| s.start()).collect()
     }
 
     /// Re-read every file in `files` (and forget the others), each within [`READ_TIMEOUT`]:
@@ -345,14 +383,14 @@ impl Tokens {
         }
     }
 
-    /// Read the token files of `credentials` and get their OAuth2 tokens (waiting at most
-    /// [`crate::oauth::WAIT`]): before serving.
+    /// Read the token files of `credentials` and get their OAuth2 tokens (waiting for the
+    /// token requests, each bounded in time): before serving.
     pub async fn prime(self: &Arc<Self>, credentials: Vec<Credential>) {
         let waiters = self.refresh_oauth(&credentials);
         let me = Arc::clone(self);
         let _ = tokio::task::spawn_blocking(move || me.refresh(files(&credentials))).await;
         for w in waiters {
-            w.wait().await;
+            w.wait_at_most(crate::oauth::REQUEST_TIMEOUT + std::time::Duration::from_secs(1)).await;
         }
     }
 
@@ -403,6 +441,51 @@ mod tests {
         assert_eq!(format!("{s:?}"), "Secret(…)");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(Secret(…))");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    fn oauth_credential(scope: &str) -> Credential {
+        let d = crate::policy::model::OAuth2Def {
+            token_url: "https://idp.example.com/token".into(),
+            grant: "client_credentials".into(),
+            client_id: "c".into(),
+            client_secret_file: Some("/s".into()),
+            refresh_token_file: None,
+            scopes: vec![scope.into()],
+            refresh_before: None,
+            client_auth: None,
+            ca_file: None,
+        };
+        Credential {
+            name: Arc::from("crm"),
+            source: Source::OAuth2(Arc::new(crate::oauth::compile("x", &d).unwrap())),
+            header: Box::from("authorization"),
+            format: Box::from("Bearer {token}"),
+            route: None,
+        }
+    }
+
+    /// A reload that changes a credential's configuration: Checks of either policy never
+    /// replace the slot (the old policy's get none once it is replaced; the new one's none
+    /// until then); the background task does; an unchanged configuration keeps its slot.
+    #[test]
+    fn only_the_background_task_replaces_a_slot() {
+        let tokens = Tokens::new();
+        let (old, new) = (oauth_credential("crm.read"), oauth_credential("crm.write"));
+        let (Source::OAuth2(d_old), Source::OAuth2(d_new)) = (&old.source, &new.source) else { unreachable!() };
+        let first = tokens.slot(&old.name, d_old).unwrap();
+        assert!(tokens.slot(&new.name, d_new).is_none(), "a Check of the new policy does not replace it");
+        assert!(Arc::ptr_eq(&tokens.slot(&old.name, d_old).unwrap(), &first));
+        let _ = tokens.refresh_oauth(std::slice::from_ref(&new));
+        let second = tokens.slot(&new.name, d_new).unwrap();
+        assert!(!Arc::ptr_eq(&second, &first), "replaced by the task");
+        assert!(tokens.slot(&old.name, d_old).is_none(), "a Check of the old policy gets none");
+        // The same configuration in a reloaded policy (another Arc): the same slot.
+        let again = oauth_credential("crm.write");
+        let _ = tokens.refresh_oauth(std::slice::from_ref(&again));
+        let Source::OAuth2(d_again) = &again.source else { unreachable!() };
+        assert!(Arc::ptr_eq(&tokens.slot(&again.name, d_again).unwrap(), &second));
+        let _ = tokens.refresh_oauth(&[]);
+        assert!(tokens.oauth.load().is_empty(), "a credential gone from the policy is forgotten");
     }
 
     #[test]

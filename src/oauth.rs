@@ -28,7 +28,9 @@ use crate::policy::model::OAuth2Def;
 /// Longest a token request may take (connect included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a Check waits for the token request in flight.
-pub const WAIT: Duration = Duration::from_secs(6);
+/// Below the shipped Envoy's ext_authz timeout (250 ms), so a Check that waited in vain is
+/// still answered by hallpass (503 `credential_unavailable`), not by Envoy's timeout.
+pub const WAIT: Duration = Duration::from_millis(150);
 /// Largest token response read.
 pub const MAX_RESPONSE: usize = 64 * 1024;
 /// First retry delay after a failed token request; doubled per failure up to [`BACKOFF_MAX`].
@@ -85,6 +87,19 @@ pub struct OAuth2 {
     pub ca_file: Option<PathBuf>,
 }
 
+impl OAuth2 {
+    /// Whether a token obtained under `other` is one this configuration would obtain: same
+    /// endpoint, grant (refresh token file), client, secret file and scopes (how early it is
+    /// renewed, how the client authenticates, which CAs are trusted do not change it).
+    pub fn same_token(&self, other: &OAuth2) -> bool {
+        self.token_url == other.token_url
+            && self.grant == other.grant
+            && self.client_id == other.client_id
+            && self.client_secret_file == other.client_secret_file
+            && self.scopes == other.scopes
+    }
+}
+
 fn absolute(at: &str, what: &str, f: &str) -> Result<PathBuf, String> {
     if std::path::Path::new(f).is_absolute() {
         Ok(PathBuf::from(f))
@@ -102,8 +117,7 @@ fn loopback(url: &reqwest::Url) -> bool {
 
 /// Read an `oauth2:` block (`at` names it in messages).
 pub fn compile(at: &str, d: &OAuth2Def) -> Result<OAuth2, String> {
-    let token_url = reqwest::Url::parse(&d.token_url)
-        .map_err(|e| format!("{at}: `token_url` `{}` is not a URL ({e})", d.token_url))?;
+    let token_url = reqwest::Url::parse(&d.token_url).map_err(|e| format!("{at}: `token_url` is not a URL ({e})"))?;
     match token_url.scheme() {
         "https" => {}
         "http" if loopback(&token_url) => {}
@@ -202,9 +216,14 @@ pub enum Lookup {
 pub struct Waiter(tokio::sync::watch::Receiver<u64>);
 
 impl Waiter {
-    /// Until the request ends (or [`WAIT`]).
-    pub async fn wait(mut self) {
-        let _ = tokio::time::timeout(WAIT, self.0.changed()).await;
+    /// Until the request ends (or [`WAIT`]: a Check).
+    pub async fn wait(self) {
+        self.wait_at_most(WAIT).await;
+    }
+
+    /// Until the request ends, or `d` (startup waits for the whole request).
+    pub async fn wait_at_most(mut self, d: Duration) {
+        let _ = tokio::time::timeout(d, self.0.changed()).await;
     }
 }
 
@@ -232,12 +251,24 @@ impl std::fmt::Debug for Slot {
 
 /// Ends a token request however its task ends (a panic included): the slot may start another,
 /// and its waiters wake.
-struct EndRequest(Arc<Slot>);
+struct EndRequest {
+    slot: Arc<Slot>,
+    /// The request ran to its end (its outcome applied); if not (a panic), it counts as a
+    /// failure, with backoff.
+    completed: bool,
+}
 
 impl Drop for EndRequest {
     fn drop(&mut self) {
-        self.0.attempts.lock().unwrap_or_else(PoisonError::into_inner).refreshing = false;
-        self.0.done.send_modify(|g| *g = g.wrapping_add(1));
+        {
+            let mut a = self.slot.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+            a.refreshing = false;
+            if !self.completed {
+                a.failures = a.failures.saturating_add(1);
+                a.retry_at = Some(Instant::now() + backoff(a.failures));
+            }
+        }
+        self.slot.done.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 
@@ -245,8 +276,6 @@ impl Drop for EndRequest {
 struct Fetched {
     token: Secret,
     lifetime: Duration,
-    /// A rotated refresh token, with the file's token when the request was made.
-    rotated: Option<(Secret, Option<Secret>)>,
 }
 
 impl Slot {
@@ -276,7 +305,12 @@ impl Slot {
         if let Some(t) = self.token() {
             return Lookup::Ready(t);
         }
-        match self.start() {
+        let a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        // Again under the lock: a request that just ended stored its token before it let go.
+        if let Some(t) = self.token() {
+            return Lookup::Ready(t);
+        }
+        match self.start_locked(a) {
             Some(w) => Lookup::Wait(w),
             None => Lookup::Missing,
         }
@@ -287,10 +321,45 @@ impl Slot {
         self.issued.load().as_ref().is_none_or(|i| Instant::now() >= i.refresh_at)
     }
 
-    /// Start the token request unless one is in flight (then join it) or the backoff forbids
-    /// one (then `None`). Needs a Tokio runtime.
+    /// Start the token request if it is due (see [`Slot::due`]), unless one is in flight
+    /// (then join it) or the backoff forbids one (then `None`). Needs a Tokio runtime.
     pub fn start(self: &Arc<Self>) -> Option<Waiter> {
-        let mut a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.due() && !a.refreshing {
+            return None;
+        }
+        self.start_locked(a)
+    }
+
+    /// Whether a token request is in flight.
+    pub fn refreshing(&self) -> bool {
+        self.attempts.lock().unwrap_or_else(PoisonError::into_inner).refreshing
+    }
+
+    /// The rotated refresh token, for a slot replacing this one with the same refresh chain.
+    fn rotated(&self) -> Option<(Secret, Option<Secret>)> {
+        self.attempts.lock().unwrap_or_else(PoisonError::into_inner).rotated.clone()
+    }
+
+    /// A slot for `def` that continues this one's refresh chain (the rotated refresh token)
+    /// when both use the same refresh token at the same endpoint for the same client, and
+    /// keeps its token when `def` would obtain the same one.
+    pub fn successor(&self, name: Arc<str>, def: Arc<OAuth2>, observer: Option<Observer>) -> Slot {
+        let next = Slot::new(name, Arc::clone(&def), observer);
+        if def.same_token(&self.def) {
+            next.issued.store(self.issued.load_full());
+        }
+        let same_chain = matches!(def.grant, Grant::RefreshToken { .. })
+            && def.grant == self.def.grant
+            && def.token_url == self.def.token_url
+            && def.client_id == self.def.client_id;
+        if same_chain {
+            next.attempts.lock().unwrap_or_else(PoisonError::into_inner).rotated = self.rotated();
+        }
+        next
+    }
+
+    fn start_locked(self: &Arc<Self>, mut a: std::sync::MutexGuard<'_, Attempts>) -> Option<Waiter> {
         if a.refreshing {
             return Some(Waiter(self.done.subscribe()));
         }
@@ -301,10 +370,11 @@ impl Slot {
         a.refreshing = true;
         let waiter = Waiter(self.done.subscribe());
         drop(a);
-        let end = EndRequest(Arc::clone(self));
+        let mut end = EndRequest { slot: Arc::clone(self), completed: false };
         runtime.spawn(async move {
-            let slot = Arc::clone(&end.0);
+            let slot = Arc::clone(&end.slot);
             slot.request().await;
+            end.completed = true;
             drop(end);
         });
         Some(waiter)
@@ -313,7 +383,9 @@ impl Slot {
     /// One token request, its outcome applied.
     async fn request(&self) {
         let sent = Instant::now();
-        let result = match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), self.fetch()).await {
+        // A safety net: file reads (1 s each) and the HTTP exchange (REQUEST_TIMEOUT) are
+        // bounded themselves; this never cuts off an answer the server already gave.
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(5), self.fetch()).await {
             Ok(r) => r,
             Err(_) => Err("the token request timed out".to_string()),
         };
@@ -328,9 +400,6 @@ impl Slot {
                     let r = a.failures > 0;
                     a.failures = 0;
                     a.retry_at = None;
-                    if let Some(r) = f.rotated {
-                        a.rotated = Some(r);
-                    }
                     r
                 };
                 if recovered {
@@ -371,11 +440,11 @@ impl Slot {
     /// put a new one there) or there is none yet.
     fn refresh_token(&self, in_file: Option<Secret>) -> Option<(Secret, Option<Secret>)> {
         let a = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
-        match (&a.rotated, in_file) {
-            (Some((rt, seen)), None) => Some((rt.clone(), seen.clone())),
-            (Some((rt, seen)), f) if *seen == f => Some((rt.clone(), seen.clone())),
-            (_, Some(f)) => Some((f.clone(), Some(f))),
-            (None, None) => None,
+        // The file gone or emptied: no more tokens (as for a token file), rotated or not.
+        let f = in_file?;
+        match &a.rotated {
+            Some((rt, Some(seen))) if *seen == f => Some((rt.clone(), Some(f))),
+            _ => Some((f.clone(), Some(f))),
         }
     }
 
@@ -438,7 +507,7 @@ impl Slot {
                 None
             }
         };
-        let client = self.client(ca)?;
+        let client = http_client(REQUEST_TIMEOUT, ca.transpose()?.as_deref())?;
         let mut req = client
             .post(self.def.token_url.clone())
             .header("content-type", "application/x-www-form-urlencoded")
@@ -448,10 +517,12 @@ impl Slot {
             req = req.basic_auth(id, Some(s));
         }
         let mut resp =
-            req.send().await.map_err(|e| format!("the token endpoint could not be reached: {}", chain(e)))?;
+            req.send().await.map_err(|e| format!("the token endpoint could not be reached: {}", error_chain(e)))?;
         let status = resp.status();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("the token response broke off: {}", chain(e)))? {
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|e| format!("the token response broke off: {}", error_chain(e)))?
+        {
             if body.len() + chunk.len() > MAX_RESPONSE {
                 return Err("the token response is too large".into());
             }
@@ -470,7 +541,15 @@ impl Slot {
         let Some(serde_json::Value::Object(j)) = json else {
             return Err("the token response is not a JSON object".into());
         };
-        let token = j.get("access_token").and_then(|t| t.as_str()).and_then(header_safe);
+        // A rotated refresh token is kept first, whatever else is wrong with the answer: the
+        // server has spent the one sent.
+        if let (Some(seen), Some(rt)) = (used_refresh, j.get("refresh_token").and_then(|t| t.as_str())) {
+            let Some(rt) = visible(rt) else {
+                return Err("the token response's refresh_token is unusable".into());
+            };
+            self.attempts.lock().unwrap_or_else(PoisonError::into_inner).rotated = Some((rt, seen));
+        }
+        let token = j.get("access_token").and_then(|t| t.as_str()).and_then(b64token);
         let Some(token) = token else {
             return Err("the token response has no usable access_token".into());
         };
@@ -489,36 +568,32 @@ impl Slot {
                 }
             }
         };
-        // A rotated refresh token, kept with the file's token this request started from.
-        let rotated = match (used_refresh, j.get("refresh_token").and_then(|t| t.as_str())) {
-            (Some(seen), Some(rt)) => Some((
-                header_safe(rt).ok_or_else(|| "the token response's refresh_token is unusable".to_string())?,
-                seen,
-            )),
-            _ => None,
-        };
-        Ok(Fetched { token, lifetime, rotated })
+        Ok(Fetched { token, lifetime })
     }
+}
 
-    /// An HTTP client for one request: TLS by rustls on ring with the system's roots (and
-    /// `ca_file`'s), no redirects (a secret is never re-sent elsewhere), bounded in time.
-    fn client(&self, ca: Option<Result<Vec<u8>, String>>) -> Result<reqwest::Client, String> {
-        install_crypto();
-        let mut b = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("hallpass/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = ca {
-            let certs = reqwest::Certificate::from_pem_bundle(&pem?)
-                .map_err(|_| "`ca_file` holds no PEM certificates".to_string())?;
-            if certs.is_empty() {
-                return Err("`ca_file` holds no PEM certificates".into());
-            }
-            b = b.tls_certs_merge(certs);
+/// hallpass's HTTP client (token endpoints, webhooks): TLS by rustls on ring with the
+/// system's roots and `ca_pem`'s certificates, no redirects (a secret is never re-sent
+/// elsewhere), each request bounded by `timeout`.
+pub fn http_client(timeout: Duration, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    install_crypto();
+    // No proxy from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): a secret goes to
+    // the configured endpoint and nowhere else.
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("hallpass/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|_| "`ca_file` holds no PEM certificates".to_string())?;
+        if certs.is_empty() {
+            return Err("`ca_file` holds no PEM certificates".into());
         }
-        b.build().map_err(|e| format!("no HTTP client: {e}"))
+        b = b.tls_certs_merge(certs);
     }
+    b.build().map_err(|e| format!("no HTTP client: {e}"))
 }
 
 /// Make rustls on ring the process's TLS provider (once; what every HTTP client of hallpass
@@ -532,7 +607,7 @@ pub fn install_crypto() {
 }
 
 /// An error and its causes, `: `-joined (a TLS failure says why); the URL left out.
-fn chain(e: reqwest::Error) -> String {
+pub fn error_chain(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut out = e.to_string();
     let mut cause = std::error::Error::source(&e);
@@ -547,10 +622,19 @@ fn chain(e: reqwest::Error) -> String {
     out
 }
 
-/// A value fit for a header (visible ASCII and spaces, ≤ 16 KiB) as a [`Secret`].
-fn header_safe(v: &str) -> Option<Secret> {
-    (!v.is_empty() && v.len() <= 16 * 1024 && v.bytes().all(|b| (0x20..0x7f).contains(&b)) && v.trim() == v)
-        .then(|| Secret::new(v))
+/// An access token as RFC 6750 §2.1 `b64token` (letters, digits, `-._~+/`, trailing `=`;
+/// ≤ 16 KiB) as a [`Secret`]: nothing in it can change the header it is put into.
+fn b64token(v: &str) -> Option<Secret> {
+    let body = v.trim_end_matches('=');
+    (!body.is_empty()
+        && v.len() <= 16 * 1024
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')))
+    .then(|| Secret::new(v))
+}
+
+/// A refresh token (visible ASCII, ≤ 16 KiB; it is only ever sent form-encoded) as a [`Secret`].
+fn visible(v: &str) -> Option<Secret> {
+    (!v.is_empty() && v.len() <= 16 * 1024 && v.bytes().all(|b| (0x21..0x7f).contains(&b))).then(|| Secret::new(v))
 }
 
 /// An endpoint's word, fit for a log line: letters, digits, `_.-` only, at most 64.
@@ -585,6 +669,107 @@ mod tests {
             client_auth: None,
             ca_file: None,
         }
+    }
+
+    /// A token endpoint on loopback answering each request after `delay` with a new token
+    /// living `ttl` s (or `status` 503 when `fail` is set); counts requests.
+    async fn endpoint(
+        delay: Duration,
+        ttl: u64,
+    ) -> (reqwest::Url, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicBool>) {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = reqwest::Url::parse(&format!("http://{}/token", l.local_addr().unwrap())).unwrap();
+        let (count, fail) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (c, f) = (Arc::clone(&count), Arc::clone(&fail));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else { return };
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                let failing = f.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let _ = s.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let (status, body) = if failing {
+                        ("503 Service Unavailable", r#"{"error":"temporarily_unavailable"}"#.to_string())
+                    } else {
+                        ("200 OK", format!(r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{ttl}}}"#))
+                    };
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                                .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        (url, count, fail)
+    }
+
+    fn slot_for(url: reqwest::Url, secret: &std::path::Path) -> Arc<Slot> {
+        let mut d = def(url.as_str());
+        d.client_secret_file = Some(secret.to_str().unwrap().into());
+        d.refresh_before = Some("0s".into());
+        Arc::new(Slot::new(Arc::from("crm"), Arc::new(compile("x", &d).unwrap()), None))
+    }
+
+    fn secret_file(name: &str) -> std::path::PathBuf {
+        let f = std::env::temp_dir().join(format!("hallpass-oauth-unit-{name}-{}", std::process::id()));
+        std::fs::write(&f, "s3cret\n").unwrap();
+        f
+    }
+
+    /// The single flight: 200 lookups with no token share one request (each waits for it and
+    /// then finds its token); while the token is valid, no request at all; during a backoff,
+    /// none either, and no wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_share_one_token_request() {
+        use std::sync::atomic::Ordering;
+        let (url, count, fail) = endpoint(Duration::from_millis(50), 60).await;
+        let slot = slot_for(url, &secret_file("flight"));
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let slot = Arc::clone(&slot);
+            tasks.push(tokio::spawn(async move {
+                match slot.lookup() {
+                    Lookup::Ready(t) => Some(t),
+                    Lookup::Wait(w) => {
+                        w.wait().await;
+                        slot.token()
+                    }
+                    Lookup::Missing => None,
+                }
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().as_ref().map(Secret::expose), Some("tok-1"));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one token request for 200 lookups");
+        for _ in 0..100 {
+            assert!(matches!(slot.lookup(), Lookup::Ready(_)));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1, "none while the token is valid");
+
+        // A failing endpoint: one request, then backoff — lookups neither wait nor ask.
+        fail.store(true, Ordering::SeqCst);
+        let slot = slot_for(endpoint_url(&slot), &secret_file("fail"));
+        let before = count.load(Ordering::SeqCst);
+        match slot.lookup() {
+            Lookup::Wait(w) => w.wait().await,
+            _ => panic!("the first lookup starts a request"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..50 {
+            assert!(matches!(slot.lookup(), Lookup::Missing), "no token, backoff: no wait");
+        }
+        assert_eq!(count.load(Ordering::SeqCst), before + 1, "one request, then backoff");
+    }
+
+    fn endpoint_url(slot: &Slot) -> reqwest::Url {
+        slot.def.token_url.clone()
     }
 
     #[test]
@@ -639,10 +824,13 @@ mod tests {
     }
 
     #[test]
-    fn header_safe_values_only() {
-        assert!(header_safe("abc.def-ghi").is_some());
-        for bad in ["", " a", "a\r\nb", "ü", "a\u{7f}"] {
-            assert!(header_safe(bad).is_none(), "{bad:?}");
+    fn access_tokens_are_b64tokens() {
+        for ok in ["abc.def-ghi", "eyJhbGciOi.eyJzdWIi.sig_-", "a+b/c==", "ghp_16C7e42F292c6912E7710c838347Ae178B4a"] {
+            assert!(b64token(ok).is_some(), "{ok}");
         }
+        for bad in ["", "=", " a", "a b", "a;b", "a,b", "a\"b", "a\r\nb", "ü", "a\u{7f}", "a=b"] {
+            assert!(b64token(bad).is_none(), "{bad:?}");
+        }
+        assert!(visible("r3fr3sh~!").is_some() && visible("a b").is_none() && visible("").is_none());
     }
 }

@@ -3,15 +3,15 @@
 //! that never delays a Check (a full queue drops the event and counts it).
 //!
 //! One worker sends the events in order, each with a 5 s deadline and up to three attempts
-//! (0.5 s, then 1 s apart); the receiver must answer 2xx. Plain `http://` only: hallpass has
-//! no TLS client yet, so point the URL at an in-cluster receiver or relay (a Slack or Teams
-//! bridge). The body is JSON with `type`, `time` and the event's object; it carries what an
-//! approver sees in the console (arguments redacted per `settings.approvals.redact`).
+//! (0.5 s, then 1 s apart); the receiver must answer 2xx. `http://` (an in-cluster receiver
+//! or relay) or `https://` (rustls, the system's roots plus `ca_file`'s; no redirects
+//! followed). The body is JSON with `type`, `time` and the event's object; it carries what an
+//! approver sees in the console (arguments redacted per `settings.approvals.redact`). Logs
+//! name the receiver by scheme, host and port only: the URL's path may carry a token.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::reload::PolicyHandle;
@@ -35,44 +35,35 @@ impl Events {
     }
 }
 
-/// A webhook URL: authority (`host:port`) and path.
+/// `settings.approvals.webhook`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    /// `host:port`.
-    pub authority: String,
-    /// The `Host` header.
-    pub host: String,
-    /// Path and query.
-    pub path: String,
+pub struct Webhook {
+    /// The receiver.
+    pub url: reqwest::Url,
+    /// Extra CA certificates (PEM) for an https receiver.
+    pub ca_file: Option<PathBuf>,
 }
 
-/// Read a webhook URL (`http://host[:port][/path]`).
-pub fn parse_url(u: &str) -> Result<Url, String> {
-    let rest = match u.strip_prefix("http://") {
-        Some(r) => r,
-        None if u.starts_with("https://") => {
-            return Err("https:// is not supported yet (hallpass has no TLS client): use an http:// receiver or relay \
-                        inside the cluster"
-                .into())
-        }
-        None => return Err("must be an http:// URL".into()),
-    };
-    let (auth, path) = match rest.find('/') {
-        Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
-        None => (rest, "/"),
-    };
-    if auth.is_empty() || auth.contains('@') || auth.chars().any(|c| c.is_whitespace() || c.is_control()) {
+impl Webhook {
+    /// The receiver as logs name it: scheme, host and port (no path: it may carry a token).
+    pub fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
+    }
+}
+
+/// Read a webhook URL (`http://` or `https://`, a host, no user info or fragment).
+pub fn parse_url(u: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() || url.password().is_some() {
         return Err("needs a host (and no user info)".into());
     }
-    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("the path may not contain spaces or control characters".into());
+    if url.fragment().is_some() {
+        return Err("may not have a fragment".into());
     }
-    let authority = if auth.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !auth.ends_with(']') {
-        auth.to_string()
-    } else {
-        format!("{auth}:80")
-    };
-    Ok(Url { authority, host: auth.to_string(), path: path.to_string() })
+    Ok(url)
 }
 
 /// Start the worker; events go to the webhook of the policy in force when they are sent.
@@ -80,21 +71,26 @@ pub fn start(policy: PolicyHandle, metrics: Option<StateMetrics>) -> Events {
     let (tx, mut rx) = mpsc::channel::<serde_json::Value>(QUEUE);
     tokio::spawn(async move {
         while let Some(mut ev) = rx.recv().await {
-            let Some(url) = policy.load().policy.settings.approvals.webhook.clone() else { continue };
+            let Some(hook) = policy.load().policy.settings.approvals.webhook.clone() else { continue };
             if let Some(o) = ev.as_object_mut() {
                 o.entry("time").or_insert_with(|| jiff::Timestamp::now().to_string().into());
             }
             let body = ev.to_string();
             let mut result = Err(String::new());
-            for delay in [Duration::ZERO, Duration::from_millis(500), Duration::from_secs(1)] {
-                tokio::time::sleep(delay).await;
-                result = match tokio::time::timeout(TIMEOUT, post(&url, &body)).await {
-                    Ok(r) => r,
-                    Err(_) => Err("timed out".into()),
-                };
-                if result.is_ok() {
-                    break;
+            match client(&hook).await {
+                Ok(c) => {
+                    for delay in [Duration::ZERO, Duration::from_millis(500), Duration::from_secs(1)] {
+                        tokio::time::sleep(delay).await;
+                        result = match tokio::time::timeout(TIMEOUT, post(&c, &hook.url, &body)).await {
+                            Ok(r) => r,
+                            Err(_) => Err("timed out".into()),
+                        };
+                        if result.is_ok() {
+                            break;
+                        }
+                    }
                 }
+                Err(e) => result = Err(e),
             }
             match result {
                 Ok(()) => {
@@ -103,7 +99,7 @@ pub fn start(policy: PolicyHandle, metrics: Option<StateMetrics>) -> Events {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(url = %url, error = %e, "webhook event not delivered");
+                    tracing::warn!(webhook = %hook.origin(), error = %e, "webhook event not delivered");
                     if let Some(m) = &metrics {
                         m.webhook("failed");
                     }
@@ -114,29 +110,30 @@ pub fn start(policy: PolicyHandle, metrics: Option<StateMetrics>) -> Events {
     Events { tx }
 }
 
+/// The HTTP client for `hook` (its `ca_file` read now: a rotated CA is picked up).
+async fn client(hook: &Webhook) -> Result<reqwest::Client, String> {
+    let ca = match hook.ca_file.clone() {
+        Some(f) => Some(
+            tokio::task::spawn_blocking(move || std::fs::read(f))
+                .await
+                .map_err(|_| "reading `ca_file` failed".to_string())?
+                .map_err(|e| format!("`ca_file` unreadable: {e}"))?,
+        ),
+        None => None,
+    };
+    crate::oauth::http_client(TIMEOUT, ca.as_deref())
+}
+
 /// POST `body` to `url`; `Ok` on a 2xx answer.
-async fn post(url: &str, body: &str) -> Result<(), String> {
-    let u = parse_url(url)?;
-    let mut s = TcpStream::connect(&u.authority).await.map_err(|e| format!("connect {}: {e}", u.authority))?;
-    let req = format!(
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nuser-agent: hallpass\r\nconnection: close\r\n\r\n{body}",
-        u.path,
-        u.host,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-    let mut head = Vec::with_capacity(256);
-    let mut buf = [0u8; 256];
-    // The status line is all that is read.
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-        let n = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(buf.get(..n).unwrap_or(&[]));
-    }
-    let line = String::from_utf8_lossy(&head);
-    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("malformed answer")?;
+async fn post(client: &reqwest::Client, url: &reqwest::Url, body: &str) -> Result<(), String> {
+    let resp = client
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(crate::oauth::error_chain)?;
+    let code = resp.status().as_u16();
     if (200..300).contains(&code) {
         Ok(())
     } else {
@@ -152,12 +149,15 @@ mod tests {
     #[test]
     fn urls() {
         let u = parse_url("http://hooks.ops.svc:8080/hallpass?x=1").unwrap();
-        assert_eq!(u.authority, "hooks.ops.svc:8080");
-        assert_eq!(u.path, "/hallpass?x=1");
-        assert_eq!(parse_url("http://relay").unwrap().authority, "relay:80");
-        assert!(parse_url("https://hooks.slack.com/x").unwrap_err().contains("https"));
+        assert_eq!(
+            (u.host_str(), u.port(), u.path(), u.query()),
+            (Some("hooks.ops.svc"), Some(8080), "/hallpass", Some("x=1"))
+        );
+        let hook = Webhook { url: parse_url("https://hooks.slack.com/services/T0/B0/SECRET").unwrap(), ca_file: None };
+        assert_eq!(hook.origin(), "https://hooks.slack.com", "logs never show the path");
         assert!(parse_url("http://user:pw@relay/").is_err());
         assert!(parse_url("ftp://relay/").is_err());
-        assert!(parse_url("http:///x").is_err());
+        assert!(parse_url("http://").is_err());
+        assert!(parse_url("https://relay/#f").is_err());
     }
 }

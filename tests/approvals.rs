@@ -206,6 +206,46 @@ async fn wait_for(mut f: impl AsyncFnMut() -> bool) {
     panic!("condition not met within 10 s");
 }
 
+/// The webhook over https: a receiver whose certificate a private CA signed (`ca_file`) gets
+/// the event (logs name the receiver by its origin only: `webhook::tests::urls`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_go_over_https_to_a_receiver_the_ca_file_vouches_for() {
+    let dir = common::approvers_dir("approvals-https", TOKEN);
+    let Some((ca, cert, key)) = common::test_ca(&dir) else { return };
+    let Some(rx) = common::OAuthServer::start_script(
+        "receiver.mjs",
+        &[("TLS_CERT", cert.to_str().unwrap()), ("TLS_KEY", key.to_str().unwrap())],
+    ) else {
+        return;
+    };
+    let policy = std::fs::read_to_string(setup("https-template", "127.0.0.1:1".parse().unwrap()).join("policy.yaml"))
+        .unwrap()
+        .replace(
+            r#"webhook: { url: "http://127.0.0.1:1/hook" }"#,
+            &format!(r#"webhook: {{ url: "{}/hook/T0/B0/hook-secret-77", ca_file: {} }}"#, rx.issuer, ca.display()),
+        );
+    assert!(policy.contains("hook-secret-77"));
+    std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+    let srv = start(&dir).await;
+    let (id, _, _) = held(&srv.mcp("bot", &tool_call(1, "delete_file", "/tmp/tls")).await);
+    let client = hallpass::oauth::http_client(Duration::from_secs(5), Some(&std::fs::read(&ca).unwrap())).unwrap();
+    let mut got = Value::Null;
+    wait_for(async || {
+        let r = client.get(format!("{}/_test/events", rx.issuer)).send().await.unwrap();
+        got = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        got.as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let ev = &got[0];
+    assert_eq!(ev["path"], "/hook/T0/B0/hook-secret-77");
+    assert_eq!(
+        (ev["body"]["type"].as_str(), ev["body"]["approval"]["id"].as_str()),
+        (Some("approval.pending"), Some(id.as_str())),
+        "{ev}"
+    );
+    srv.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_once_deny_and_task_grants_through_the_control_api() {
     let (hook, mut events) = receiver().await;

@@ -91,6 +91,8 @@ fn every_metric_named_in_dashboard_and_alerts_is_exported() {
         window_s: 60,
         per_agent: true,
     });
+    // `hallpass_credential_token_requests_total` has a series once an OAuth2 credential asked.
+    m.token_request("crm", "ok");
     let expo = m.render();
     let alerts = std::fs::read_to_string(Path::new(DIR).join("hallpass-alerts.yaml")).unwrap();
     let mut text = dashboard_exprs().join("\n");

@@ -150,9 +150,10 @@ async fn client_credentials_tokens_are_requested_once_renewed_at_expiry_and_neve
     assert_eq!(idp.stats().await["token_requests"], 1);
     seen.push(t1.clone());
 
-    // -- at expiry (refresh_before 0s: not renewed ahead), the server slow (1 s): 200
-    // concurrent Checks wait for one token request and all get its token.
-    idp.delay(1000).await;
+    // -- at expiry (refresh_before 0s: not renewed ahead), the server slowed down (60 ms): 200
+    // concurrent Checks share one token request (those that come while it is in flight wait
+    // for it) and all get its token.
+    idp.delay(60).await;
     tokio::time::sleep(Duration::from_millis(3100).saturating_sub(started.elapsed())).await;
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -272,11 +273,21 @@ async fn refresh_tokens_rotate_and_the_rotated_one_is_used() {
         tokens.insert(bearer(&v).to_string());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A reload changing the credential (refresh_before) keeps the refresh chain: the new
+    // configuration goes on from the rotated refresh token, never the spent one in the file.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace("refresh_before: 1s", "refresh_before: 1200ms")).unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let v = outcome(&check(&mut c, "/mail").await).unwrap_or_else(|e| panic!("denied after the reload: {e:?}"));
+        tokens.insert(bearer(&v).to_string());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let stats = idp.stats().await;
     let ok = stats["by_grant"]["refresh_token:ok"].as_u64().unwrap_or(0);
-    assert!(ok >= 4, "renewed ahead of expiry, again and again: {stats}");
+    assert!(ok >= 7, "renewed ahead of expiry, again and again: {stats}");
     assert_eq!(stats["token_requests"].as_u64(), Some(ok), "every refresh succeeded (the rotated token used): {stats}");
-    assert!(tokens.len() >= 4, "{} tokens", tokens.len());
+    assert!(tokens.len() >= 7, "{} tokens", tokens.len());
     let last = tokens.iter().last().unwrap().clone();
     // Each token is the server's, for alice.
     let v = outcome(&check(&mut c, "/mail").await).unwrap();
@@ -298,49 +309,7 @@ async fn refresh_tokens_rotate_and_the_rotated_one_is_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_endpoints_need_a_trusted_certificate() {
     let d = dir("tls");
-    if common::tool("openssl").is_none() {
-        return;
-    }
-    // A private CA and the IdP's certificate signed by it (a CA certificate is never accepted
-    // as a server's own).
-    let (ca, ca_key, cert, key) = (d.join("ca.pem"), d.join("ca-key.pem"), d.join("idp.pem"), d.join("idp-key.pem"));
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(&d).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-days", "2", "-subj", "/CN=hallpass test CA", "-keyout", "ca-key.pem", "-out", "ca.pem"],
-        ]
-        .concat(),
-    );
-    openssl(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "idp-key.pem", "-out", "idp.csr"]].concat());
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "idp.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "idp.pem",
-    ]);
-    assert!(ca_key.exists() && key.exists());
+    let Some((ca, cert, key)) = common::test_ca(&d) else { return };
     std::fs::write(d.join("cc-secret"), CC_SECRET).unwrap();
     let Some(idp) = OAuthServer::start(&[
         ("CC_SECRET", CC_SECRET),

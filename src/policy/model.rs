@@ -131,6 +131,8 @@ pub struct ApprovalsDef {
 pub struct WebhookDef {
     /// An `http://` or `https://` URL.
     pub url: Option<String>,
+    /// PEM file of CA certificates trusted for an https receiver, besides the system's.
+    pub ca_file: Option<String>,
 }
 
 /// `settings.mcp_responses:`.

@@ -285,6 +285,7 @@ impl InProcess {
 #[allow(dead_code, reason = "not every test crate uses every helper")]
 pub struct OAuthServer {
     child: std::process::Child,
+    script: &'static str,
     env: Vec<(String, String)>,
     /// Its port (kept across a restart).
     pub port: u16,
@@ -295,6 +296,11 @@ pub struct OAuthServer {
 #[allow(dead_code, reason = "not every test crate uses every helper")]
 impl OAuthServer {
     pub fn start(env: &[(&str, &str)]) -> Option<OAuthServer> {
+        Self::start_script("server.mjs", env)
+    }
+
+    /// Another script of tests/oauth (`receiver.mjs`: an https webhook receiver).
+    pub fn start_script(script: &'static str, env: &[(&str, &str)]) -> Option<OAuthServer> {
         tool("node")?;
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oauth");
         if !std::path::Path::new(dir).join("node_modules/oidc-provider").is_dir() {
@@ -303,14 +309,14 @@ impl OAuthServer {
             return None;
         }
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (child, port, issuer) = Self::spawn(&env, 0);
-        Some(OAuthServer { child, env, port, issuer })
+        let (child, port, issuer) = Self::spawn(script, &env, 0);
+        Some(OAuthServer { child, script, env, port, issuer })
     }
 
-    fn spawn(env: &[(String, String)], port: u16) -> (std::process::Child, u16, String) {
+    fn spawn(script: &str, env: &[(String, String)], port: u16) -> (std::process::Child, u16, String) {
         use std::io::BufRead;
         let mut child = std::process::Command::new("node")
-            .arg("server.mjs")
+            .arg(script)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oauth"))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PORT", port.to_string())
@@ -345,9 +351,8 @@ impl OAuthServer {
         let t = std::time::Instant::now();
         loop {
             // The port may still be held for a moment.
-            let env = self.env.clone();
-            let port = self.port;
-            match std::panic::catch_unwind(move || Self::spawn(&env, port)) {
+            let (env, port, script) = (self.env.clone(), self.port, self.script);
+            match std::panic::catch_unwind(move || Self::spawn(script, &env, port)) {
                 Ok((child, _, _)) => {
                     self.child = child;
                     return;
@@ -425,4 +430,45 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made with `openssl` in
+/// `dir`: (ca.pem, server.pem, server-key.pem). `None` (skipped) without `openssl`.
+#[allow(dead_code, reason = "not every test crate uses every helper")]
+pub fn test_ca(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    tool("openssl")?;
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ca = ["-days", "2", "-subj", "/CN=hallpass test CA", "-keyout", "ca-key.pem", "-out", "ca.pem"];
+    openssl(&[&["req", "-x509"][..], &ec, &ca].concat());
+    openssl(
+        &[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "server-key.pem", "-out", "server.csr"]].concat(),
+    );
+    // A CA certificate is never accepted as a server's own: a leaf with CA:FALSE.
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    Some((dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem")))
 }
