@@ -91,6 +91,9 @@ else
   cargo test --locked --lib --bins --tests --no-fail-fast
 fi
 
+echo "== policy tests of the shipped example (hallpass test, as a user runs it)"
+cargo run --locked --quiet --bin hallpass -- test config --coverage-min 100
+
 # Fuzz smoke run: each cargo-fuzz target (fuzz/fuzz_targets/) for HALLPASS_FUZZ_SECONDS
 # (default 30, at most 60), from the committed seeds (fuzz/seeds/<target>) plus whatever
 # fuzz/corpus/<target> has gathered (git-ignored). A crash, a panic, a failed assertion or an

@@ -278,6 +278,26 @@ impl Tokens {
         let _ = self.observer.set(observer);
     }
 
+    /// Give every credential in `credentials` a placeholder token (`hallpass test`: a policy's
+    /// decisions, not its upstream's tokens, are under test).
+    pub fn assume_all(&self, credentials: &[Credential]) {
+        let placeholder = Secret::new("hallpass-test-token");
+        let mut files = (**self.by_file.load()).clone();
+        for c in credentials {
+            match &c.source {
+                Source::File(f) => {
+                    files.insert(f.clone(), Some(placeholder.clone()));
+                }
+                Source::OAuth2(def) => {
+                    if let Some(s) = self.slot(&c.name, def) {
+                        s.assume(placeholder.clone());
+                    }
+                }
+            }
+        }
+        self.by_file.store(Arc::new(files));
+    }
+
     /// The token of `file`, from memory (no I/O on a Check). A file not read yet (a
     /// credential a reload just added, until the next refresh) has none: denied.
     pub fn token(&self, file: &Path) -> Option<Secret> {

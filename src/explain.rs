@@ -48,6 +48,15 @@ pub fn render_text(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &
     if let Some(id) = d.approval.as_ref().and_then(|a| a.id.as_deref()) {
         let _ = writeln!(out, "approval_id: {id}");
     }
+    if let Some((c, strip)) = injection(policy, d) {
+        if let Some(c) = c {
+            let route = c.route.as_deref().map(|r| format!(", only when Envoy routes it to `{r}`")).unwrap_or_default();
+            let _ = writeln!(out, "credential: {} (sets `{}`, overwriting the agent's{route})", c.name, c.header);
+        }
+        if !strip.is_empty() {
+            let _ = writeln!(out, "removes: {}", strip.join(","));
+        }
+    }
     if traces.is_empty() {
         return out;
     }
@@ -80,8 +89,23 @@ pub fn render_text(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &
     out
 }
 
+/// What an allow changes in the upstream request: the allowing rule's credential (never its
+/// token: `check` does not read it) and the headers removed.
+fn injection<'p>(
+    policy: &'p Policy,
+    d: &Decision,
+) -> Option<(Option<&'p crate::credentials::Credential>, Vec<&'p str>)> {
+    if !d.allowed() {
+        return None;
+    }
+    let rule = d.limited.iter().find_map(|by| policy.rules.get(by.rule).filter(|r| r.injects()))?;
+    let c = rule.credential.and_then(|i| policy.credentials.get(i));
+    Some((c, rule.strip_headers.iter().map(|h| &**h).collect()))
+}
+
 /// Render a decision and its rule traces as JSON.
-pub fn render_json(d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> serde_json::Value {
+pub fn render_json(policy: &Policy, d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> serde_json::Value {
+    let inject = injection(policy, d);
     let rules: Vec<serde_json::Value> = traces
         .iter()
         .map(|t| {
@@ -110,6 +134,12 @@ pub fn render_json(d: &Decision, ident: Identity<'_>, traces: &[RuleTrace]) -> s
             "rule": l.rule.as_str(),
         })),
         "approval_id": d.approval.as_ref().and_then(|a| a.id.clone()),
+        "credential": inject.as_ref().and_then(|(c, _)| c.map(|c| serde_json::json!({
+            "name": &*c.name,
+            "header": &*c.header,
+            "route": c.route.as_deref(),
+        }))),
+        "removes": inject.as_ref().map(|(_, s)| s.clone()).unwrap_or_default(),
         "rules": rules,
     })
 }

@@ -43,6 +43,7 @@ pub mod explain;
 pub mod limits;
 pub mod oauth;
 pub mod policy;
+pub mod policy_test;
 pub mod quarantine;
 pub mod reload;
 pub mod request;

@@ -65,6 +65,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run policy test suites (`*_test.yaml`): each case decided as a Check would decide it.
+    /// Exit 0 when all pass, 1 when a case fails (or coverage is below the minimum), 2 when
+    /// a suite is invalid.
+    Test {
+        /// Suite files, or directories searched for `*_test.yaml` [default: .].
+        paths: Vec<PathBuf>,
+        /// Fail unless each suite's cases decide at least this percentage of its policy's rules.
+        #[arg(long, value_name = "PCT")]
+        coverage_min: Option<f64>,
+        /// Also write a JUnit XML report here.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Print every case, not only the failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Quarantine agents through a running hallpass's control API.
     Quarantine {
         #[command(subcommand)]
@@ -196,6 +212,7 @@ fn main() -> ExitCode {
             check(CheckArgs { policy, method, path, host, headers, body, agent, on_behalf_of, principal, now, json })
         }
         Command::Serve(o) => serve(o),
+        Command::Test { paths, coverage_min, junit, verbose } => test(paths, coverage_min, junit, verbose),
         Command::Quarantine { verb, server } => quarantine(verb, &server),
         Command::Approvals { verb, server } => {
             let seg =
@@ -294,6 +311,94 @@ fn control_call(verb: &str, server: &ServerArgs, method: &str, path: &str, body:
             eprintln!("hallpass {verb}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, verbose: bool) -> ExitCode {
+    use hallpass::policy_test as pt;
+    let paths = if paths.is_empty() { vec![PathBuf::from(".")] } else { paths };
+    let (mut passed, mut failed, mut invalid, mut below) = (0usize, 0usize, 0usize, 0usize);
+    let mut results = Vec::new();
+    let mut files = Vec::new();
+    for p in &paths {
+        match pt::discover(p) {
+            Ok(f) => files.extend(f),
+            Err(e) => {
+                eprintln!("INVALID {e}");
+                invalid += 1;
+            }
+        }
+    }
+    if files.is_empty() && invalid == 0 {
+        eprintln!("no *_test.yaml suites found");
+        invalid += 1;
+    }
+    for file in files {
+        let loaded = match pt::load(&file) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("INVALID {e}");
+                invalid += 1;
+                continue;
+            }
+        };
+        let runs = match pt::run(&loaded) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("INVALID {e}");
+                invalid += 1;
+                continue;
+            }
+        };
+        for r in &runs {
+            if r.passed() {
+                passed += 1;
+                if verbose {
+                    println!("ok   {} / {}", file.display(), r.name);
+                }
+            } else {
+                failed += 1;
+                println!("FAIL {} / {}", file.display(), r.name);
+                for f in &r.failures {
+                    println!("     {f}");
+                }
+                println!("     why (hallpass check):");
+                for line in pt::explain(&loaded.policy, r).lines() {
+                    println!("       {line}");
+                }
+            }
+        }
+        let uncovered = pt::uncovered(&loaded.policy, &runs);
+        let total = loaded.policy.rules.len();
+        let covered = total - uncovered.len();
+        let pct = if total == 0 { 100.0 } else { covered as f64 * 100.0 / total as f64 };
+        println!(
+            "{}: {} cases, rule coverage {covered}/{total} ({pct:.1}%){}",
+            file.display(),
+            runs.len(),
+            if uncovered.is_empty() { String::new() } else { format!("; no case decided: {}", uncovered.join(", ")) }
+        );
+        if let Some(min) = coverage_min {
+            if pct + 1e-9 < min {
+                println!("{}: rule coverage {pct:.1}% is below --coverage-min {min}%", file.display());
+                below += 1;
+            }
+        }
+        results.push((file, runs));
+    }
+    if let Some(j) = &junit {
+        if let Err(e) = std::fs::write(j, pt::junit(&results)) {
+            eprintln!("cannot write {}: {e}", j.display());
+            invalid += 1;
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if invalid > 0 {
+        ExitCode::from(2)
+    } else if failed > 0 || below > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -396,7 +501,7 @@ fn check(a: CheckArgs) -> ExitCode {
         }));
     }
     if a.json {
-        println!("{}", report::render_json(&decision, ident, &traces));
+        println!("{}", report::render_json(&policy, &decision, ident, &traces));
     } else {
         print!("{}", report::render_text(&policy, &decision, ident, &traces));
     }

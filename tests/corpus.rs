@@ -1,6 +1,7 @@
-//! The table-driven policy corpus: every `tests/corpus/*.yaml` file holds one policy and
-//! cases (request → expected decision, rule, dry run), decided through the same path a gRPC
-//! Check takes (CheckRequest → normalize → evaluate → CheckResponse). `invalid_policies.yaml`
+//! The table-driven policy corpus: every `tests/corpus/*_test.yaml` file is a policy test
+//! suite in the format `hallpass test` runs (src/policy_test.rs: one policy, cases of request
+//! → expected decision), decided through the same path a gRPC Check takes (CheckRequest →
+//! normalize → evaluate → state stages → CheckResponse). `invalid_policies.yaml`
 //! lists policies that must fail to load, with substrings the error must name;
 //! `valid_policies.yaml` tricky policies that must load.
 #![allow(
@@ -14,31 +15,22 @@
 
 mod common;
 
-use common::ready;
 use std::path::{Path, PathBuf};
 
-use common::CorpusFile;
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use envoy_types::pb::google::protobuf::value::Kind;
 use hallpass::policy::Policy;
-use hallpass::service::Authz;
+use hallpass::policy_test;
 use serde::Deserialize;
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
 }
 
-fn corpus_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
-        .expect("tests/corpus exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n != "invalid_policies.yaml" && n != "valid_policies.yaml"
-        })
-        .collect();
-    files.sort();
+/// Every suite: `tests/corpus/*_test.yaml` and the shipped example's `config/policy_test.yaml`.
+fn suites() -> Vec<PathBuf> {
+    let mut files = policy_test::discover(&corpus_dir()).unwrap();
+    files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy_test.yaml"));
     files
 }
 
@@ -50,76 +42,60 @@ fn meta_str(resp: &envoy_types::ext_authz::v3::pb::CheckResponse, key: &str) -> 
     }
 }
 
+/// Every case of every suite passes as `hallpass test` runs it (the same library), and
+/// besides: `hallpass check`'s traced evaluator decides as the Check did, the deciding rule is
+/// among the traces, and the CheckResponse and its metadata say the same as the decision.
 #[test]
 fn corpus_decisions() {
-    let files = corpus_files();
-    assert!(!files.is_empty(), "no corpus files found");
+    let files = suites();
+    assert!(files.len() > 20, "corpus suites not found: {files:?}");
     let mut failures = Vec::new();
     let mut total = 0;
     for file in &files {
-        let text = std::fs::read_to_string(file).unwrap();
-        let corpus: CorpusFile =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: bad fixture file: {e}", file.display()));
-        let (text, label) = match (&corpus.policy, &corpus.policy_file) {
-            (Some(p), None) => (p.clone(), file.display().to_string()),
-            (None, Some(f)) => {
-                let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
-                (std::fs::read_to_string(&path).unwrap(), path.display().to_string())
-            }
-            _ => panic!("{}: give exactly one of `policy` and `policy_file`", file.display()),
-        };
-        let policy = Policy::from_yaml(&text, &label)
-            .unwrap_or_else(|e| panic!("{}: policy does not load:\n{e}", file.display()));
-        let authz = Authz::from_policy(policy.clone());
+        let loaded = policy_test::load(file).unwrap_or_else(|e| panic!("{e}"));
+        let runs = policy_test::run(&loaded).unwrap_or_else(|e| panic!("{e}"));
+        let policy = &loaded.policy;
         let fname = file.file_name().unwrap().to_string_lossy().to_string();
-        for case in &corpus.cases {
+        for run in &runs {
             total += 1;
-            let checked = ready(authz.decide(case.request.to_check_request(), case.request.now()));
-            let (decision, resp) = (checked.decision, checked.response);
-            let got_decision = if decision.allowed() { "allow" } else { "deny" };
-            let got = (got_decision.to_string(), decision.rule.as_str().to_string(), decision.dry_run());
-            let want = (case.expect.decision.clone(), case.expect.rule.clone(), case.expect.dry_run);
-            if got != want {
-                failures.push(format!(
-                    "{fname} / {}: want {} by `{}`{}, got {} by `{}`{}",
-                    case.name,
-                    want.0,
-                    want.1,
-                    if want.2 { " (dry run)" } else { "" },
-                    got.0,
-                    got.1,
-                    if got.2 { " (dry run)" } else { "" },
-                ));
+            if !run.passed() {
+                failures.push(format!("{fname} / {}: {}", run.name, run.failures.join("; ")));
                 continue;
             }
-            if let Some(f) = deny_fields_disagree(&case.expect, &resp) {
-                failures.push(format!("{fname} / {}: {f}", case.name));
-            }
+            let (decision, resp) = (run.checked.decision.clone(), &run.checked.response);
+            let got_decision = if decision.allowed() { "allow" } else { "deny" };
             // `hallpass check` explains with the same evaluation core (a tracer that goes on
             // through every rule): its decision must be the one Check made — before the state
             // stages (quarantine, limits), which explain does not run.
-            let req = hallpass::request::Request::from_check_request(case.request.to_check_request()).unwrap();
-            let (explained, traces) = hallpass::policy::explain(&policy, &req, case.request.now());
-            // The holds stage (task grants, approvability) may change a held decision.
+            let req = hallpass::request::Request::from_check_request(run.request.clone()).unwrap();
+            let (explained, traces) = hallpass::policy::explain(policy, &req, run.now);
+            // The holds stage (task grants, approvability) may change a held decision; the
+            // credentials stage a route-bound credential's.
             let stateful = decision.limit.is_some()
                 || decision.rule == hallpass::policy::eval::RuleId::Quarantined
                 || decision.rule == hallpass::policy::eval::RuleId::CredentialUnavailable
-                || !decision.holds.is_empty();
+                || !decision.holds.is_empty()
+                || (explained.allowed() && !decision.allowed() && explained.rule == decision.rule);
             // The holds stage names the approval (explain does not run it).
             let mut decision = decision;
             decision.approval = None;
             if stateful {
-                if (decision.limit.is_some() || !decision.holds.is_empty()) && explained.rule != decision.rule {
-                    failures
-                        .push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", case.name));
+                // A task grant fixture may lift the holds: the Check is decided by the rule
+                // explain names for "once approved".
+                let lifted_to = explained.lifted.as_ref().map(|l| &l.rule);
+                if (decision.limit.is_some() || !decision.holds.is_empty())
+                    && explained.rule != decision.rule
+                    && lifted_to != Some(&decision.rule)
+                {
+                    failures.push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", run.name));
                 }
             } else if explained != decision {
-                failures.push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", case.name));
+                failures.push(format!("{fname} / {}: explain decided {explained:?}, Check {decision:?}", run.name));
             }
             if matches!(decision.rule, hallpass::policy::eval::RuleId::Rule(_))
                 && !traces.iter().any(|t| t.applies && *t.rule == *decision.rule.as_str())
             {
-                failures.push(format!("{fname} / {}: the deciding rule is not among the traces", case.name));
+                failures.push(format!("{fname} / {}: the deciding rule is not among the traces", run.name));
             }
             // The response must say the same thing to Envoy.
             let status = resp.status.as_ref().map(|s| s.code).unwrap_or(-1);
@@ -128,75 +104,18 @@ fn corpus_decisions() {
                 (Some(HttpResponse::DeniedResponse(_)), false) => status == 7,
                 _ => false,
             };
-            if !ok || meta_str(&resp, "rule").as_deref() != Some(decision.rule.as_str()) {
-                failures.push(format!("{fname} / {}: CheckResponse disagrees with the decision", case.name));
+            if !ok || meta_str(resp, "rule").as_deref() != Some(decision.rule.as_str()) {
+                failures.push(format!("{fname} / {}: CheckResponse disagrees with the decision", run.name));
             }
-            if meta_str(&resp, "decision").as_deref() != Some(got_decision)
-                || (meta_str(&resp, "dry_run").as_deref() == Some("true")) != decision.dry_run()
+            if meta_str(resp, "decision").as_deref() != Some(got_decision)
+                || (meta_str(resp, "dry_run").as_deref() == Some("true")) != decision.dry_run()
             {
-                failures.push(format!("{fname} / {}: metadata disagrees with the decision", case.name));
+                failures.push(format!("{fname} / {}: metadata disagrees with the decision", run.name));
             }
         }
     }
     assert!(failures.is_empty(), "{} of {total} corpus cases failed:\n{}", failures.len(), failures.join("\n"));
-    eprintln!("{total} corpus cases in {} files passed", files.len());
-}
-
-/// The deny's status, body `error` and `retry-after`, where the case names them.
-fn deny_fields_disagree(want: &common::Expect, resp: &envoy_types::ext_authz::v3::pb::CheckResponse) -> Option<String> {
-    if want.status.is_none() && want.error.is_none() && want.retry_after.is_none() && want.approval.is_none() {
-        return None;
-    }
-    let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response else {
-        return Some("expected a denied response with status/error/retry-after".into());
-    };
-    let status = d.status.as_ref().map(|s| s.code);
-    let body: serde_json::Value = serde_json::from_str(&d.body).unwrap_or_default();
-    // A JSON-RPC answer (agent-controls §8) carries the deny body inside.
-    let body = if body.get("jsonrpc").is_some() {
-        body["result"]["_meta"]["dev.hallpass/decision"]
-            .as_object()
-            .or_else(|| body["error"]["data"].as_object())
-            .map(|o| serde_json::Value::Object(o.clone()))
-            .unwrap_or_default()
-    } else {
-        body
-    };
-    let retry = d
-        .headers
-        .iter()
-        .filter_map(|h| h.header.as_ref())
-        .find(|h| h.key == "retry-after")
-        .and_then(|h| h.value.parse::<u64>().ok());
-    let mut bad = Vec::new();
-    if let Some(s) = want.status {
-        if status != Some(i32::from(s)) {
-            bad.push(format!("status {status:?}, want {s}"));
-        }
-    }
-    if let Some(e) = &want.error {
-        if body["error"] != e.as_str() {
-            bad.push(format!("error {}, want {e}", body["error"]));
-        }
-    }
-    if let Some(r) = want.retry_after {
-        // A 429 says it at the top of the body, a held request in its `approval`.
-        let said =
-            if body.get("approval").is_some() { &body["approval"]["retry_after_s"] } else { &body["retry_after_s"] };
-        if retry != Some(r) || *said != r {
-            bad.push(format!("retry-after {retry:?} / body {said}, want {r}"));
-        }
-    }
-    if let Some(a) = &want.approval {
-        let id = body["approval"]["id"].as_str().unwrap_or("");
-        if body["approval"]["status"] != a.as_str() || !id.starts_with("ap_") || id.len() != 29 {
-            bad.push(format!("approval {}, want status {a} and an ap_ id", body["approval"]));
-        }
-        if body["approval"]["expires_at"].as_str().is_none_or(|t| t.parse::<jiff::Timestamp>().is_err()) {
-            bad.push(format!("approval expires_at {}", body["approval"]["expires_at"]));
-        }
-    }
-    (!bad.is_empty()).then(|| bad.join("; "))
+    eprintln!("{total} corpus cases in {} suites passed", files.len());
 }
 
 #[derive(Deserialize)]

@@ -280,6 +280,21 @@ async fn credentials_are_injected_rotated_and_never_shown() {
     let check_out =
         format!("{}{}", String::from_utf8_lossy(&check_out.stdout), String::from_utf8_lossy(&check_out.stderr));
     assert!(check_out.contains("contacts"), "{check_out}");
+    // `check` says which credential an allow injects and what it removes (never a token).
+    let report: serde_json::Value = serde_json::from_str(check_out.lines().next().unwrap()).unwrap();
+    assert_eq!(report["credential"], serde_json::json!({"name": "crm", "header": "authorization", "route": null}));
+    let removes = report["removes"].as_array().unwrap();
+    for h in ["cookie", "x-api-key", "proxy-authorization"] {
+        assert!(removes.contains(&serde_json::json!(h)), "{h}: {report}");
+    }
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_hallpass"))
+        .args(["check", "--policy"])
+        .arg(&policy)
+        .args(["--method", "GET", "--path", "/search", "--agent", "bot"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("credential: api (sets `x-api-key`, overwriting the agent's)"), "{text}");
     srv.signal("TERM");
     let _ = srv.child.wait();
     let logs = srv.log();

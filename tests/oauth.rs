@@ -214,7 +214,9 @@ async fn client_credentials_tokens_are_requested_once_renewed_at_expiry_and_neve
 
     // -- no secret in any output channel: records, logs (debug), metrics, /policy, the deny
     // bodies, `hallpass check --json`.
-    let _ = check(&mut c, "/denied").await;
+    let denied = format!("{:?}", check(&mut c, "/denied").await);
+    let metadata = format!("{:?}", check(&mut c, "/contacts").await.dynamic_metadata);
+    assert!(metadata.contains("decision_id"), "{metadata}");
     let policy_status = common::http_get(srv.admin, "/policy");
     let check_out = std::process::Command::new(env!("CARGO_BIN_EXE_hallpass"))
         .args(["check", "--policy", policy.to_str().unwrap(), "--json", "--method", "GET", "--path", "/contacts"])
@@ -233,6 +235,8 @@ async fn client_credentials_tokens_are_requested_once_renewed_at_expiry_and_neve
         ("metrics", metrics),
         ("/policy", policy_status),
         ("check", String::from_utf8_lossy(&check_out.stdout).into_owned()),
+        ("a deny", denied),
+        ("an allow's metadata", metadata),
     ];
     for (what, text) in &channels {
         for s in seen.iter().map(String::as_str).chain([CC_SECRET]) {

@@ -22,6 +22,7 @@ pub struct CheckRequestBuilder {
     body: Option<Vec<u8>>,
     principal: Option<String>,
     jwt: Option<Struct>,
+    route_upstream: Option<String>,
 }
 
 /// Convert JSON to a protobuf Struct value (as Envoy's metadata holds it).
@@ -92,6 +93,13 @@ impl CheckRequestBuilder {
         self
     }
 
+    /// Set the selected route's `hallpass` metadata `upstream` (as Envoy sends it with
+    /// `route_metadata_context_namespaces: [hallpass]`).
+    pub fn route_upstream(mut self, upstream: &str) -> Self {
+        self.route_upstream = Some(upstream.to_string());
+        self
+    }
+
     /// The CheckRequest.
     pub fn build(self) -> CheckRequest {
         let mut headers = self.headers;
@@ -119,11 +127,25 @@ impl CheckRequestBuilder {
             filter_metadata: [(JWT_AUTHN_NAMESPACE.to_string(), s)].into_iter().collect(),
             ..Default::default()
         });
+        let route_metadata_context = self.route_upstream.map(|u| Metadata {
+            filter_metadata: [(
+                super::envoy::ROUTE_NAMESPACE.to_string(),
+                Struct {
+                    fields: [("upstream".to_string(), Value { kind: Some(Kind::StringValue(u)) })]
+                        .into_iter()
+                        .collect(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        });
         CheckRequest {
             attributes: Some(AttributeContext {
                 source: self.principal.map(|p| Peer { principal: p, ..Default::default() }),
                 request: Some(AttrRequest { http: Some(http), ..Default::default() }),
                 metadata_context,
+                route_metadata_context,
                 ..Default::default()
             }),
         }

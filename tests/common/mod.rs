@@ -1,5 +1,5 @@
-//! Shared test helpers: the corpus fixture format and turning a fixture request into the
-//! CheckRequest Envoy would send.
+//! Shared test helpers: servers on port 0 (in-process and `hallpass serve`), external tools,
+//! the real OAuth server, a test CA. (The corpus format is the library's: src/policy_test.rs.)
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -9,99 +9,6 @@
     clippy::string_slice,
     reason = "tests may panic"
 )]
-
-use std::collections::BTreeMap;
-
-use envoy_types::ext_authz::v3::pb::CheckRequest;
-use hallpass::request::build::CheckRequestBuilder;
-use serde::Deserialize;
-
-/// One request of a corpus case.
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureRequest {
-    pub method: Option<String>,
-    pub path: String,
-    pub host: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub content_type: Option<String>,
-    pub body: Option<String>,
-    pub partial_body: Option<bool>,
-    pub principal: Option<String>,
-    pub jwt: Option<serde_json::Value>,
-    pub now: Option<String>,
-}
-
-/// What the case expects.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct Expect {
-    pub decision: String,
-    pub rule: String,
-    #[serde(default)]
-    pub dry_run: bool,
-    /// The HTTP status of a deny (checked when given).
-    pub status: Option<u16>,
-    /// The deny body's `error` (checked when given).
-    pub error: Option<String>,
-    /// The `retry-after` header of a 429 or a held request, seconds (checked when given).
-    pub retry_after: Option<u64>,
-    /// A held request's `approval.status` (pending | denied), checked when given.
-    pub approval: Option<String>,
-}
-
-/// One case.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct Case {
-    pub name: String,
-    pub request: FixtureRequest,
-    pub expect: Expect,
-}
-
-/// A corpus file: one policy, many cases.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CorpusFile {
-    /// The policy text, or
-    pub policy: Option<String>,
-    /// a policy file, relative to the crate root (for the shipped examples).
-    pub policy_file: Option<String>,
-    pub cases: Vec<Case>,
-}
-
-pub const DEFAULT_NOW: &str = "2026-11-23T12:00:00Z";
-
-impl FixtureRequest {
-    pub fn now(&self) -> jiff::Timestamp {
-        self.now.as_deref().unwrap_or(DEFAULT_NOW).parse().expect("fixture `now` must be RFC 3339")
-    }
-
-    pub fn to_check_request(&self) -> CheckRequest {
-        let mut b = CheckRequestBuilder::new(self.method.as_deref().unwrap_or("GET"), &self.path)
-            .host(self.host.as_deref().unwrap_or("api.example.com"));
-        for (k, v) in &self.headers {
-            b = b.header(k, v);
-        }
-        if let Some(ct) = &self.content_type {
-            b = b.header("content-type", ct);
-        }
-        if self.partial_body == Some(true) {
-            b = b.header("x-envoy-auth-partial-body", "true");
-        }
-        if let Some(body) = &self.body {
-            b = b.body(body.as_bytes().to_vec());
-        }
-        if let Some(p) = &self.principal {
-            b = b.principal(p);
-        }
-        if let Some(j) = &self.jwt {
-            b = b.jwt(j);
-        }
-        b.build()
-    }
-}
 
 /// An external tool on PATH. Missing: a skip message, unless HALLPASS_REQUIRE_TOOLS=1 (set
 /// by scripts/test.sh, which installs the tools), where it is a failure.
