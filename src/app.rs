@@ -214,6 +214,25 @@ pub async fn run(
         authz = authz.clone().with_decision_log(log, s.decision_log_query);
         writer
     });
+    // Input capture for replay: its own file, its own bounded queue (drops counted).
+    let input_writer = match &s.inputs {
+        Some(cap) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&cap.path)
+                .map_err(|source| ServeError::DecisionLog { path: cap.path.clone(), source })?;
+            let m = metrics.clone();
+            let (log, writer) = DecisionLog::start(
+                Sink::Writer(Box::new(file)),
+                s.decision_log_buffer,
+                Some(Arc::new(move || m.input_dropped())),
+            );
+            authz = authz.clone().with_inputs(log, crate::replay::Masks::new(cap.mask.clone()));
+            Some(writer)
+        }
+        None => None,
+    };
     let lifecycle = Lifecycle { drain_delay: s.drain_delay };
     let mut grpc_task = tokio::spawn(service::run(bound.grpc, authz, lifecycle, stopped(stop_rx.clone())));
     ready.store(true, Ordering::Release);
@@ -241,7 +260,7 @@ pub async fn run(
     if let Some(t) = control_task {
         t.abort();
     }
-    if let Some(w) = log_writer {
+    for w in log_writer.into_iter().chain(input_writer) {
         // The server (and with it every sender) is gone: let the writer flush what is queued.
         let _ = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || w.join())).await;
     }

@@ -247,15 +247,21 @@ pub enum Sink {
     Writer(Box<dyn Write + Send>),
 }
 
-/// The sending side, cheap to clone into the service.
-#[derive(Clone)]
-pub struct DecisionLog {
-    tx: SyncSender<DecisionRecord>,
+/// The sending side, cheap to clone into the service. Records are decision records, or any
+/// other JSON lines written the same way (the inputs of `hallpass replay`).
+pub struct DecisionLog<T = DecisionRecord> {
+    tx: SyncSender<T>,
     dropped: Arc<AtomicU64>,
     on_drop: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-impl std::fmt::Debug for DecisionLog {
+impl<T> Clone for DecisionLog<T> {
+    fn clone(&self) -> Self {
+        DecisionLog { tx: self.tx.clone(), dropped: Arc::clone(&self.dropped), on_drop: self.on_drop.clone() }
+    }
+}
+
+impl<T> std::fmt::Debug for DecisionLog<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecisionLog").field("dropped", &self.dropped.load(Ordering::Relaxed)).finish()
     }
@@ -285,7 +291,7 @@ const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 /// Records formatted between two yields of the writer thread (~25 µs of work).
 const YIELD_EVERY: u32 = 16;
 
-fn write_loop(rx: Receiver<DecisionRecord>, sink: Sink) {
+fn write_loop<T: serde::Serialize>(rx: Receiver<T>, sink: Sink) {
     const BUF: usize = 64 * 1024;
     let mut out: Box<dyn Write> = match sink {
         Sink::Stdout => Box::new(std::io::BufWriter::with_capacity(BUF, std::io::stdout())),
@@ -315,14 +321,14 @@ fn write_loop(rx: Receiver<DecisionRecord>, sink: Sink) {
     let _ = out.flush();
 }
 
-impl DecisionLog {
+impl<T: serde::Serialize + Send + 'static> DecisionLog<T> {
     /// Start a writer thread with a queue of `capacity` records. `on_drop` is called for
     /// every dropped record (to count it in metrics).
     pub fn start(
         sink: Sink,
         capacity: usize,
         on_drop: Option<Arc<dyn Fn() + Send + Sync>>,
-    ) -> (DecisionLog, LogWriter) {
+    ) -> (DecisionLog<T>, LogWriter) {
         let (tx, rx) = sync_channel(capacity.max(1));
         let handle =
             std::thread::Builder::new().name("hallpass-decision-log".into()).spawn(move || write_loop(rx, sink)).ok();
@@ -330,7 +336,7 @@ impl DecisionLog {
     }
 
     /// Queue a record; never blocks. Returns false if it was dropped.
-    pub fn send(&self, rec: DecisionRecord) -> bool {
+    pub fn send(&self, rec: T) -> bool {
         match self.tx.try_send(rec) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {

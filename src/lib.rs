@@ -46,6 +46,7 @@ pub mod policy;
 pub mod policy_test;
 pub mod quarantine;
 pub mod reload;
+pub mod replay;
 pub mod request;
 pub mod response;
 pub mod service;

@@ -81,6 +81,22 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Re-decide recorded inputs (`decision_log.inputs: full`) against a candidate policy and
+    /// report what it changes. Exit 1 with `--fail-on` when such a change is found.
+    Replay {
+        /// The candidate policy.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Input files (`hallpass.input/v1` JSON lines), in recorded order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Exit 1 when any input changes this way.
+        #[arg(long, value_enum)]
+        fail_on: Option<FailOn>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Quarantine agents through a running hallpass's control API.
     Quarantine {
         #[command(subcommand)]
@@ -102,6 +118,17 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+}
+
+/// What `hallpass replay --fail-on` fails on.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FailOn {
+    /// A decision that was a deny is now an allow (the change opens something).
+    DenyToAllow,
+    /// An allow is now a deny.
+    AllowToDeny,
+    /// Any change of decision or rule.
+    Any,
 }
 
 #[derive(Subcommand)]
@@ -213,6 +240,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(o) => serve(o),
         Command::Test { paths, coverage_min, junit, verbose } => test(paths, coverage_min, junit, verbose),
+        Command::Replay { policy, files, fail_on, json } => replay(&policy, &files, fail_on, json),
         Command::Quarantine { verb, server } => quarantine(verb, &server),
         Command::Approvals { verb, server } => {
             let seg =
@@ -319,12 +347,14 @@ fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, 
     let paths = if paths.is_empty() { vec![PathBuf::from(".")] } else { paths };
     let (mut passed, mut failed, mut invalid, mut below) = (0usize, 0usize, 0usize, 0usize);
     let mut results = Vec::new();
+    let mut errors: Vec<(String, String)> = Vec::new();
     let mut files = Vec::new();
     for p in &paths {
         match pt::discover(p) {
             Ok(f) => files.extend(f),
             Err(e) => {
                 eprintln!("INVALID {e}");
+                errors.push((p.display().to_string(), e.to_string()));
                 invalid += 1;
             }
         }
@@ -338,6 +368,7 @@ fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, 
             Ok(l) => l,
             Err(e) => {
                 eprintln!("INVALID {e}");
+                errors.push((file.display().to_string(), e.to_string()));
                 invalid += 1;
                 continue;
             }
@@ -346,6 +377,7 @@ fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, 
             Ok(r) => r,
             Err(e) => {
                 eprintln!("INVALID {e}");
+                errors.push((file.display().to_string(), e.to_string()));
                 invalid += 1;
                 continue;
             }
@@ -380,22 +412,99 @@ fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, 
         );
         if let Some(min) = coverage_min {
             if pct + 1e-9 < min {
-                println!("{}: rule coverage {pct:.1}% is below --coverage-min {min}%", file.display());
+                let msg = format!("rule coverage {pct:.1}% is below --coverage-min {min}%");
+                println!("{}: {msg}", file.display());
+                errors.push((format!("{} (coverage)", file.display()), msg));
                 below += 1;
             }
         }
         results.push((file, runs));
     }
     if let Some(j) = &junit {
-        if let Err(e) = std::fs::write(j, pt::junit(&results)) {
+        if let Err(e) = std::fs::write(j, pt::junit(&results, &errors)) {
             eprintln!("cannot write {}: {e}", j.display());
             invalid += 1;
         }
     }
-    println!("{passed} passed, {failed} failed");
+    let also = if invalid + below > 0 {
+        format!(" ({invalid} suites invalid, {below} below the coverage minimum)")
+    } else {
+        String::new()
+    };
+    println!("{passed} passed, {failed} failed{also}");
     if invalid > 0 {
         ExitCode::from(2)
     } else if failed > 0 || below > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn replay(policy: &std::path::Path, files: &[PathBuf], fail_on: Option<FailOn>, json: bool) -> ExitCode {
+    use hallpass::replay::{Change, Replayer, Report};
+    let candidate = match Policy::from_file(policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let replayer = Replayer::new(candidate);
+    let mut report = Report::default();
+    for f in files {
+        match std::fs::File::open(f) {
+            Ok(file) => hallpass::replay::replay_lines(&replayer, std::io::BufReader::new(file), &mut report),
+            Err(e) => {
+                eprintln!("{}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!("{} inputs replayed against {}", report.total, policy.display());
+        for c in
+            [Change::Unchanged, Change::AllowToDeny, Change::DenyToAllow, Change::RuleChanged, Change::Indeterminate]
+        {
+            println!("  {:14} {}", c.as_str(), report.count(c));
+        }
+        if report.unreadable > 0 {
+            println!("  {:14} {} (lines that are not hallpass.input/v1 records)", "unreadable", report.unreadable);
+        }
+        if !report.by_rule.is_empty() {
+            println!("by rule (recorded → replayed):");
+            for (k, v) in &report.by_rule {
+                let counts: Vec<String> = v.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                println!("  {k}: {}", counts.join(", "));
+            }
+        }
+        for (c, ex) in &report.examples {
+            println!("examples, {c}:");
+            for e in ex {
+                let why = e.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+                println!(
+                    "  {} {}: {} by {} → {} by {}{why}",
+                    e.decision_id,
+                    e.request,
+                    e.recorded.decision,
+                    e.recorded.rule,
+                    e.replayed.decision,
+                    e.replayed.rule
+                );
+            }
+        }
+    }
+    let failing = match fail_on {
+        None => 0,
+        Some(FailOn::DenyToAllow) => report.count(Change::DenyToAllow),
+        Some(FailOn::AllowToDeny) => report.count(Change::AllowToDeny),
+        Some(FailOn::Any) => {
+            report.count(Change::DenyToAllow) + report.count(Change::AllowToDeny) + report.count(Change::RuleChanged)
+        }
+    };
+    if failing > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -8,7 +8,7 @@
 //! ```yaml
 //! policy: policy.yaml                 # relative to this file (or `policy_yaml: |` inline)
 //! now: 2026-11-23T12:00:00Z           # default: the wall clock
-//! grants: [{agent: bot, rules: [send-email-approval], ttl?/expires_at?}]
+//! grants: [{agent: bot, rules: [send-email-approval], expires_at: 2026-11-23T13:00:00Z}]
 //! quarantine: [rogue-bot]             # or {agent, until?, reason?}
 //! cases:
 //!   - name: bot reads mail
@@ -74,14 +74,19 @@ pub enum QuarantineFixture {
     /// Quarantined until lifted.
     Agent(String),
     /// In detail.
-    Detailed {
-        /// The agent.
-        agent: String,
-        /// When it ends by itself (RFC 3339).
-        until: Option<String>,
-        /// Why.
-        reason: Option<String>,
-    },
+    Detailed(QuarantineDetail),
+}
+
+/// A quarantine fixture in detail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineDetail {
+    /// The agent.
+    pub agent: String,
+    /// When it ends by itself (RFC 3339).
+    pub until: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
 }
 
 /// One case.
@@ -140,9 +145,8 @@ pub struct TestRequest {
 pub struct McpCall {
     /// The tool.
     pub tool: String,
-    /// Its arguments.
-    #[serde(default)]
-    pub arguments: serde_json::Value,
+    /// Its arguments (default `{}`).
+    pub arguments: Option<serde_json::Value>,
 }
 
 /// What a case expects.
@@ -232,6 +236,9 @@ impl TestRequest {
             let Some(v) = value else { continue };
             match sources.first() {
                 Some(IdentitySource::Header(h)) => {
+                    if headers.keys().any(|k| k.eq_ignore_ascii_case(h)) {
+                        return Err(SuiteError(format!("`{who}` and `headers` both set `{h}`: give one")));
+                    }
                     headers.insert(h.clone(), v.clone());
                 }
                 Some(IdentitySource::Principal) => principal = Some(v.clone()),
@@ -260,7 +267,7 @@ impl TestRequest {
             (Some(raw), None, None) => Some(raw.clone().into_bytes()),
             (None, Some(j), None) => Some(j.to_string().into_bytes()),
             (None, None, Some(m)) => Some(
-                serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": m.tool, "arguments": m.arguments}})
+                serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": m.tool, "arguments": m.arguments.clone().unwrap_or_else(|| serde_json::json!({}))}})
                     .to_string()
                     .into_bytes(),
             ),
@@ -269,6 +276,11 @@ impl TestRequest {
         };
         let content_type =
             self.content_type.as_deref().or((self.json.is_some() || self.mcp.is_some()).then_some("application/json"));
+        if content_type.is_some() && headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+            return Err(SuiteError(
+                "`headers` sets content-type, and so do `content_type`, `json` or `mcp`: give one".into(),
+            ));
+        }
         if let Some(ct) = content_type {
             b = b.header("content-type", ct);
         }
@@ -357,7 +369,7 @@ pub fn run(loaded: &Loaded) -> Result<Vec<CaseRun>, SuiteError> {
     for q in &suite.quarantine {
         let (agent, until, reason) = match q {
             QuarantineFixture::Agent(a) => (a.clone(), None, None),
-            QuarantineFixture::Detailed { agent, until, reason } => (agent.clone(), until.clone(), reason.clone()),
+            QuarantineFixture::Detailed(d) => (d.agent.clone(), d.until.clone(), d.reason.clone()),
         };
         let until = match until {
             Some(t) => parse_time(&format!("{at}: quarantine of `{agent}` `until`"), &t)?,
@@ -463,7 +475,8 @@ fn deny_fields(want: &Expect, resp: &CheckResponse) -> Vec<String> {
         // A 429 says it at the top of the body, a held request in its `approval`.
         let said = if body.get("approval").is_some() { at("/approval/retry_after_s") } else { at("/retry_after_s") };
         if retry != Some(r) || said != r {
-            bad.push(format!("retry-after {retry:?} / body {said}, want {r}"));
+            let sent = retry.map_or("none".to_string(), |r| r.to_string());
+            bad.push(format!("retry-after {sent} (body {said}), want {r}"));
         }
     }
     if let Some(a) = &want.approval {
@@ -516,8 +529,13 @@ pub fn discover(path: &Path) -> Result<Vec<PathBuf>, SuiteError> {
         let entries = std::fs::read_dir(&d).map_err(|e| SuiteError(format!("{}: {e}", d.display())))?;
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            // Not into symlinked directories (no loops), hidden ones, or build output.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                    dirs.push(p);
+                }
             } else if p
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -531,8 +549,9 @@ pub fn discover(path: &Path) -> Result<Vec<PathBuf>, SuiteError> {
     Ok(out)
 }
 
-/// JUnit XML for suites' runs.
-pub fn junit(results: &[(PathBuf, Vec<CaseRun>)]) -> String {
+/// JUnit XML for suites' runs; `errors`: suites that could not run (and coverage
+/// shortfalls), each as a suite with one case in error.
+pub fn junit(results: &[(PathBuf, Vec<CaseRun>)], errors: &[(String, String)]) -> String {
     fn esc(s: &str) -> String {
         s.chars()
             .map(|c| match c {
@@ -571,6 +590,13 @@ pub fn junit(results: &[(PathBuf, Vec<CaseRun>)]) -> String {
             }
         }
         out.push_str("  </testsuite>\n");
+    }
+    for (name, why) in errors {
+        out.push_str(&format!(
+            "  <testsuite name=\"{n}\" tests=\"1\" failures=\"0\" errors=\"1\">\n    <testcase classname=\"{n}\" name=\"suite\">\n      <error message=\"{w}\">{w}</error>\n    </testcase>\n  </testsuite>\n",
+            n = esc(name),
+            w = esc(why)
+        ));
     }
     out.push_str("</testsuites>\n");
     out

@@ -33,6 +33,8 @@ pub struct Authz {
     metrics: Option<Metrics>,
     check_delay: Option<Duration>,
     log: Option<DecisionLog>,
+    /// Input capture for replay (`decision_log.inputs: full`).
+    inputs: Option<(DecisionLog<crate::replay::InputRecord>, Arc<crate::replay::Masks>)>,
 }
 
 impl Authz {
@@ -45,7 +47,7 @@ impl Authz {
                 .tokens
                 .observe(Arc::new(move |credential: &str, result: &'static str| m.token_request(credential, result)));
         }
-        Authz { checker, metrics, check_delay: None, log: None }
+        Authz { checker, metrics, check_delay: None, log: None, inputs: None }
     }
 
     /// Write a decision record for every Check to `log`; `include_query` adds the decoded
@@ -54,6 +56,12 @@ impl Authz {
         self.log = Some(log);
         self.checker.keep_identities = true;
         self.checker.include_query = include_query;
+        self
+    }
+
+    /// Write every Check's input (`hallpass.input/v1`, masked) to `log`, for replay.
+    pub fn with_inputs(mut self, log: DecisionLog<crate::replay::InputRecord>, masks: crate::replay::Masks) -> Authz {
+        self.inputs = Some((log, Arc::new(masks)));
         self
     }
 
@@ -115,7 +123,13 @@ impl Authorization for Authz {
             tokio::time::sleep(d).await;
         }
         let start = Instant::now();
-        let c = self.decide(request.into_inner(), Timestamp::now()).await;
+        let request = request.into_inner();
+        // A copy of what deciding needs, before the Check consumes the request (capture on).
+        let input = self
+            .inputs
+            .as_ref()
+            .and_then(|(_, masks)| crate::replay::capture(&request, &self.checker.policy.load().policy, masks));
+        let c = self.decide(request, Timestamp::now()).await;
         let elapsed = start.elapsed();
         if let Some(m) = &self.metrics {
             m.record(&c.decision, elapsed.as_secs_f64());
@@ -129,6 +143,9 @@ impl Authorization for Authz {
             if let Some(hit) = &c.decision.limit {
                 m.limit(hit);
             }
+        }
+        if let (Some((log, _)), Some(input)) = (&self.inputs, input) {
+            log.send(crate::replay::InputRecord::new(input, &c));
         }
         let mut c = c;
         let response = std::mem::take(&mut c.response);

@@ -78,6 +78,13 @@ pub struct DecisionLogSection {
     pub buffer: Option<usize>,
     /// Add the decoded query parameters to records (default false: queries may carry tokens).
     pub include_query: Option<bool>,
+    /// `off` (default) or `full`: also write every Check's input (`hallpass.input/v1`) for
+    /// `hallpass replay`.
+    pub inputs: Option<String>,
+    /// Where inputs go (a file path, appended to; required with `inputs: full`).
+    pub inputs_path: Option<PathBuf>,
+    /// JSON Pointers into bodies whose values inputs replace by a marker.
+    pub mask: Option<Vec<String>>,
 }
 
 /// `state:` in the config file (agent-controls.md §7).
@@ -242,6 +249,8 @@ pub struct ServerSettings {
     pub decision_log_buffer: usize,
     /// Whether records include the query.
     pub decision_log_query: bool,
+    /// Input capture for replay, if on.
+    pub inputs: Option<InputCapture>,
     /// The state store.
     pub state: StateOptions,
     /// The control API's address, if on.
@@ -332,6 +341,46 @@ fn duration(what: &str, flag: Option<String>, file: Option<String>, default: Dur
     match flag.or(file) {
         Some(s) => parse_duration(what, &s),
         None => Ok(default),
+    }
+}
+
+/// `decision_log.inputs: full`: where inputs go and what of bodies is masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputCapture {
+    /// The inputs file (appended to).
+    pub path: PathBuf,
+    /// Masked JSON Pointers (`/a/b`), as written.
+    pub mask: Vec<String>,
+}
+
+impl InputCapture {
+    fn resolve(d: &DecisionLogSection, base: Option<&std::path::Path>) -> Result<Option<InputCapture>, SettingsError> {
+        let bad = SettingsError::Value;
+        match d.inputs.as_deref() {
+            None | Some("off") => {
+                if d.inputs_path.is_some() || d.mask.is_some() {
+                    return Err(bad("`decision_log.inputs_path` and `mask` need `decision_log.inputs: full`".into()));
+                }
+                Ok(None)
+            }
+            Some("full") => {
+                let Some(p) = &d.inputs_path else {
+                    return Err(bad(
+                        "`decision_log.inputs: full` needs `decision_log.inputs_path` (its own file)".into()
+                    ));
+                };
+                let path = match base {
+                    Some(b) if p.is_relative() => b.join(p),
+                    _ => p.clone(),
+                };
+                let mask = d.mask.clone().unwrap_or_default();
+                if let Some(m) = mask.iter().find(|m| !m.starts_with('/')) {
+                    return Err(bad(format!("`decision_log.mask`: `{m}` is not a JSON Pointer (it starts with `/`)")));
+                }
+                Ok(Some(InputCapture { path, mask }))
+            }
+            Some(o) => Err(bad(format!("`decision_log.inputs` `{o}` is not off or full"))),
+        }
     }
 }
 
@@ -476,6 +525,7 @@ impl ServerSettings {
             reload: ReloadOptions { debounce, interval },
             drain_delay: duration("drain delay", o.drain_delay, file.shutdown.drain_delay, Duration::from_secs(1))?,
             grace: duration("shutdown grace", o.shutdown_grace, file.shutdown.grace, Duration::from_secs(10))?,
+            inputs: InputCapture::resolve(&file.decision_log, base.as_deref())?,
             decision_log: LogSink::parse(o.decision_log.or(file.decision_log.sink).as_deref().unwrap_or("stdout")),
             decision_log_buffer: file.decision_log.buffer.unwrap_or(8192).max(1),
             decision_log_query: file.decision_log.include_query.unwrap_or(false),

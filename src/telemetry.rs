@@ -58,6 +58,8 @@ pub struct Metrics {
     pub state: StateMetrics,
     /// `hallpass_credential_token_requests_total{credential,result}`.
     token_requests: IntCounterVec,
+    /// `hallpass_input_records_dropped_total`.
+    inputs_dropped: IntCounter,
 }
 
 /// Metrics of the state store (agent-controls.md §7) and of quarantines (§5). On the Check
@@ -365,6 +367,11 @@ impl Metrics {
             &["credential", "result"],
         )?;
         registry.register(Box::new(token_requests.clone()))?;
+        let inputs_dropped = IntCounter::new(
+            "hallpass_input_records_dropped_total",
+            "Input records (decision_log.inputs: full) dropped because their queue was full.",
+        )?;
+        registry.register(Box::new(inputs_dropped.clone()))?;
         let state = StateMetrics::new(&registry)?;
         let handles = Handles {
             by_rule: Arc::new(ArcSwap::from_pointee(HashMap::default())),
@@ -386,6 +393,7 @@ impl Metrics {
             limits,
             state,
             token_requests,
+            inputs_dropped,
             log_dropped,
             handles,
         };
@@ -425,6 +433,11 @@ impl Metrics {
             Some(c) => c.inc(),
             None => self.invalid_paths.with_label_values(&[reason]).inc(),
         }
+    }
+
+    /// One input record dropped (its queue was full).
+    pub fn input_dropped(&self) {
+        self.inputs_dropped.inc();
     }
 
     /// One OAuth2 token request of `credential`: `ok` or `error`.

@@ -108,6 +108,16 @@ fn invalid_suites_exit_2() {
             "no `identity.on_behalf_of` source",
         ),
         (
+            "collide_test.yaml",
+            "policy_yaml: \"version: 1\\nidentity: {agent: [{header: x-agent-id}]}\"\ncases:\n  - name: x\n    request: {path: /, agent: a, headers: {X-Agent-Id: b}}\n    expect: {decision: deny}\n",
+            "both set `x-agent-id`",
+        ),
+        (
+            "quarantine_test.yaml",
+            "policy_yaml: \"version: 1\"\nquarantine: [{agent: a, untill: 2026-01-01T00:00:00Z}]\ncases: []\n",
+            "quarantine",
+        ),
+        (
             "grant_test.yaml",
             "policy_yaml: \"version: 1\"\ngrants: [{agent: a, rules: [nope]}]\ncases: []\n",
             "not a require_approval rule",
@@ -121,6 +131,12 @@ fn invalid_suites_exit_2() {
     }
     let (code, out) = hallpass_test(&[dir("empty").to_str().unwrap()]);
     assert_eq!(code, 2, "no suites found: {out}");
+    // Invalid suites are in the JUnit report too (a CI report is never greener than the run).
+    let junit = d.join("report.xml");
+    let (code, _) = hallpass_test(&[d.to_str().unwrap(), "--junit", junit.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<error message=").count(), 9, "{xml}");
 }
 
 /// `agent:` and `on_behalf_of:` go where the policy's first identity source reads them: a

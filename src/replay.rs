@@ -1,0 +1,597 @@
+//! Input capture and replay (agent-controls.md §9): with `decision_log.inputs: full`, every
+//! Check's input is written as a `hallpass.input/v1` record (docs/input.schema.json) — the
+//! request as Envoy sent it, reduced to what deciding needs: header values only for headers
+//! the policy reads (and the few normalization reads), every header's name, the JWT claims
+//! identity reads, the body with `decision_log.mask` pointers replaced by a marker — and the
+//! decision made. `hallpass replay --policy CANDIDATE` re-decides the records at their recorded
+//! times, in order, through the same Check pipeline, and reports what the candidate changes.
+//!
+//! A replayed decision is `indeterminate` (reported apart, never counted as a change) when the
+//! candidate reads what was not recorded: a masked body value, an omitted body, the value of a
+//! header that was present but whose value was not kept; or when the recorded decision came
+//! from state replay does not have (a manual quarantine, a missing credential, the store).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::condition::Condition;
+use crate::policy::eval::RuleId;
+use crate::policy::rule::IdentitySource;
+use crate::policy::Policy;
+use crate::request::{RequestParts, METHOD_OVERRIDE_HEADERS};
+
+/// The schema name of an input record.
+pub const SCHEMA: &str = "hallpass.input/v1";
+/// What a masked value becomes.
+pub const MASKED: &str = "hallpass:masked";
+
+/// One captured input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputRecord {
+    /// `hallpass.input/v1`.
+    pub schema: String,
+    /// The decision record's id (the two files join on it).
+    pub decision_id: String,
+    /// When it was decided.
+    pub time: Timestamp,
+    /// The policy revision that decided.
+    pub revision: String,
+    /// The request.
+    pub request: InputRequest,
+    /// What was decided.
+    pub decision: RecordedDecision,
+}
+
+/// The request of an input record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InputRequest {
+    /// The method as sent.
+    pub method: String,
+    /// `:authority` as sent.
+    pub host: String,
+    /// `:path` as sent (query included).
+    pub path: String,
+    /// Values of the headers kept (lowercase names, repeated ones joined with `,`).
+    pub headers: BTreeMap<String, String>,
+    /// Every header's name (values of the others were not kept).
+    pub header_names: Vec<String>,
+    /// The mTLS principal.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub principal: Option<String>,
+    /// The JWT claims identity reads: `{provider: {claim: …}}`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub jwt: Option<serde_json::Value>,
+    /// The selected route's `hallpass` metadata `upstream`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub route: Option<String>,
+    /// The body (UTF-8), masked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub body: Option<String>,
+    /// The body was not kept (not UTF-8, or not JSON while masks are set).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub body_omitted: bool,
+    /// The pointers whose values were masked.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub masked: Vec<String>,
+}
+
+/// The decision an input got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedDecision {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The deciding rule.
+    pub rule: String,
+    /// Made in dry run.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// A grant lifted its holds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grant: Option<String>,
+}
+
+/// What is masked in captured bodies: parsed JSON Pointers.
+#[derive(Debug, Clone, Default)]
+pub struct Masks {
+    pointers: Vec<String>,
+}
+
+impl Masks {
+    /// Masks for these pointers (each starts with `/`).
+    pub fn new(pointers: Vec<String>) -> Masks {
+        Masks { pointers }
+    }
+}
+
+/// Whether a lowercase header name is one of `names` to some upstream (`_` = `-`).
+fn among(name: &str, names: &BTreeSet<String>) -> bool {
+    names.iter().any(|n| crate::request::same_header(name, n))
+}
+
+/// The header names whose values a capture keeps for `policy`: those its rules read, its
+/// identity headers, and those normalization reads.
+pub fn kept_headers(policy: &Policy) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = policy.inputs.headers.iter().map(|h| h.to_string()).collect();
+    for s in policy.identity.agent.iter().chain(&policy.identity.on_behalf_of) {
+        if let IdentitySource::Header(h) = s {
+            out.insert(h.clone());
+        }
+    }
+    for h in
+        METHOD_OVERRIDE_HEADERS.iter().chain(&["content-type", "content-encoding", crate::request::PARTIAL_BODY_HEADER])
+    {
+        out.insert((*h).to_string());
+    }
+    out
+}
+
+/// Protobuf Struct → JSON.
+fn proto_to_json(v: &Value) -> serde_json::Value {
+    match &v.kind {
+        Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(proto_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+fn struct_to_json(s: &Struct) -> serde_json::Value {
+    serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), proto_to_json(v))).collect())
+}
+
+/// The JWT claims `policy`'s identity reads, out of the jwt_authn metadata.
+fn kept_claims(policy: &Policy, jwt: &Struct) -> Option<serde_json::Value> {
+    let all = struct_to_json(jwt);
+    let mut out = serde_json::json!({});
+    let mut any = false;
+    for s in policy.identity.agent.iter().chain(&policy.identity.on_behalf_of) {
+        let IdentitySource::Jwt { provider, claim } = s else { continue };
+        let mut from = all.get(provider);
+        for c in claim {
+            from = from.and_then(|v| v.get(c));
+        }
+        let Some(v) = from else { continue };
+        let mut nested = v.clone();
+        for key in std::iter::once(provider).chain(claim.iter()).rev() {
+            nested = serde_json::Value::Object([(key.clone(), nested)].into_iter().collect());
+        }
+        merge(&mut out, nested);
+        any = true;
+    }
+    any.then_some(out)
+}
+
+/// Merge object `b` into `a` (objects merged key by key, anything else replaced).
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// Replace the values at `pointers` (in the document, and in each element of a top-level
+/// array: a JSON-RPC batch) by [`MASKED`]; the pointers that were present.
+fn mask_json(doc: &mut serde_json::Value, pointers: &[String]) -> Vec<String> {
+    let mut hit = Vec::new();
+    for p in pointers {
+        let mut any = false;
+        if let Some(v) = doc.pointer_mut(p) {
+            *v = serde_json::Value::String(MASKED.into());
+            any = true;
+        }
+        if let serde_json::Value::Array(items) = doc {
+            for item in items.iter_mut() {
+                if let Some(v) = item.pointer_mut(p) {
+                    *v = serde_json::Value::String(MASKED.into());
+                    any = true;
+                }
+            }
+        }
+        if any {
+            hit.push(p.clone());
+        }
+    }
+    hit
+}
+
+/// The request part of an input record, from a CheckRequest (a copy: the Check goes on with
+/// the original). `None` when it carries no HTTP request.
+pub fn capture(req: &CheckRequest, policy: &Policy, masks: &Masks) -> Option<InputRequest> {
+    let parts: RequestParts = crate::request::envoy::parts(req.clone()).ok()?;
+    let kept = kept_headers(policy);
+    let mut header_names: Vec<String> = parts.headers.keys().filter(|k| !k.starts_with(':')).cloned().collect();
+    header_names.sort();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with(':') && among(k, &kept))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (mut body, mut body_omitted, mut masked) = (None, false, Vec::new());
+    if !parts.body.is_empty() {
+        match String::from_utf8(parts.body) {
+            Err(_) => body_omitted = true,
+            Ok(text) if masks.pointers.is_empty() => body = Some(text),
+            Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(mut doc) => {
+                    masked = mask_json(&mut doc, &masks.pointers);
+                    body = Some(if masked.is_empty() { text } else { doc.to_string() });
+                }
+                // Masks are set and this body's fields cannot be found: not kept.
+                Err(_) => body_omitted = true,
+            },
+        }
+    }
+    Some(InputRequest {
+        method: parts.method,
+        host: parts.host,
+        path: parts.path,
+        headers,
+        header_names,
+        principal: parts.principal,
+        jwt: parts.jwt.as_ref().and_then(|j| kept_claims(policy, j)),
+        route: parts.route_upstream,
+        body,
+        body_omitted,
+        masked,
+    })
+}
+
+impl InputRecord {
+    /// The record of a Check: its captured request and what was decided.
+    pub fn new(request: InputRequest, checked: &crate::check::Checked) -> InputRecord {
+        InputRecord {
+            schema: SCHEMA.into(),
+            decision_id: checked.decision_id.clone(),
+            time: checked.time,
+            revision: checked.live.revision.to_string(),
+            request,
+            decision: recorded(&checked.decision),
+        }
+    }
+}
+
+/// The recorded form of a decision.
+fn recorded(d: &crate::policy::Decision) -> RecordedDecision {
+    RecordedDecision {
+        decision: if d.allowed() { "allow" } else { "deny" }.into(),
+        rule: d.rule.as_str().to_string(),
+        dry_run: d.dry_run(),
+        grant: d.approval.as_ref().and_then(|a| a.grant.clone()),
+    }
+}
+
+impl InputRequest {
+    /// The CheckRequest to decide again (headers whose values were not kept are sent empty).
+    pub fn to_check_request(&self) -> CheckRequest {
+        let mut b = crate::request::build::CheckRequestBuilder::new(&self.method, &self.path).host(&self.host);
+        for name in &self.header_names {
+            b = b.header(name, self.headers.get(name).map_or("", String::as_str));
+        }
+        if let Some(body) = &self.body {
+            b = b.body(body.clone().into_bytes());
+        }
+        if let Some(p) = &self.principal {
+            b = b.principal(p);
+        }
+        if let Some(j) = &self.jwt {
+            b = b.jwt(j);
+        }
+        if let Some(r) = &self.route {
+            b = b.route_upstream(r);
+        }
+        let mut req = b.build();
+        // The builder adds a request id and the partial-body header; keep only what was sent.
+        if let Some(http) = req.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+            for h in ["x-request-id", crate::request::PARTIAL_BODY_HEADER] {
+                if !self.header_names.iter().any(|n| n == h) {
+                    http.headers.remove(h);
+                }
+            }
+        }
+        req
+    }
+}
+
+/// How a replayed decision compares with the recorded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Same decision, same rule.
+    Unchanged,
+    /// Allowed then, denied now.
+    AllowToDeny,
+    /// Denied then, allowed now.
+    DenyToAllow,
+    /// Same decision by another rule.
+    RuleChanged,
+    /// The candidate reads what was not recorded, or the recorded decision came from state
+    /// replay does not have.
+    Indeterminate,
+}
+
+impl Change {
+    /// Its name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Unchanged => "unchanged",
+            Change::AllowToDeny => "allow_to_deny",
+            Change::DenyToAllow => "deny_to_allow",
+            Change::RuleChanged => "rule_changed",
+            Change::Indeterminate => "indeterminate",
+        }
+    }
+}
+
+/// One input replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replayed {
+    /// The recorded decision id.
+    pub decision_id: String,
+    /// Method, host and path, for examples.
+    pub request: String,
+    /// Then.
+    pub recorded: RecordedDecision,
+    /// Now.
+    pub replayed: RecordedDecision,
+    /// How they compare.
+    pub change: Change,
+    /// Why indeterminate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// The body pointers (decoded tokens) each rule of a policy reads, by rule index.
+fn body_pointers(policy: &Policy) -> Vec<Vec<Vec<Box<str>>>> {
+    fn walk(c: &Condition, prefix: &[Box<str>], out: &mut Vec<Vec<Box<str>>>) {
+        match c {
+            Condition::All(cs) | Condition::Any(cs) => cs.iter().for_each(|c| walk(c, prefix, out)),
+            Condition::Not(c) => walk(c, prefix, out),
+            Condition::Field { pointer, .. } => {
+                out.push(prefix.iter().cloned().chain(pointer.iter().cloned()).collect())
+            }
+        }
+    }
+    policy
+        .rules
+        .iter()
+        .map(|r| {
+            let mut out = Vec::new();
+            if let Some(b) = &r.body {
+                walk(b, &[], &mut out);
+            }
+            if let Some(m) = &r.mcp {
+                // The call itself: method and tool name.
+                out.push(vec![Box::from("method")]);
+                out.push(vec![Box::from("params"), Box::from("name")]);
+                if let Some(a) = &m.arguments {
+                    walk(a, &[Box::from("params"), Box::from("arguments")], &mut out);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Whether two pointers overlap (one is a prefix of the other).
+fn overlap(read: &[Box<str>], masked: &[String]) -> bool {
+    read.iter().zip(masked.iter()).all(|(a, b)| **a == *b)
+}
+
+/// Replays inputs against a candidate policy.
+pub struct Replayer {
+    policy: Policy,
+    authz: crate::service::Authz,
+    kept_by_candidate: BTreeSet<String>,
+    body_pointers: Vec<Vec<Vec<Box<str>>>>,
+}
+
+impl Replayer {
+    /// A replayer for `policy` (in-memory state; credentials assumed available, as in
+    /// `hallpass test`).
+    pub fn new(policy: Policy) -> Replayer {
+        let authz = crate::service::Authz::from_policy(policy.clone())
+            .with_state(Arc::new(crate::quarantine::StateRuntime::memory()));
+        authz.tokens().assume_all(&policy.credentials);
+        let kept_by_candidate = kept_headers(&policy);
+        let body_pointers = body_pointers(&policy);
+        Replayer { policy, authz, kept_by_candidate, body_pointers }
+    }
+
+    /// Decide one input again (inputs must come in recorded order: limits carry over).
+    pub fn replay(&self, input: &InputRecord) -> Replayed {
+        let req = &input.request;
+        let request = format!("{} {}{}", req.method, req.host, req.path);
+        let checked = crate::check::ready_now(self.authz.decide(req.to_check_request(), input.time));
+        let replayed = match &checked {
+            Some(c) => recorded(&c.decision),
+            None => {
+                RecordedDecision { decision: "deny".into(), rule: "internal_error".into(), dry_run: false, grant: None }
+            }
+        };
+        let mut why = self.indeterminate(input);
+        if why.is_none() {
+            // A hold a grant lifted then: the replay has no grants; the rule it is lifted to
+            // is what the candidate decides.
+            if let (Some(_), Some(c)) = (&input.decision.grant, &checked) {
+                if let Some(l) = &c.decision.lifted {
+                    let lifted = RecordedDecision {
+                        decision: if matches!(
+                            l.verdict,
+                            crate::policy::Verdict::Allow | crate::policy::Verdict::DryRunAllow { .. }
+                        ) {
+                            "allow".into()
+                        } else {
+                            "deny".into()
+                        },
+                        rule: l.rule.as_str().to_string(),
+                        dry_run: false,
+                        grant: input.decision.grant.clone(),
+                    };
+                    return self.compare(input, request, lifted, None);
+                }
+            }
+            if let Some(c) = &checked {
+                why = self.reads_masked(input, c);
+            }
+        }
+        self.compare(input, request, replayed, why)
+    }
+
+    fn compare(
+        &self,
+        input: &InputRecord,
+        request: String,
+        replayed: RecordedDecision,
+        why: Option<String>,
+    ) -> Replayed {
+        let rec = &input.decision;
+        let change = if why.is_some() {
+            Change::Indeterminate
+        } else if rec.decision != replayed.decision {
+            if rec.decision == "allow" {
+                Change::AllowToDeny
+            } else {
+                Change::DenyToAllow
+            }
+        } else if rec.rule != replayed.rule || rec.dry_run != replayed.dry_run {
+            Change::RuleChanged
+        } else {
+            Change::Unchanged
+        };
+        Replayed { decision_id: input.decision_id.clone(), request, recorded: rec.clone(), replayed, change, why }
+    }
+
+    /// Why the candidate cannot decide this input as it was (before deciding).
+    fn indeterminate(&self, input: &InputRecord) -> Option<String> {
+        let state_only =
+            [RuleId::Quarantined, RuleId::CredentialUnavailable, RuleId::StateUnavailable, RuleId::InternalError];
+        if state_only.iter().any(|r| r.as_str() == input.decision.rule) {
+            return Some(format!("decided by state replay does not have (`{}`)", input.decision.rule));
+        }
+        let req = &input.request;
+        for h in &self.kept_by_candidate {
+            let present = req.header_names.iter().find(|n| crate::request::same_header(n, h));
+            if let Some(n) = present {
+                if !req.headers.contains_key(n) {
+                    return Some(format!("reads header `{h}`, whose value was not recorded"));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether deciding read a masked or omitted body value: a rule that got to its body (or
+    /// MCP) part and reads a masked pointer.
+    fn reads_masked(&self, input: &InputRecord, c: &crate::check::Checked) -> Option<String> {
+        let req = &input.request;
+        if req.masked.is_empty() && !req.body_omitted {
+            return None;
+        }
+        let _ = c;
+        let parsed = crate::request::Request::from_check_request(req.to_check_request()).ok()?;
+        let (_, traces) = crate::policy::explain(&self.policy, &parsed, input.time);
+        let masked: Vec<Vec<String>> = req
+            .masked
+            .iter()
+            .map(|p| p.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+            .collect();
+        for t in &traces {
+            use crate::policy::condition::Tri;
+            use crate::policy::eval::Part;
+            let reached = matches!(t.result.result, Tri::True | Tri::Unknown)
+                || matches!(t.result.part, Some(Part::Body | Part::Mcp));
+            if !reached {
+                continue;
+            }
+            let Some(reads) = self.body_pointers.get(t.index) else { continue };
+            if reads.is_empty() {
+                continue;
+            }
+            if req.body_omitted {
+                return Some(format!("rule `{}` reads the body, which was not recorded", t.rule));
+            }
+            // Each batch element's fields sit one level down.
+            for m in &masked {
+                let tail = if t.element.is_some() { m.get(1..).unwrap_or(&[]) } else { m.as_slice() };
+                let hits = |m: &[String]| reads.iter().any(|r| overlap(r, m));
+                if hits(m) || (t.element.is_some() && hits(tail)) {
+                    return Some(format!("rule `{}` reads `/{}`, which was masked", t.rule, m.join("/")));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The report of a replay.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Inputs replayed.
+    pub total: u64,
+    /// Counts by change.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Changes by rule: `recorded rule → replayed rule` with counts per change.
+    pub by_rule: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    /// Up to 5 examples per change (not `unchanged`).
+    pub examples: BTreeMap<&'static str, Vec<Replayed>>,
+    /// Lines that were not input records.
+    pub unreadable: u64,
+}
+
+impl Report {
+    /// Count one replayed input.
+    pub fn add(&mut self, r: Replayed) {
+        self.total += 1;
+        *self.counts.entry(r.change.as_str()).or_default() += 1;
+        if r.change != Change::Unchanged {
+            let key = format!("{} → {}", r.recorded.rule, r.replayed.rule);
+            *self.by_rule.entry(key).or_default().entry(r.change.as_str()).or_default() += 1;
+            let ex = self.examples.entry(r.change.as_str()).or_default();
+            if ex.len() < 5 {
+                ex.push(r);
+            }
+        }
+    }
+
+    /// How many inputs changed this way.
+    pub fn count(&self, c: Change) -> u64 {
+        self.counts.get(c.as_str()).copied().unwrap_or(0)
+    }
+}
+
+/// Replay every record of `reader` (JSON lines) with `replayer`, into `report`.
+pub fn replay_lines(replayer: &Replayer, reader: impl BufRead, report: &mut Report) {
+    for line in reader.lines() {
+        let Ok(line) = line else {
+            report.unreadable += 1;
+            continue;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<InputRecord>(&line) {
+            Ok(rec) if rec.schema == SCHEMA => report.add(replayer.replay(&rec)),
+            _ => report.unreadable += 1,
+        }
+    }
+}
