@@ -96,6 +96,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Replay only the inputs this policy revision decided (as `/policy` and the decision
+        /// records name it): replaying them against that policy must reproduce every decision.
+        #[arg(long)]
+        revision: Option<String>,
     },
     /// Quarantine agents through a running hallpass's control API.
     Quarantine {
@@ -240,7 +244,9 @@ fn main() -> ExitCode {
         }
         Command::Serve(o) => serve(o),
         Command::Test { paths, coverage_min, junit, verbose } => test(paths, coverage_min, junit, verbose),
-        Command::Replay { policy, files, fail_on, json } => replay(&policy, &files, fail_on, json),
+        Command::Replay { policy, files, fail_on, json, revision } => {
+            replay(&policy, &files, fail_on, json, revision.as_deref())
+        }
         Command::Quarantine { verb, server } => quarantine(verb, &server),
         Command::Approvals { verb, server } => {
             let seg =
@@ -441,7 +447,13 @@ fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, 
     }
 }
 
-fn replay(policy: &std::path::Path, files: &[PathBuf], fail_on: Option<FailOn>, json: bool) -> ExitCode {
+fn replay(
+    policy: &std::path::Path,
+    files: &[PathBuf],
+    fail_on: Option<FailOn>,
+    json: bool,
+    revision: Option<&str>,
+) -> ExitCode {
     use hallpass::replay::{Change, Replayer, Report};
     let candidate = match Policy::from_file(policy) {
         Ok(p) => p,
@@ -454,7 +466,7 @@ fn replay(policy: &std::path::Path, files: &[PathBuf], fail_on: Option<FailOn>, 
     let mut report = Report::default();
     for f in files {
         match std::fs::File::open(f) {
-            Ok(file) => hallpass::replay::replay_lines(&replayer, std::io::BufReader::new(file), &mut report),
+            Ok(file) => hallpass::replay::replay_lines(&replayer, std::io::BufReader::new(file), revision, &mut report),
             Err(e) => {
                 eprintln!("{}: {e}", f.display());
                 return ExitCode::from(2);
@@ -469,6 +481,9 @@ fn replay(policy: &std::path::Path, files: &[PathBuf], fail_on: Option<FailOn>, 
             [Change::Unchanged, Change::AllowToDeny, Change::DenyToAllow, Change::RuleChanged, Change::Indeterminate]
         {
             println!("  {:14} {}", c.as_str(), report.count(c));
+        }
+        if report.skipped > 0 {
+            println!("  {:14} {} (decided by another revision than --revision)", "skipped", report.skipped);
         }
         if report.unreadable > 0 {
             println!("  {:14} {} (lines that are not hallpass.input/v1 records)", "unreadable", report.unreadable);

@@ -507,9 +507,13 @@ impl Replayer {
         if req.masked.is_empty() && !req.body_omitted {
             return None;
         }
-        let _ = c;
         let parsed = crate::request::Request::from_check_request(req.to_check_request()).ok()?;
         let (_, traces) = crate::policy::explain(&self.policy, &parsed, input.time);
+        // Decided by a deny (or hold) rule: only deny and hold rules could have changed it
+        // (allow rules come after every deny); otherwise any rule could.
+        let by_deny = self.policy.rules.iter().any(|r| {
+            *r.id == *c.decision.rule.as_str() && r.effect != crate::policy::Effect::Allow
+        });
         let masked: Vec<Vec<String>> = req
             .masked
             .iter()
@@ -520,7 +524,7 @@ impl Replayer {
             use crate::policy::eval::Part;
             let reached = matches!(t.result.result, Tri::True | Tri::Unknown)
                 || matches!(t.result.part, Some(Part::Body | Part::Mcp));
-            if !reached {
+            if !reached || (by_deny && t.effect == crate::policy::Effect::Allow) {
                 continue;
             }
             let Some(reads) = self.body_pointers.get(t.index) else { continue };
@@ -556,6 +560,8 @@ pub struct Report {
     pub examples: BTreeMap<&'static str, Vec<Replayed>>,
     /// Lines that were not input records.
     pub unreadable: u64,
+    /// Records of another revision than `--revision`.
+    pub skipped: u64,
 }
 
 impl Report {
@@ -579,8 +585,10 @@ impl Report {
     }
 }
 
-/// Replay every record of `reader` (JSON lines) with `replayer`, into `report`.
-pub fn replay_lines(replayer: &Replayer, reader: impl BufRead, report: &mut Report) {
+/// Replay every record of `reader` (JSON lines) with `replayer`, into `report`; with
+/// `revision`, only the records that policy revision decided (the others are counted as
+/// `skipped`).
+pub fn replay_lines(replayer: &Replayer, reader: impl BufRead, revision: Option<&str>, report: &mut Report) {
     for line in reader.lines() {
         let Ok(line) = line else {
             report.unreadable += 1;
@@ -590,6 +598,7 @@ pub fn replay_lines(replayer: &Replayer, reader: impl BufRead, report: &mut Repo
             continue;
         }
         match serde_json::from_str::<InputRecord>(&line) {
+            Ok(rec) if rec.schema == SCHEMA && revision.is_some_and(|r| r != rec.revision) => report.skipped += 1,
             Ok(rec) if rec.schema == SCHEMA => report.add(replayer.replay(&rec)),
             _ => report.unreadable += 1,
         }

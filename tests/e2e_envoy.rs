@@ -247,7 +247,18 @@ fn through_real_envoy() {
     std::fs::write(dir.join("crm-token"), format!("{crm_token}\n")).unwrap();
     let with_control =
         with_control.replace("/var/run/secrets/hallpass/crm-token", dir.join("crm-token").to_str().unwrap());
-    std::fs::write(&policy, with_control).unwrap();
+    std::fs::write(&policy, &with_control).unwrap();
+    // Every version of the policy served, to replay each one's inputs against it.
+    let mut versions = vec![with_control.clone()];
+    // Input capture for replay: mail bodies' text masked (no rule reads it).
+    std::fs::write(
+        dir.join("hallpass.yaml"),
+        format!(
+            "decision_log:\n  inputs: full\n  inputs_path: {}\n  mask: [/body]\n",
+            dir.join("inputs.jsonl").display()
+        ),
+    )
+    .unwrap();
     let approver_token = "e2e-approver-token";
     let digest: String = {
         use sha2::Digest;
@@ -275,6 +286,8 @@ fn through_real_envoy() {
         "0s",
         "--decision-log",
         dir.join("decisions.jsonl").to_str().unwrap(),
+        "--config",
+        dir.join("hallpass.yaml").to_str().unwrap(),
         "--control-listen",
         "127.0.0.1:0",
     ]);
@@ -381,7 +394,7 @@ fn through_real_envoy() {
 
     // -- body rules
     let send_mail = |to: &str| {
-        let body = format!(r#"{{"to":["{to}"],"subject":"hi"}}"#);
+        let body = format!(r#"{{"to":["{to}"],"subject":"hi","body":"the-mail-text-MASKED-77"}}"#);
         go(
             "POST",
             "/v1/users/alice/messages/send",
@@ -569,6 +582,7 @@ fn through_real_envoy() {
         let mut next: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
         next[at] = oauth;
         std::fs::write(&policy, next.join("\n") + "\n").unwrap();
+        versions.push(next.join("\n") + "\n");
         let rt = tokio::runtime::Runtime::new().unwrap();
         let t = std::time::Instant::now();
         let contact = |auth: Option<&str>| {
@@ -703,7 +717,8 @@ fn through_real_envoy() {
         "rules:\n  - id: read-freeze\n    effect: deny\n    methods: [GET]\n    hosts: [mail.example.com]\n    message: Mail reading is paused.\n",
     );
     let t = Instant::now();
-    std::fs::write(&policy, edited).unwrap();
+    std::fs::write(&policy, &edited).unwrap();
+    versions.push(edited.clone());
     while seen_new.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -743,6 +758,40 @@ fn through_real_envoy() {
     let _ = hp.child.wait();
     let r = go("GET", "/v1/users/alice/messages/m1", &mail(&[]), None);
     expect("hallpass down: Envoy denies", r.status == 403, format!("{r:?}"));
+
+    // -- replay (agent-controls §9): every input captured through Envoy, replayed against the
+    // policy revision that decided it, is decided again the same way.
+    let inputs = std::fs::read_to_string(dir.join("inputs.jsonl")).unwrap_or_default();
+    expect(
+        "inputs captured, the masked field masked",
+        inputs.lines().count() > 20 && inputs.contains("hallpass:masked") && !inputs.contains("the-mail-text-MASKED-77"),
+        format!("{} lines", inputs.lines().count()),
+    );
+    let mut replayed = 0;
+    for (i, text) in versions.iter().enumerate() {
+        let file = dir.join(format!("policy-v{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let rev = hallpass::reload::revision_of(text.as_bytes());
+        let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
+            .args(["replay", "--json", "--fail-on", "any", "--revision", &rev, "--policy"])
+            .arg(&file)
+            .arg(dir.join("inputs.jsonl"))
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let total = report["total"].as_u64().unwrap_or(0);
+        expect(
+            "replay against the recorded revision reproduces every decision",
+            out.status.success() && report["counts"]["unchanged"].as_u64() == Some(total),
+            format!("v{i} {rev}: {report}"),
+        );
+        replayed += total;
+    }
+    expect(
+        "every input replayed",
+        replayed == inputs.lines().count() as u64,
+        format!("{replayed} of {}", inputs.lines().count()),
+    );
 
     drop(procs);
     assert!(failures.is_empty(), "{} end-to-end checks failed:\n{}", failures.len(), failures.join("\n"));
