@@ -204,7 +204,58 @@ fn limits(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench, scaling, limits);
+/// `hallpass replay`'s per-input work: parse a `hallpass.input/v1` line, rebuild the
+/// CheckRequest, decide it through the Check pipeline, compare with the recorded decision.
+/// Three recorded inputs in turn (a body-less read, a 1 KB JSON send, an MCP call).
+fn replay(c: &mut Criterion) {
+    use hallpass::replay::{capture, InputRecord, Masks, RecordedDecision, Replayer};
+    let p = policy();
+    let now = jiff::Timestamp::now();
+    let mcp = CheckRequestBuilder::new("POST", "/mcp")
+        .host("tools.example.com")
+        .header("x-agent-id", "research-bot")
+        .header("content-type", "application/json")
+        .body(&br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"q":"quarterly report"}}}"#[..]);
+    let authz = Authz::from_policy(p.clone());
+    let lines: Vec<String> = [read_mail(), send_mail(), mcp]
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let req = b.build();
+            let d = ready(authz.decide(req.clone(), now)).decision;
+            let rec = InputRecord {
+                schema: hallpass::replay::SCHEMA.into(),
+                decision_id: format!("{i:032x}"),
+                time: now,
+                revision: "bench".into(),
+                request: capture(&req, &p, &Masks::default()).unwrap(),
+                decision: RecordedDecision {
+                    decision: if d.allowed() { "allow" } else { "deny" }.into(),
+                    rule: d.rule.as_str().into(),
+                    dry_run: d.dry_run(),
+                    grant: None,
+                },
+            };
+            serde_json::to_string(&rec).unwrap()
+        })
+        .collect();
+    let replayer = Replayer::new(p);
+    for l in &lines {
+        let rec: InputRecord = serde_json::from_str(l).unwrap();
+        let r = replayer.replay(&rec);
+        assert_eq!(r.change, hallpass::replay::Change::Unchanged, "{l}");
+    }
+    let mut i = 0usize;
+    c.bench_function("replay/one input (parse+decide+compare), 3 kinds in turn", |b| {
+        b.iter(|| {
+            i = (i + 1) % lines.len();
+            let rec: InputRecord = serde_json::from_str(lines.get(i).unwrap()).unwrap();
+            black_box(replayer.replay(&rec))
+        })
+    });
+}
+
+criterion_group!(benches, bench, scaling, limits, replay);
 criterion_main!(benches);
 
 /// Run a Check on the in-memory state store (it never waits).
