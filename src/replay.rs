@@ -511,9 +511,11 @@ impl Replayer {
         let (_, traces) = crate::policy::explain(&self.policy, &parsed, input.time);
         // Decided by a deny (or hold) rule: only deny and hold rules could have changed it
         // (allow rules come after every deny); otherwise any rule could.
-        let by_deny = self.policy.rules.iter().any(|r| {
-            *r.id == *c.decision.rule.as_str() && r.effect != crate::policy::Effect::Allow
-        });
+        let by_deny = self
+            .policy
+            .rules
+            .iter()
+            .any(|r| *r.id == *c.decision.rule.as_str() && r.effect != crate::policy::Effect::Allow);
         let masked: Vec<Vec<String>> = req
             .masked
             .iter()

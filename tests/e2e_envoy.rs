@@ -764,7 +764,9 @@ fn through_real_envoy() {
     let inputs = std::fs::read_to_string(dir.join("inputs.jsonl")).unwrap_or_default();
     expect(
         "inputs captured, the masked field masked",
-        inputs.lines().count() > 20 && inputs.contains("hallpass:masked") && !inputs.contains("the-mail-text-MASKED-77"),
+        inputs.lines().count() > 20
+            && inputs.contains("hallpass:masked")
+            && !inputs.contains("the-mail-text-MASKED-77"),
         format!("{} lines", inputs.lines().count()),
     );
     let mut replayed = 0;
