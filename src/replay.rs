@@ -213,6 +213,27 @@ fn mask_json(doc: &mut serde_json::Value, pointers: &[String]) -> Vec<String> {
     hit
 }
 
+/// The path with the values of credential query parameters (`access_token`, `api_key`, …,
+/// any case) replaced by [`MASKED`], and `?name` for each one masked.
+fn mask_query(path: &str) -> (String, Vec<String>) {
+    let Some((p, q)) = path.split_once('?') else { return (path.to_string(), Vec::new()) };
+    let mut masked = Vec::new();
+    let parts: Vec<String> = q
+        .split('&')
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            if crate::credentials::CREDENTIAL_PARAMS.iter().any(|c| decoded.eq_ignore_ascii_case(c)) {
+                masked.push(format!("?{}", decoded.to_ascii_lowercase()));
+                format!("{name}={MASKED}")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    (format!("{p}?{}", parts.join("&")), masked)
+}
+
 /// The request part of an input record, from a CheckRequest (a copy: the Check goes on with
 /// the original). `None` when it carries no HTTP request.
 pub fn capture(req: &CheckRequest, policy: &Policy, masks: &Masks) -> Option<InputRequest> {
@@ -220,21 +241,25 @@ pub fn capture(req: &CheckRequest, policy: &Policy, masks: &Masks) -> Option<Inp
     let kept = kept_headers(policy);
     let mut header_names: Vec<String> = parts.headers.keys().filter(|k| !k.starts_with(':')).cloned().collect();
     header_names.sort();
+    // Never the value of a header that carries credentials, even one the policy reads.
+    let secret: BTreeSet<String> = crate::credentials::DEFAULT_STRIP.iter().map(|h| (*h).to_string()).collect();
     let headers = parts
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with(':') && among(k, &kept))
+        .filter(|(k, _)| !k.starts_with(':') && among(k, &kept) && !among(k, &secret))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let (mut body, mut body_omitted, mut masked) = (None, false, Vec::new());
+    let (path, masked_params) = mask_query(&parts.path);
+    let (mut body, mut body_omitted, mut masked) = (None, false, masked_params);
     if !parts.body.is_empty() {
         match String::from_utf8(parts.body) {
             Err(_) => body_omitted = true,
             Ok(text) if masks.pointers.is_empty() => body = Some(text),
             Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(mut doc) => {
-                    masked = mask_json(&mut doc, &masks.pointers);
-                    body = Some(if masked.is_empty() { text } else { doc.to_string() });
+                    let hit = mask_json(&mut doc, &masks.pointers);
+                    body = Some(if hit.is_empty() { text } else { doc.to_string() });
+                    masked.extend(hit);
                 }
                 // Masks are set and this body's fields cannot be found: not kept.
                 Err(_) => body_omitted = true,
@@ -244,7 +269,7 @@ pub fn capture(req: &CheckRequest, policy: &Policy, masks: &Masks) -> Option<Inp
     Some(InputRequest {
         method: parts.method,
         host: parts.host,
-        path: parts.path,
+        path,
         headers,
         header_names,
         principal: parts.principal,
@@ -489,6 +514,11 @@ impl Replayer {
             return Some(format!("decided by state replay does not have (`{}`)", input.decision.rule));
         }
         let req = &input.request;
+        for m in req.masked.iter().filter_map(|m| m.strip_prefix('?')) {
+            if self.policy.inputs.query.iter().any(|q| q.eq_ignore_ascii_case(m)) {
+                return Some(format!("reads query parameter `{m}`, whose value was masked"));
+            }
+        }
         for h in &self.kept_by_candidate {
             let present = req.header_names.iter().find(|n| crate::request::same_header(n, h));
             if let Some(n) = present {
@@ -504,7 +534,7 @@ impl Replayer {
     /// MCP) part and reads a masked pointer.
     fn reads_masked(&self, input: &InputRecord, c: &crate::check::Checked) -> Option<String> {
         let req = &input.request;
-        if req.masked.is_empty() && !req.body_omitted {
+        if !req.masked.iter().any(|m| m.starts_with('/')) && !req.body_omitted {
             return None;
         }
         let parsed = crate::request::Request::from_check_request(req.to_check_request()).ok()?;
@@ -519,6 +549,7 @@ impl Replayer {
         let masked: Vec<Vec<String>> = req
             .masked
             .iter()
+            .filter(|p| p.starts_with('/'))
             .map(|p| p.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
             .collect();
         for t in &traces {

@@ -19,6 +19,9 @@ const POLICY: &str = r#"version: 1
 identity:
   agent: [{header: x-agent-id}]
 rules:
+  - id: no-basic-auth
+    effect: deny
+    headers: { authorization: { prefix: "Basic " } }
   - id: no-deletes
     effect: deny
     methods: [DELETE]
@@ -62,6 +65,7 @@ fn requests() -> Vec<Sent> {
         ("admin", "GET", "/admin/x", vec![], None),
         ("unread-header", "GET", "/items/2", vec![("x-unread", "header-SECRET-99")], None),
         ("other", "GET", "/other", vec![], None),
+        ("token", "GET", "/items/3?q=1&Access_Token=qtok-SECRET-5", vec![("authorization", "Bearer atok-SECRET-6")], None),
     ]
 }
 
@@ -130,10 +134,10 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     let id = |n: &str| ids.iter().find(|(k, _)| k == n).unwrap().1.clone();
     let text = std::fs::read_to_string(&inputs).unwrap();
     let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(records.len(), 7, "{text}");
+    assert_eq!(records.len(), 8, "{text}");
 
     // -- what an input keeps: the schema, masked values, header values only where read.
-    for s in ["hunter2-SECRET", "k-SECRET-123", "header-SECRET-99"] {
+    for s in ["hunter2-SECRET", "k-SECRET-123", "header-SECRET-99", "qtok-SECRET-5", "atok-SECRET-6"] {
         assert!(!text.contains(s), "{s} captured");
     }
     let send = records.iter().find(|r| r["decision_id"] == id("send").as_str()).unwrap();
@@ -148,6 +152,12 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert!(unread["request"]["header_names"].as_array().unwrap().contains(&Value::from("x-unread")));
     assert!(unread["request"]["headers"].get("x-unread").is_none(), "a header the policy does not read: name only");
     assert_eq!(unread["request"]["headers"]["x-agent-id"], "bot", "identity headers are kept");
+    // Credentials never: not the value of `authorization` (though the policy reads it), not
+    // a credential query parameter's.
+    let token = records.iter().find(|r| r["decision_id"] == id("token").as_str()).unwrap();
+    assert!(token["request"]["headers"].get("authorization").is_none(), "{token}");
+    assert_eq!(token["request"]["path"], "/items/3?q=1&Access_Token=hallpass:masked");
+    assert_eq!(token["request"]["masked"], serde_json::json!(["?access_token"]));
     // Every record joins its decision record.
     let decisions = std::fs::read_to_string(dir.join("decisions.jsonl")).unwrap();
     for (_, i) in &ids {
@@ -164,10 +174,12 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
         }
     }
 
-    // -- against the same policy: every decision reproduced.
+    // -- against the same policy: every decision reproduced; the one whose `authorization`
+    // (read by no-basic-auth) was not recorded is indeterminate, never guessed.
     let (code, report) = replay(&dir.join("policy.yaml"), &inputs, &["--fail-on", "any"]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!((report["total"].as_u64(), report["counts"]["unchanged"].as_u64()), (Some(7), Some(7)), "{report}");
+    assert_eq!((report["total"].as_u64(), report["counts"]["unchanged"].as_u64()), (Some(8), Some(7)), "{report}");
+    assert_eq!(changed(&report, "indeterminate"), vec![id("token")], "{report}");
 
     // -- a changed policy: deletes of items allowed (deny→allow), /items/2 denied
     // (allow→deny), a deny that reads the masked password (indeterminate for `send` only),
@@ -193,7 +205,7 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     );
     let mut indeterminate = changed(&report, "indeterminate");
     indeterminate.sort();
-    let mut want = vec![id("send"), id("unread-header")];
+    let mut want = vec![id("send"), id("unread-header"), id("token")];
     want.sort();
     assert_eq!(indeterminate, want, "{report}");
     assert_eq!(report["counts"]["unchanged"].as_u64(), Some(4), "read, mcp, admin, other: {report}");
@@ -215,12 +227,13 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(changed(&report, "allow_to_deny"), vec![id("unread-header")], "{report}");
     assert_eq!(report["counts"]["unchanged"].as_u64(), Some(6));
+    assert_eq!(report["counts"]["indeterminate"].as_u64(), Some(1));
     assert_eq!(replay(&closing, &inputs, &["--fail-on", "allow-to-deny"]).0, 1);
     // The text report names the counts and the example.
     let (code, text) = hallpass(&["replay", "--policy", closing.to_str().unwrap(), inputs.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(
-        text.contains("7 inputs replayed") && text.contains("allow_to_deny  1") && text.contains("read → no-item-2"),
+        text.contains("8 inputs replayed") && text.contains("allow_to_deny  1") && text.contains("read → no-item-2"),
         "{text}"
     );
 }
