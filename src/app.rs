@@ -217,17 +217,14 @@ pub async fn run(
     // Input capture for replay: its own file, its own bounded queue (drops counted).
     let input_writer = match &s.inputs {
         Some(cap) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&cap.path)
-                .map_err(|source| ServeError::DecisionLog { path: cap.path.clone(), source })?;
+            // Readable by hallpass alone: inputs hold request bodies.
+            let file =
+                std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
+                    .open(&cap.path)
+                    .map_err(|source| ServeError::DecisionLog { path: cap.path.clone(), source })?;
             let m = metrics.clone();
-            let (log, writer) = DecisionLog::start(
-                Sink::Writer(Box::new(file)),
-                s.decision_log_buffer,
-                Some(Arc::new(move || m.input_dropped())),
-            );
+            let (log, writer) =
+                DecisionLog::start(Sink::Writer(Box::new(file)), cap.buffer, Some(Arc::new(move || m.input_dropped())));
             authz = authz.clone().with_inputs(log, crate::replay::Masks::new(cap.mask.clone()));
             Some(writer)
         }

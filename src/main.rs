@@ -511,6 +511,10 @@ fn replay(
             }
         }
     }
+    if fail_on.is_some() && report.total == 0 {
+        eprintln!("no input was replayed (wrong --revision, or no hallpass.input/v1 records): the gate cannot pass");
+        return ExitCode::from(2);
+    }
     let failing = match fail_on {
         None => 0,
         Some(FailOn::DenyToAllow) => report.count(Change::DenyToAllow),

@@ -96,16 +96,38 @@ pub struct RecordedDecision {
     pub grant: Option<String>,
 }
 
-/// What is masked in captured bodies: parsed JSON Pointers.
-#[derive(Debug, Clone, Default)]
+/// What capture masks in bodies (JSON Pointers), and the header names whose values it keeps
+/// for the live policy last seen (computed once per policy, not per Check).
+#[derive(Default)]
 pub struct Masks {
     pointers: Vec<String>,
+    kept: arc_swap::ArcSwapOption<(Arc<crate::reload::LivePolicy>, BTreeSet<String>)>,
+}
+
+impl std::fmt::Debug for Masks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Masks").field("pointers", &self.pointers).finish_non_exhaustive()
+    }
 }
 
 impl Masks {
     /// Masks for these pointers (each starts with `/`).
     pub fn new(pointers: Vec<String>) -> Masks {
-        Masks { pointers }
+        Masks { pointers, kept: arc_swap::ArcSwapOption::empty() }
+    }
+
+    /// Capture `req` for the live policy `live` (its kept header names computed once).
+    pub fn capture(&self, req: &CheckRequest, live: &Arc<crate::reload::LivePolicy>) -> Option<InputRequest> {
+        let cached = self.kept.load_full().filter(|k| Arc::ptr_eq(&k.0, live));
+        let kept = match cached {
+            Some(k) => k,
+            None => {
+                let k = Arc::new((Arc::clone(live), kept_headers(&live.policy)));
+                self.kept.store(Some(Arc::clone(&k)));
+                k
+            }
+        };
+        capture_with(req, &live.policy, &kept.1, self)
     }
 }
 
@@ -121,6 +143,16 @@ pub fn kept_headers(policy: &Policy) -> BTreeSet<String> {
     for s in policy.identity.agent.iter().chain(&policy.identity.on_behalf_of) {
         if let IdentitySource::Header(h) = s {
             out.insert(h.clone());
+        }
+    }
+    // Limit keys read headers too (`per: [header.x]`).
+    for r in &policy.rules {
+        for l in &r.limits {
+            for k in &l.per {
+                if let crate::limits::KeyPart::Header(h) = k {
+                    out.insert(h.to_string());
+                }
+            }
         }
     }
     for h in
@@ -237,8 +269,11 @@ fn mask_query(path: &str) -> (String, Vec<String>) {
 /// The request part of an input record, from a CheckRequest (a copy: the Check goes on with
 /// the original). `None` when it carries no HTTP request.
 pub fn capture(req: &CheckRequest, policy: &Policy, masks: &Masks) -> Option<InputRequest> {
+    capture_with(req, policy, &kept_headers(policy), masks)
+}
+
+fn capture_with(req: &CheckRequest, policy: &Policy, kept: &BTreeSet<String>, masks: &Masks) -> Option<InputRequest> {
     let parts: RequestParts = crate::request::envoy::parts(req.clone()).ok()?;
-    let kept = kept_headers(policy);
     let mut header_names: Vec<String> = parts.headers.keys().filter(|k| !k.starts_with(':')).cloned().collect();
     header_names.sort();
     // Never the value of a header that carries credentials, even one the policy reads.
@@ -246,7 +281,7 @@ pub fn capture(req: &CheckRequest, policy: &Policy, masks: &Masks) -> Option<Inp
     let headers = parts
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with(':') && among(k, &kept) && !among(k, &secret))
+        .filter(|(k, _)| !k.starts_with(':') && among(k, kept) && !among(k, &secret))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let (path, masked_params) = mask_query(&parts.path);
@@ -255,14 +290,18 @@ pub fn capture(req: &CheckRequest, policy: &Policy, masks: &Masks) -> Option<Inp
         match String::from_utf8(parts.body) {
             Err(_) => body_omitted = true,
             Ok(text) if masks.pointers.is_empty() => body = Some(text),
-            Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(mut doc) => {
+            // Masked only if it reads as hallpass reads it (strictly: a duplicate key would be
+            // collapsed by re-serializing, and a body hallpass refused would read in replay).
+            Ok(text) => match crate::request::body::parse_json(text.as_bytes())
+                .map(|_| serde_json::from_str::<serde_json::Value>(&text))
+            {
+                Some(Ok(mut doc)) => {
                     let hit = mask_json(&mut doc, &masks.pointers);
                     body = Some(if hit.is_empty() { text } else { doc.to_string() });
                     masked.extend(hit);
                 }
                 // Masks are set and this body's fields cannot be found: not kept.
-                Err(_) => body_omitted = true,
+                _ => body_omitted = true,
             },
         }
     }
@@ -404,6 +443,15 @@ fn body_pointers(policy: &Policy) -> Vec<Vec<Vec<Box<str>>>> {
             if let Some(b) = &r.body {
                 walk(b, &[], &mut out);
             }
+            for l in &r.limits {
+                match &l.cost {
+                    crate::limits::Cost::Field(p) | crate::limits::Cost::Length(p) => out.push(p.clone()),
+                    crate::limits::Cost::One => {}
+                }
+                if l.per.contains(&crate::limits::KeyPart::McpTool) {
+                    out.push(vec![Box::from("params"), Box::from("name")]);
+                }
+            }
             if let Some(m) = &r.mcp {
                 // The call itself: method and tool name.
                 out.push(vec![Box::from("method")]);
@@ -446,6 +494,11 @@ impl Replayer {
     pub fn replay(&self, input: &InputRecord) -> Replayed {
         let req = &input.request;
         let request = format!("{} {}{}", req.method, req.host, req.path);
+        // Decided by state replay does not have: not decided again (it would charge limits
+        // the server never charged).
+        if let Some(why) = self.state_only(input) {
+            return self.compare(input, request, input.decision.clone(), Some(why));
+        }
         let checked = crate::check::ready_now(self.authz.decide(req.to_check_request(), input.time));
         let replayed = match &checked {
             Some(c) => recorded(&c.decision),
@@ -507,12 +560,16 @@ impl Replayer {
     }
 
     /// Why the candidate cannot decide this input as it was (before deciding).
-    fn indeterminate(&self, input: &InputRecord) -> Option<String> {
+    fn state_only(&self, input: &InputRecord) -> Option<String> {
         let state_only =
             [RuleId::Quarantined, RuleId::CredentialUnavailable, RuleId::StateUnavailable, RuleId::InternalError];
-        if state_only.iter().any(|r| r.as_str() == input.decision.rule) {
-            return Some(format!("decided by state replay does not have (`{}`)", input.decision.rule));
-        }
+        state_only
+            .iter()
+            .any(|r| r.as_str() == input.decision.rule)
+            .then(|| format!("decided by state replay does not have (`{}`)", input.decision.rule))
+    }
+
+    fn indeterminate(&self, input: &InputRecord) -> Option<String> {
         let req = &input.request;
         for m in req.masked.iter().filter_map(|m| m.strip_prefix('?')) {
             if self.policy.inputs.query.iter().any(|q| q.eq_ignore_ascii_case(m)) {

@@ -125,10 +125,8 @@ impl Authorization for Authz {
         let start = Instant::now();
         let request = request.into_inner();
         // A copy of what deciding needs, before the Check consumes the request (capture on).
-        let input = self
-            .inputs
-            .as_ref()
-            .and_then(|(_, masks)| crate::replay::capture(&request, &self.checker.policy.load().policy, masks));
+        let input =
+            self.inputs.as_ref().and_then(|(_, masks)| masks.capture(&request, &self.checker.policy.load_full()));
         let c = self.decide(request, Timestamp::now()).await;
         let elapsed = start.elapsed();
         if let Some(m) = &self.metrics {

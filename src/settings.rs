@@ -85,6 +85,8 @@ pub struct DecisionLogSection {
     pub inputs_path: Option<PathBuf>,
     /// JSON Pointers into bodies whose values inputs replace by a marker.
     pub mask: Option<Vec<String>>,
+    /// Input records queued before new ones are dropped (default 256: a record holds a body).
+    pub inputs_buffer: Option<usize>,
 }
 
 /// `state:` in the config file (agent-controls.md §7).
@@ -351,6 +353,8 @@ pub struct InputCapture {
     pub path: PathBuf,
     /// Masked JSON Pointers (`/a/b`), as written.
     pub mask: Vec<String>,
+    /// Records queued before new ones are dropped.
+    pub buffer: usize,
 }
 
 impl InputCapture {
@@ -358,7 +362,7 @@ impl InputCapture {
         let bad = SettingsError::Value;
         match d.inputs.as_deref() {
             None | Some("off") => {
-                if d.inputs_path.is_some() || d.mask.is_some() {
+                if d.inputs_path.is_some() || d.mask.is_some() || d.inputs_buffer.is_some() {
                     return Err(bad("`decision_log.inputs_path` and `mask` need `decision_log.inputs: full`".into()));
                 }
                 Ok(None)
@@ -377,7 +381,7 @@ impl InputCapture {
                 if let Some(m) = mask.iter().find(|m| !m.starts_with('/')) {
                     return Err(bad(format!("`decision_log.mask`: `{m}` is not a JSON Pointer (it starts with `/`)")));
                 }
-                Ok(Some(InputCapture { path, mask }))
+                Ok(Some(InputCapture { path, mask, buffer: d.inputs_buffer.unwrap_or(256).max(1) }))
             }
             Some(o) => Err(bad(format!("`decision_log.inputs` `{o}` is not off or full"))),
         }

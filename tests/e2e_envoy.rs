@@ -782,9 +782,17 @@ fn through_real_envoy() {
             .unwrap();
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let total = report["total"].as_u64().unwrap_or(0);
+        // Every decision reproduced, except where the body was not kept: a JSON body that
+        // does not read strictly (the duplicate-key smuggling attempt above) cannot be masked
+        // safely, so it is not recorded, and a decision that reads it is indeterminate.
+        let unchanged = report["counts"]["unchanged"].as_u64().unwrap_or(0);
+        let indeterminate = report["examples"]["indeterminate"].as_array().cloned().unwrap_or_default();
         expect(
             "replay against the recorded revision reproduces every decision",
-            out.status.success() && report["counts"]["unchanged"].as_u64() == Some(total),
+            out.status.success()
+                && unchanged + indeterminate.len() as u64 == total
+                && indeterminate.len() <= 1
+                && indeterminate.iter().all(|e| e["why"].as_str().unwrap_or("").contains("which was not recorded")),
             format!("v{i} {rev}: {report}"),
         );
         replayed += total;

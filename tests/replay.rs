@@ -65,7 +65,21 @@ fn requests() -> Vec<Sent> {
         ("admin", "GET", "/admin/x", vec![], None),
         ("unread-header", "GET", "/items/2", vec![("x-unread", "header-SECRET-99")], None),
         ("other", "GET", "/other", vec![], None),
-        ("token", "GET", "/items/3?q=1&Access_Token=qtok-SECRET-5", vec![("authorization", "Bearer atok-SECRET-6")], None),
+        (
+            "token",
+            "GET",
+            "/items/3?q=1&Access_Token=qtok-SECRET-5",
+            vec![("authorization", "Bearer atok-SECRET-6")],
+            None,
+        ),
+        // A duplicate key: hallpass cannot read it (denied); masking would collapse it.
+        (
+            "dup",
+            "POST",
+            "/send",
+            vec![],
+            Some(r#"{"to":["a@example.com"],"to":["b@evil.io"],"password":"dup-SECRET-7"}"#),
+        ),
     ]
 }
 
@@ -134,10 +148,10 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     let id = |n: &str| ids.iter().find(|(k, _)| k == n).unwrap().1.clone();
     let text = std::fs::read_to_string(&inputs).unwrap();
     let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(records.len(), 8, "{text}");
+    assert_eq!(records.len(), 9, "{text}");
 
     // -- what an input keeps: the schema, masked values, header values only where read.
-    for s in ["hunter2-SECRET", "k-SECRET-123", "header-SECRET-99", "qtok-SECRET-5", "atok-SECRET-6"] {
+    for s in ["hunter2-SECRET", "k-SECRET-123", "header-SECRET-99", "qtok-SECRET-5", "atok-SECRET-6", "dup-SECRET-7"] {
         assert!(!text.contains(s), "{s} captured");
     }
     let send = records.iter().find(|r| r["decision_id"] == id("send").as_str()).unwrap();
@@ -158,6 +172,11 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert!(token["request"]["headers"].get("authorization").is_none(), "{token}");
     assert_eq!(token["request"]["path"], "/items/3?q=1&Access_Token=hallpass:masked");
     assert_eq!(token["request"]["masked"], serde_json::json!(["?access_token"]));
+    let dup = records.iter().find(|r| r["decision_id"] == id("dup").as_str()).unwrap();
+    assert_eq!((dup["request"]["body_omitted"].as_bool(), dup["request"].get("body")), (Some(true), None), "{dup}");
+    assert_eq!(dup["decision"]["decision"], "deny");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&inputs).unwrap().permissions().mode() & 0o777, 0o600, "inputs are hallpass's alone");
     // Every record joins its decision record.
     let decisions = std::fs::read_to_string(dir.join("decisions.jsonl")).unwrap();
     for (_, i) in &ids {
@@ -178,8 +197,25 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     // (read by no-basic-auth) was not recorded is indeterminate, never guessed.
     let (code, report) = replay(&dir.join("policy.yaml"), &inputs, &["--fail-on", "any"]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!((report["total"].as_u64(), report["counts"]["unchanged"].as_u64()), (Some(8), Some(7)), "{report}");
-    assert_eq!(changed(&report, "indeterminate"), vec![id("token")], "{report}");
+    assert_eq!((report["total"].as_u64(), report["counts"]["unchanged"].as_u64()), (Some(9), Some(7)), "{report}");
+    let mut ind = changed(&report, "indeterminate");
+    ind.sort();
+    let mut want = vec![id("token"), id("dup")];
+    want.sort();
+    assert_eq!(ind, want, "the omitted body is read by mail-send: {report}");
+    // A gate that replayed nothing fails (exit 2), never passes silently.
+    let (code, out) = hallpass(&[
+        "replay",
+        "--policy",
+        dir.join("policy.yaml").to_str().unwrap(),
+        "--fail-on",
+        "any",
+        "--revision",
+        "000000000000",
+        inputs.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no input was replayed"), "{out}");
 
     // -- a changed policy: deletes of items allowed (deny→allow), /items/2 denied
     // (allow→deny), a deny that reads the masked password (indeterminate for `send` only),
@@ -205,7 +241,7 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     );
     let mut indeterminate = changed(&report, "indeterminate");
     indeterminate.sort();
-    let mut want = vec![id("send"), id("unread-header"), id("token")];
+    let mut want = vec![id("send"), id("unread-header"), id("token"), id("dup")];
     want.sort();
     assert_eq!(indeterminate, want, "{report}");
     assert_eq!(report["counts"]["unchanged"].as_u64(), Some(4), "read, mcp, admin, other: {report}");
@@ -227,13 +263,13 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(changed(&report, "allow_to_deny"), vec![id("unread-header")], "{report}");
     assert_eq!(report["counts"]["unchanged"].as_u64(), Some(6));
-    assert_eq!(report["counts"]["indeterminate"].as_u64(), Some(1));
+    assert_eq!(report["counts"]["indeterminate"].as_u64(), Some(2));
     assert_eq!(replay(&closing, &inputs, &["--fail-on", "allow-to-deny"]).0, 1);
     // The text report names the counts and the example.
     let (code, text) = hallpass(&["replay", "--policy", closing.to_str().unwrap(), inputs.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(
-        text.contains("8 inputs replayed") && text.contains("allow_to_deny  1") && text.contains("read → no-item-2"),
+        text.contains("9 inputs replayed") && text.contains("allow_to_deny  1") && text.contains("read → no-item-2"),
         "{text}"
     );
 }
