@@ -797,6 +797,44 @@ fn through_real_envoy() {
         );
         replayed += total;
     }
+    // A changed policy against the first revision's traffic: deletes allowed instead of
+    // denied. Exactly the inputs `no-deletes` decided turn deny→allow; the gate fails.
+    let v0 = versions.first().cloned().unwrap_or_default();
+    let candidate = v0.replace(
+        "    description: Agents never delete data, on any upstream.\n    effect: deny\n    methods: [DELETE]\n    message: Agents may not delete data.\n",
+        "    description: (candidate) deletes allowed.\n    effect: allow\n    methods: [DELETE]\n",
+    );
+    let cand_file = dir.join("candidate.yaml");
+    std::fs::write(&cand_file, &candidate).unwrap();
+    let rev0 = hallpass::reload::revision_of(v0.as_bytes());
+    let deletes: Vec<String> = inputs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["revision"] == rev0.as_str() && r["decision"]["rule"] == "no-deletes")
+        .map(|r| r["decision_id"].as_str().unwrap_or("").to_string())
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
+        .args(["replay", "--json", "--fail-on", "deny-to-allow", "--revision", &rev0, "--policy"])
+        .arg(&cand_file)
+        .arg(dir.join("inputs.jsonl"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let opened: Vec<String> = report["examples"]["deny_to_allow"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e["decision_id"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default();
+    expect(
+        "a candidate that allows deletes: exactly the recorded no-deletes denies change, and the gate fails",
+        candidate != v0
+            && out.status.code() == Some(1)
+            && !deletes.is_empty()
+            && report["counts"]["deny_to_allow"].as_u64() == Some(deletes.len() as u64)
+            && opened.iter().all(|id| deletes.contains(id))
+            && report["counts"]["allow_to_deny"].as_u64().unwrap_or(0) == 0
+            && report["counts"]["rule_changed"].as_u64().unwrap_or(0) == 0,
+        format!("{} deletes recorded: {report}", deletes.len()),
+    );
     expect(
         "every input replayed",
         replayed == inputs.lines().count() as u64,
