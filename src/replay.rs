@@ -618,6 +618,11 @@ impl Replayer {
                 continue;
             }
             let Some(reads) = self.body_pointers.get(t.index) else { continue };
+            // A rule with limits reads the body to count a batch's elements.
+            let limited = self.policy.rules.get(t.index).is_some_and(|r| !r.limits.is_empty());
+            if req.body_omitted && limited {
+                return Some(format!("rule `{}` has limits, which read the body, which was not recorded", t.rule));
+            }
             if reads.is_empty() {
                 continue;
             }

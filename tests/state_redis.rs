@@ -167,8 +167,11 @@ fn setup(dir: &Path) -> PathBuf {
         sha2::Sha256::digest(TOKEN.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     std::fs::write(dir.join("approvers.yaml"), format!("- name: ops\n  token_sha256: {digest}\n")).unwrap();
-    // At most 3 buckets per agent: a key part the client chooses cannot fill Redis.
-    std::fs::write(dir.join("hallpass.yaml"), "state:\n  max_keys_per_agent: 3\n").unwrap();
+    // At most 3 buckets per agent: a key part the client chooses cannot fill Redis. A store
+    // timeout of 500 ms (default 50 ms): these tests are about sharing, and a busy CI machine
+    // must not turn a slow script into `state_unavailable`.
+    std::fs::write(dir.join("hallpass.yaml"), "state:\n  max_keys_per_agent: 3\n  redis:\n    timeout: 500ms\n")
+        .unwrap();
     let policy = dir.join("policy.yaml");
     std::fs::write(
         &policy,
