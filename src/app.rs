@@ -222,10 +222,12 @@ pub async fn run(
                 std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600)
                     .open(&cap.path)
                     .map_err(|source| ServeError::DecisionLog { path: cap.path.clone(), source })?;
+            // An existing file too: hallpass's alone.
+            let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
             let m = metrics.clone();
             let (log, writer) =
                 DecisionLog::start(Sink::Writer(Box::new(file)), cap.buffer, Some(Arc::new(move || m.input_dropped())));
-            authz = authz.clone().with_inputs(log, crate::replay::Masks::new(cap.mask.clone()));
+            authz = authz.clone().with_inputs(log, crate::replay::Masks::new(cap.mask.clone(), s.max_body_bytes));
             Some(writer)
         }
         None => None,

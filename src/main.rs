@@ -482,6 +482,18 @@ fn replay(
         {
             println!("  {:14} {}", c.as_str(), report.count(c));
         }
+        if report.indeterminate_opens + report.indeterminate_closes > 0 {
+            println!(
+                "  of the indeterminate, {} would now be allowed and {} denied (they count for --fail-on)",
+                report.indeterminate_opens, report.indeterminate_closes
+            );
+        }
+        if report.revisions.len() > 1 {
+            println!(
+                "  note: the inputs were decided by {} policy revisions; each is compared with what its revision decided (--revision replays one)",
+                report.revisions.len()
+            );
+        }
         if report.skipped > 0 {
             println!("  {:14} {} (decided by another revision than --revision)", "skipped", report.skipped);
         }
@@ -515,12 +527,22 @@ fn replay(
         eprintln!("no input was replayed (wrong --revision, or no hallpass.input/v1 records): the gate cannot pass");
         return ExitCode::from(2);
     }
+    if fail_on.is_some() && report.unreadable > 0 {
+        eprintln!("{} lines could not be read as hallpass.input/v1 records: the gate cannot pass", report.unreadable);
+        return ExitCode::from(2);
+    }
+    // An indeterminate input whose replayed decision differs counts against the gate: the
+    // candidate may change it, and a gate must not be blinded by what was not recorded.
     let failing = match fail_on {
         None => 0,
-        Some(FailOn::DenyToAllow) => report.count(Change::DenyToAllow),
-        Some(FailOn::AllowToDeny) => report.count(Change::AllowToDeny),
+        Some(FailOn::DenyToAllow) => report.count(Change::DenyToAllow) + report.indeterminate_opens,
+        Some(FailOn::AllowToDeny) => report.count(Change::AllowToDeny) + report.indeterminate_closes,
         Some(FailOn::Any) => {
-            report.count(Change::DenyToAllow) + report.count(Change::AllowToDeny) + report.count(Change::RuleChanged)
+            report.count(Change::DenyToAllow)
+                + report.count(Change::AllowToDeny)
+                + report.count(Change::RuleChanged)
+                + report.indeterminate_opens
+                + report.indeterminate_closes
         }
     };
     if failing > 0 {

@@ -98,9 +98,10 @@ pub struct RecordedDecision {
 
 /// What capture masks in bodies (JSON Pointers), and the header names whose values it keeps
 /// for the live policy last seen (computed once per policy, not per Check).
-#[derive(Default)]
 pub struct Masks {
     pointers: Vec<String>,
+    /// Longest body kept (what hallpass reads: `limits.max_body_bytes`).
+    max_body: usize,
     kept: arc_swap::ArcSwapOption<(Arc<crate::reload::LivePolicy>, BTreeSet<String>)>,
 }
 
@@ -110,10 +111,17 @@ impl std::fmt::Debug for Masks {
     }
 }
 
+impl Default for Masks {
+    /// No masks; bodies kept up to hallpass's default `max_body_bytes`.
+    fn default() -> Masks {
+        Masks::new(Vec::new(), crate::check::DEFAULT_MAX_BODY_BYTES)
+    }
+}
+
 impl Masks {
     /// Masks for these pointers (each starts with `/`).
-    pub fn new(pointers: Vec<String>) -> Masks {
-        Masks { pointers, kept: arc_swap::ArcSwapOption::empty() }
+    pub fn new(pointers: Vec<String>, max_body: usize) -> Masks {
+        Masks { pointers, max_body, kept: arc_swap::ArcSwapOption::empty() }
     }
 
     /// Capture `req` for the live policy `live` (its kept header names computed once).
@@ -160,6 +168,17 @@ pub fn kept_headers(policy: &Policy) -> BTreeSet<String> {
     {
         out.insert((*h).to_string());
     }
+    out
+}
+
+/// Headers whose values a capture never keeps: the credential headers hallpass knows, every
+/// rule's `strip_headers` and every credential's own header.
+pub fn secret_headers(policy: &Policy) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = crate::credentials::DEFAULT_STRIP.iter().map(|h| (*h).to_string()).collect();
+    for r in &policy.rules {
+        out.extend(r.strip_headers.iter().map(|h| h.to_string()));
+    }
+    out.extend(policy.credentials.iter().map(|c| c.header.to_string()));
     out
 }
 
@@ -225,17 +244,11 @@ fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
 fn mask_json(doc: &mut serde_json::Value, pointers: &[String]) -> Vec<String> {
     let mut hit = Vec::new();
     for p in pointers {
-        let mut any = false;
-        if let Some(v) = doc.pointer_mut(p) {
-            *v = serde_json::Value::String(MASKED.into());
-            any = true;
-        }
+        let tokens: Vec<String> = p.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
+        let mut any = mask_at(doc, &tokens);
         if let serde_json::Value::Array(items) = doc {
             for item in items.iter_mut() {
-                if let Some(v) = item.pointer_mut(p) {
-                    *v = serde_json::Value::String(MASKED.into());
-                    any = true;
-                }
+                any |= mask_at(item, &tokens);
             }
         }
         if any {
@@ -245,25 +258,63 @@ fn mask_json(doc: &mut serde_json::Value, pointers: &[String]) -> Vec<String> {
     hit
 }
 
+/// Mask the value(s) at `tokens`: object keys compared in any ASCII case (an upstream may
+/// bind `Password` to `password`: every spelling is masked), array elements by index.
+fn mask_at(v: &mut serde_json::Value, tokens: &[String]) -> bool {
+    let Some((first, rest)) = tokens.split_first() else {
+        *v = serde_json::Value::String(MASKED.into());
+        return true;
+    };
+    match v {
+        serde_json::Value::Object(o) => {
+            let mut any = false;
+            for (k, child) in o.iter_mut() {
+                if k.eq_ignore_ascii_case(first) {
+                    any |= mask_at(child, rest);
+                }
+            }
+            any
+        }
+        serde_json::Value::Array(a) => {
+            first.parse::<usize>().ok().and_then(|i| a.get_mut(i)).is_some_and(|child| mask_at(child, rest))
+        }
+        _ => false,
+    }
+}
+
 /// The path with the values of credential query parameters (`access_token`, `api_key`, …,
 /// any case) replaced by [`MASKED`], and `?name` for each one masked.
 fn mask_query(path: &str) -> (String, Vec<String>) {
     let Some((p, q)) = path.split_once('?') else { return (path.to_string(), Vec::new()) };
     let mut masked = Vec::new();
-    let parts: Vec<String> = q
-        .split('&')
-        .map(|pair| {
-            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-            if crate::credentials::CREDENTIAL_PARAMS.iter().any(|c| decoded.eq_ignore_ascii_case(c)) {
-                masked.push(format!("?{}", decoded.to_ascii_lowercase()));
-                format!("{name}={MASKED}")
-            } else {
-                pair.to_string()
-            }
-        })
-        .collect();
-    (format!("{p}?{}", parts.join("&")), masked)
+    // Split where any upstream splits (`&`, and `;` for Rails/Rack and older Go/Python);
+    // names read as upstreams read them (case, brackets, PHP's mangling).
+    let mut out = String::with_capacity(path.len());
+    out.push_str(p);
+    out.push('?');
+    for (i, pair) in q.split(['&', ';']).enumerate() {
+        if i > 0 {
+            // The separator as sent.
+            let at = q.split(['&', ';']).take(i).map(|s| s.len() + 1).sum::<usize>() - 1;
+            out.push_str(q.get(at..=at).unwrap_or("&"));
+        }
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        let lower = decoded.to_ascii_lowercase();
+        if let Some(c) =
+            crate::credentials::CREDENTIAL_PARAMS.iter().find(|c| crate::request::param_is(&lower, c) || lower == **c)
+        {
+            masked.push(format!("?{c}"));
+            out.push_str(name);
+            out.push('=');
+            out.push_str(MASKED);
+        } else {
+            out.push_str(pair);
+        }
+    }
+    masked.sort();
+    masked.dedup();
+    (out, masked)
 }
 
 /// The request part of an input record, from a CheckRequest (a copy: the Check goes on with
@@ -277,7 +328,7 @@ fn capture_with(req: &CheckRequest, policy: &Policy, kept: &BTreeSet<String>, ma
     let mut header_names: Vec<String> = parts.headers.keys().filter(|k| !k.starts_with(':')).cloned().collect();
     header_names.sort();
     // Never the value of a header that carries credentials, even one the policy reads.
-    let secret: BTreeSet<String> = crate::credentials::DEFAULT_STRIP.iter().map(|h| (*h).to_string()).collect();
+    let secret = secret_headers(policy);
     let headers = parts
         .headers
         .iter()
@@ -286,22 +337,26 @@ fn capture_with(req: &CheckRequest, policy: &Policy, kept: &BTreeSet<String>, ma
         .collect();
     let (path, masked_params) = mask_query(&parts.path);
     let (mut body, mut body_omitted, mut masked) = (None, false, masked_params);
-    if !parts.body.is_empty() {
-        match String::from_utf8(parts.body) {
+    let mut raw = parts.body;
+    if raw.len() > masks.max_body {
+        // Longer than hallpass reads (it was decided as truncated): kept as far as it read.
+        raw.truncate(masks.max_body);
+        body_omitted = true;
+    }
+    if !raw.is_empty() && !body_omitted {
+        match String::from_utf8(raw) {
             Err(_) => body_omitted = true,
             Ok(text) if masks.pointers.is_empty() => body = Some(text),
             // Masked only if it reads as hallpass reads it (strictly: a duplicate key would be
             // collapsed by re-serializing, and a body hallpass refused would read in replay).
-            Ok(text) => match crate::request::body::parse_json(text.as_bytes())
-                .map(|_| serde_json::from_str::<serde_json::Value>(&text))
-            {
-                Some(Ok(mut doc)) => {
+            Ok(text) => match crate::request::body::parse_json(text.as_bytes()) {
+                Some(mut doc) => {
                     let hit = mask_json(&mut doc, &masks.pointers);
                     body = Some(if hit.is_empty() { text } else { doc.to_string() });
                     masked.extend(hit);
                 }
                 // Masks are set and this body's fields cannot be found: not kept.
-                _ => body_omitted = true,
+                None => body_omitted = true,
             },
         }
     }
@@ -482,7 +537,12 @@ impl Replayer {
     /// A replayer for `policy` (in-memory state; credentials assumed available, as in
     /// `hallpass test`).
     pub fn new(policy: Policy) -> Replayer {
-        let authz = crate::service::Authz::from_policy(policy.clone())
+        // No automatic quarantine: replay has no record of releases, and a quarantine it
+        // imposed itself would hide what the candidate decides (`quarantined` records are
+        // reported apart instead).
+        let mut deciding = policy.clone();
+        deciding.settings.quarantine = None;
+        let authz = crate::service::Authz::from_policy(deciding)
             .with_state(Arc::new(crate::quarantine::StateRuntime::memory()));
         authz.tokens().assume_all(&policy.credentials);
         let kept_by_candidate = kept_headers(&policy);
@@ -653,6 +713,13 @@ pub struct Report {
     pub by_rule: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// Up to 5 examples per change (not `unchanged`).
     pub examples: BTreeMap<&'static str, Vec<Replayed>>,
+    /// Indeterminate inputs whose replayed decision allows what was denied (the candidate may
+    /// open them: `--fail-on deny-to-allow` fails on these too).
+    pub indeterminate_opens: u64,
+    /// Indeterminate inputs whose replayed decision denies what was allowed.
+    pub indeterminate_closes: u64,
+    /// Inputs by the revision that decided them.
+    pub revisions: BTreeMap<String, u64>,
     /// Lines that were not input records.
     pub unreadable: u64,
     /// Records of another revision than `--revision`.
@@ -663,6 +730,13 @@ impl Report {
     /// Count one replayed input.
     pub fn add(&mut self, r: Replayed) {
         self.total += 1;
+        if r.change == Change::Indeterminate && r.recorded.decision != r.replayed.decision {
+            if r.recorded.decision == "deny" {
+                self.indeterminate_opens += 1;
+            } else {
+                self.indeterminate_closes += 1;
+            }
+        }
         *self.counts.entry(r.change.as_str()).or_default() += 1;
         if r.change != Change::Unchanged {
             let key = format!("{} → {}", r.recorded.rule, r.replayed.rule);
@@ -686,15 +760,19 @@ impl Report {
 pub fn replay_lines(replayer: &Replayer, reader: impl BufRead, revision: Option<&str>, report: &mut Report) {
     for line in reader.lines() {
         let Ok(line) = line else {
+            // An I/O error (a directory, a broken file) repeats: stop here.
             report.unreadable += 1;
-            continue;
+            break;
         };
         if line.trim().is_empty() {
             continue;
         }
         match serde_json::from_str::<InputRecord>(&line) {
             Ok(rec) if rec.schema == SCHEMA && revision.is_some_and(|r| r != rec.revision) => report.skipped += 1,
-            Ok(rec) if rec.schema == SCHEMA => report.add(replayer.replay(&rec)),
+            Ok(rec) if rec.schema == SCHEMA => {
+                *report.revisions.entry(rec.revision.clone()).or_default() += 1;
+                report.add(replayer.replay(&rec));
+            }
             _ => report.unreadable += 1,
         }
     }

@@ -52,7 +52,13 @@ fn requests() -> Vec<Sent> {
     vec![
         ("read", "GET", "/items/1", vec![], None),
         ("delete", "DELETE", "/items/1", vec![], None),
-        ("send", "POST", "/send", vec![], Some(r#"{"to":["a@example.com"],"password":"hunter2-SECRET"}"#)),
+        (
+            "send",
+            "POST",
+            "/send",
+            vec![],
+            Some(r#"{"to":["a@example.com"],"PassWord":"hunter2-SECRET"}"#),
+        ),
         (
             "mcp",
             "POST",
@@ -68,7 +74,7 @@ fn requests() -> Vec<Sent> {
         (
             "token",
             "GET",
-            "/items/3?q=1&Access_Token=qtok-SECRET-5",
+            "/items/3?q=1&Access_Token=qtok-SECRET-5;api_key[]=semi-SECRET-9",
             vec![("authorization", "Bearer atok-SECRET-6")],
             None,
         ),
@@ -151,7 +157,15 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert_eq!(records.len(), 9, "{text}");
 
     // -- what an input keeps: the schema, masked values, header values only where read.
-    for s in ["hunter2-SECRET", "k-SECRET-123", "header-SECRET-99", "qtok-SECRET-5", "atok-SECRET-6", "dup-SECRET-7"] {
+    for s in [
+        "hunter2-SECRET",
+        "semi-SECRET-9",
+        "k-SECRET-123",
+        "header-SECRET-99",
+        "qtok-SECRET-5",
+        "atok-SECRET-6",
+        "dup-SECRET-7",
+    ] {
         assert!(!text.contains(s), "{s} captured");
     }
     let send = records.iter().find(|r| r["decision_id"] == id("send").as_str()).unwrap();
@@ -159,7 +173,11 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert_eq!(send["decision"], serde_json::json!({"decision": "allow", "rule": "mail-send", "dry_run": false}));
     assert_eq!(send["request"]["masked"], serde_json::json!(["/password"]));
     let body: Value = serde_json::from_str(send["request"]["body"].as_str().unwrap()).unwrap();
-    assert_eq!(body, serde_json::json!({"to": ["a@example.com"], "password": "hallpass:masked"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"to": ["a@example.com"], "PassWord": "hallpass:masked"}),
+        "`/password` masks every spelling an upstream may bind to it"
+    );
     let mcp = records.iter().find(|r| r["decision_id"] == id("mcp").as_str()).unwrap();
     assert_eq!(mcp["request"]["masked"], serde_json::json!(["/params/arguments/api_key"]));
     let unread = records.iter().find(|r| r["decision_id"] == id("unread-header").as_str()).unwrap();
@@ -170,8 +188,8 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     // a credential query parameter's.
     let token = records.iter().find(|r| r["decision_id"] == id("token").as_str()).unwrap();
     assert!(token["request"]["headers"].get("authorization").is_none(), "{token}");
-    assert_eq!(token["request"]["path"], "/items/3?q=1&Access_Token=hallpass:masked");
-    assert_eq!(token["request"]["masked"], serde_json::json!(["?access_token"]));
+    assert_eq!(token["request"]["path"], "/items/3?q=1&Access_Token=hallpass:masked;api_key[]=hallpass:masked");
+    assert_eq!(token["request"]["masked"], serde_json::json!(["?access_token", "?api_key"]));
     let dup = records.iter().find(|r| r["decision_id"] == id("dup").as_str()).unwrap();
     assert_eq!((dup["request"]["body_omitted"].as_bool(), dup["request"].get("body")), (Some(true), None), "{dup}");
     assert_eq!(dup["decision"]["decision"], "deny");
@@ -246,6 +264,17 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert_eq!(indeterminate, want, "{report}");
     assert_eq!(report["counts"]["unchanged"].as_u64(), Some(4), "read, mcp, admin, other: {report}");
     assert_eq!(report["by_rule"]["no-deletes → delete-items"]["deny_to_allow"], 1, "{report}");
+    // Indeterminate is not a way around the gate: two indeterminate inputs (unread-header,
+    // and send, whose `PassWord` a deny reads case-folded: unknown) are denied by the
+    // candidate where they were allowed — counted, and they fail `allow-to-deny`.
+    assert_eq!(
+        (report["indeterminate_closes"].as_u64(), report["indeterminate_opens"].as_u64()),
+        (Some(2), Some(0)),
+        "{}",
+        report["examples"]["indeterminate"]
+    );
+    let (code, _) = replay(&candidate, &inputs, &["--fail-on", "allow-to-deny"]);
+    assert_eq!(code, 1, "an indeterminate input the candidate closes fails the allow-to-deny gate");
     let why = report["examples"]["indeterminate"].to_string();
     assert!(why.contains("reads `/password`, which was masked") && why.contains("`x-unread`"), "{why}");
 
