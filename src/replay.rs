@@ -299,7 +299,9 @@ fn mask_query(path: &str) -> (String, Vec<String>) {
             out.push_str(q.get(at..=at).unwrap_or("&"));
         }
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        // `+` is a space in a form-encoded name (as hallpass reads it).
+        let plus = name.replace('+', " ");
+        let decoded = percent_encoding::percent_decode_str(&plus).decode_utf8_lossy();
         let lower = decoded.to_ascii_lowercase();
         if let Some(c) =
             crate::credentials::CREDENTIAL_PARAMS.iter().find(|c| crate::request::param_is(&lower, c) || lower == **c)
@@ -775,5 +777,37 @@ pub fn replay_lines(replayer: &Replayer, reader: impl BufRead, revision: Option<
             }
             _ => report.unreadable += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests may panic")]
+    use super::*;
+
+    #[test]
+    fn credential_query_parameters_are_masked_under_every_reading() {
+        for (path, masked) in [
+            ("/x?Access_Token=s", "/x?Access_Token=hallpass:masked"),
+            ("/x?a=1;api_key[]=s&b=2", "/x?a=1;api_key[]=hallpass:masked&b=2"),
+            ("/x?api+key=s", "/x?api+key=hallpass:masked"),
+            ("/x?%6Bey=s", "/x?%6Bey=hallpass:masked"),
+            ("/x?keys=s&monkey=t", "/x?keys=s&monkey=t"),
+            ("/x", "/x"),
+        ] {
+            assert_eq!(mask_query(path).0, masked, "{path}");
+        }
+        assert_eq!(mask_query("/x?KEY=1&key=2;apikey=3").1, vec!["?apikey", "?key"]);
+    }
+
+    #[test]
+    fn body_masks_match_any_case_and_depth() {
+        let mut doc = serde_json::json!({"User": {"PassWord": "s", "items": [{"password": "t"}]}, "password": "u"});
+        let hit = mask_json(&mut doc, &["/user/password".into(), "/user/items/0/password".into(), "/nope".into()]);
+        assert_eq!(hit, vec!["/user/password", "/user/items/0/password"]);
+        assert_eq!(
+            doc,
+            serde_json::json!({"User": {"PassWord": MASKED, "items": [{"password": MASKED}]}, "password": "u"})
+        );
     }
 }

@@ -52,13 +52,7 @@ fn requests() -> Vec<Sent> {
     vec![
         ("read", "GET", "/items/1", vec![], None),
         ("delete", "DELETE", "/items/1", vec![], None),
-        (
-            "send",
-            "POST",
-            "/send",
-            vec![],
-            Some(r#"{"to":["a@example.com"],"PassWord":"hunter2-SECRET"}"#),
-        ),
+        ("send", "POST", "/send", vec![], Some(r#"{"to":["a@example.com"],"PassWord":"hunter2-SECRET"}"#)),
         (
             "mcp",
             "POST",
