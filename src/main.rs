@@ -96,6 +96,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Read bodies up to this many bytes, as the server did (`limits.max_body_bytes`)
+        /// [default: 1048576].
+        #[arg(long)]
+        max_body_bytes: Option<usize>,
         /// Replay only the inputs this policy revision decided (as `/policy` and the decision
         /// records name it): replaying them against that policy must reproduce every decision.
         #[arg(long)]
@@ -244,8 +248,8 @@ fn main() -> ExitCode {
         }
         Command::Serve(o) => serve(o),
         Command::Test { paths, coverage_min, junit, verbose } => test(paths, coverage_min, junit, verbose),
-        Command::Replay { policy, files, fail_on, json, revision } => {
-            replay(&policy, &files, fail_on, json, revision.as_deref())
+        Command::Replay { policy, files, fail_on, json, revision, max_body_bytes } => {
+            replay(&policy, &files, fail_on, json, revision.as_deref(), max_body_bytes)
         }
         Command::Quarantine { verb, server } => quarantine(verb, &server),
         Command::Approvals { verb, server } => {
@@ -406,6 +410,20 @@ fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, 
                 }
             }
         }
+        // A deny expected without its rule passes on any deny, the default one too.
+        for (r, case) in runs.iter().zip(&loaded.suite.cases) {
+            if r.passed()
+                && case.expect.rule.is_none()
+                && case.expect.decision == "deny"
+                && r.checked.decision.rule.as_str() == "default"
+            {
+                println!(
+                    "warn {} / {}: passed on the default deny (no rule matched); give `rule:` to test what decides it",
+                    file.display(),
+                    r.name
+                );
+            }
+        }
         let uncovered = pt::uncovered(&loaded.policy, &runs);
         let total = loaded.policy.rules.len();
         let covered = total - uncovered.len();
@@ -453,6 +471,7 @@ fn replay(
     fail_on: Option<FailOn>,
     json: bool,
     revision: Option<&str>,
+    max_body_bytes: Option<usize>,
 ) -> ExitCode {
     use hallpass::replay::{Change, Replayer, Report};
     let candidate = match Policy::from_file(policy) {
@@ -462,7 +481,8 @@ fn replay(
             return ExitCode::from(2);
         }
     };
-    let replayer = Replayer::new(candidate);
+    let replayer =
+        Replayer::with_max_body_bytes(candidate, max_body_bytes.unwrap_or(hallpass::check::DEFAULT_MAX_BODY_BYTES));
     let mut report = Report::default();
     for f in files {
         match std::fs::File::open(f) {

@@ -67,6 +67,10 @@ pub struct InputRequest {
     /// The JWT claims identity reads: `{provider: {claim: …}}`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub jwt: Option<serde_json::Value>,
+    /// The JWT claims capture looked for (`provider/claim.path`), present or not: a claim
+    /// outside this list was not recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub jwt_claims: Vec<String>,
     /// The selected route's `hallpass` metadata `upstream`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub route: Option<String>,
@@ -222,6 +226,23 @@ fn kept_claims(policy: &Policy, jwt: &Struct) -> Option<serde_json::Value> {
     any.then_some(out)
 }
 
+/// The JWT claim paths `policy`'s identity reads, as `provider/claim.path`, sorted.
+pub fn jwt_claim_paths(policy: &Policy) -> Vec<String> {
+    let mut out: Vec<String> = policy
+        .identity
+        .agent
+        .iter()
+        .chain(&policy.identity.on_behalf_of)
+        .filter_map(|s| match s {
+            IdentitySource::Jwt { provider, claim } => Some(format!("{provider}/{}", claim.join("."))),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Merge object `b` into `a` (objects merged key by key, anything else replaced).
 fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
     match (a, b) {
@@ -370,6 +391,7 @@ fn capture_with(req: &CheckRequest, policy: &Policy, kept: &BTreeSet<String>, ma
         header_names,
         principal: parts.principal,
         jwt: parts.jwt.as_ref().and_then(|j| kept_claims(policy, j)),
+        jwt_claims: jwt_claim_paths(policy),
         route: parts.route_upstream,
         body,
         body_omitted,
@@ -530,6 +552,7 @@ fn overlap(read: &[Box<str>], masked: &[String]) -> bool {
 /// Replays inputs against a candidate policy.
 pub struct Replayer {
     policy: Policy,
+    jwt_claims: Vec<String>,
     authz: crate::service::Authz,
     kept_by_candidate: BTreeSet<String>,
     body_pointers: Vec<Vec<Vec<Box<str>>>>,
@@ -539,17 +562,24 @@ impl Replayer {
     /// A replayer for `policy` (in-memory state; credentials assumed available, as in
     /// `hallpass test`).
     pub fn new(policy: Policy) -> Replayer {
+        Replayer::with_max_body_bytes(policy, crate::check::DEFAULT_MAX_BODY_BYTES)
+    }
+
+    /// A replayer reading bodies up to `max_body` bytes (the server's `limits.max_body_bytes`).
+    pub fn with_max_body_bytes(policy: Policy, max_body: usize) -> Replayer {
         // No automatic quarantine: replay has no record of releases, and a quarantine it
         // imposed itself would hide what the candidate decides (`quarantined` records are
         // reported apart instead).
         let mut deciding = policy.clone();
         deciding.settings.quarantine = None;
         let authz = crate::service::Authz::from_policy(deciding)
+            .with_max_body_bytes(max_body)
             .with_state(Arc::new(crate::quarantine::StateRuntime::memory()));
         authz.tokens().assume_all(&policy.credentials);
         let kept_by_candidate = kept_headers(&policy);
         let body_pointers = body_pointers(&policy);
-        Replayer { policy, authz, kept_by_candidate, body_pointers }
+        let jwt_claims = jwt_claim_paths(&policy);
+        Replayer { policy, jwt_claims, authz, kept_by_candidate, body_pointers }
     }
 
     /// Decide one input again (inputs must come in recorded order: limits carry over).
@@ -633,6 +663,10 @@ impl Replayer {
 
     fn indeterminate(&self, input: &InputRecord) -> Option<String> {
         let req = &input.request;
+        // An identity claim the recording policy did not read was not kept.
+        if let Some(c) = self.jwt_claims.iter().find(|c| !req.jwt_claims.contains(c)) {
+            return Some(format!("reads JWT claim `{c}`, which was not recorded"));
+        }
         for m in req.masked.iter().filter_map(|m| m.strip_prefix('?')) {
             if self.policy.inputs.query.iter().any(|q| q.eq_ignore_ascii_case(m)) {
                 return Some(format!("reads query parameter `{m}`, whose value was masked"));

@@ -82,6 +82,19 @@ cases:
         ),
     )
     .unwrap();
+    // A deny expected without its rule that only the default gives: passes, with a warning.
+    std::fs::write(
+        d.join("vague_test.yaml"),
+        format!(
+            "policy: {}\nnow: \"2026-11-23T12:00:00Z\"\ncases:\n  - name: vague\n    request: {{method: GET, path: /v1/users/alice/messages/m1, agent: triage-bot}}\n    expect: {{decision: deny}}\n",
+            policy.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = hallpass_test(&[d.join("vague_test.yaml").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warn ") && out.contains("/ vague: passed on the default deny"), "{out}");
+    std::fs::remove_file(d.join("vague_test.yaml")).unwrap();
     let (code, out) = hallpass_test(&[d.to_str().unwrap(), "--coverage-min", "50"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("rule coverage 1/20 (5.0%)") && out.contains("below --coverage-min 50%"), "{out}");

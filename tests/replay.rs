@@ -288,6 +288,19 @@ async fn captured_inputs_replay_exactly_and_changes_are_reported() {
     assert_eq!(report["counts"]["unchanged"].as_u64(), Some(6));
     assert_eq!(report["counts"]["indeterminate"].as_u64(), Some(2));
     assert_eq!(replay(&closing, &inputs, &["--fail-on", "allow-to-deny"]).0, 1);
+    // A candidate whose identity reads a JWT claim the recording policy did not: every
+    // input indeterminate (the claim was not kept), never decided as if absent.
+    let jwt = dir.join("jwt.yaml");
+    std::fs::write(
+        &jwt,
+        POLICY.replace("  agent: [{header: x-agent-id}]", "  agent: [{jwt: {provider: idp, claim: sub}}]"),
+    )
+    .unwrap();
+    let (_, report) = replay(&jwt, &inputs, &[]);
+    assert_eq!(report["counts"]["indeterminate"].as_u64(), Some(9), "{report}");
+    assert!(report["examples"]["indeterminate"]
+        .to_string()
+        .contains("reads JWT claim `idp/sub`, which was not recorded"));
     // The text report names the counts and the example.
     let (code, text) = hallpass(&["replay", "--policy", closing.to_str().unwrap(), inputs.to_str().unwrap()]);
     assert_eq!(code, 0);
