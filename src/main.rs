@@ -374,17 +374,8 @@ fn test(paths: Vec<PathBuf>, coverage_min: Option<f64>, junit: Option<PathBuf>, 
         invalid += 1;
     }
     for file in files {
-        let loaded = match pt::load(&file) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("INVALID {e}");
-                errors.push((file.display().to_string(), e.to_string()));
-                invalid += 1;
-                continue;
-            }
-        };
-        let runs = match pt::run(&loaded) {
-            Ok(r) => r,
+        let (loaded, runs) = match pt::load(&file).and_then(|l| pt::run(&l).map(|r| (l, r))) {
+            Ok(lr) => lr,
             Err(e) => {
                 eprintln!("INVALID {e}");
                 errors.push((file.display().to_string(), e.to_string()));

@@ -313,12 +313,13 @@ fn mask_query(path: &str) -> (String, Vec<String>) {
     let mut out = String::with_capacity(path.len());
     out.push_str(p);
     out.push('?');
+    // Where the current pair starts in `q` (the byte before it is the separator as sent).
+    let mut at = 0usize;
     for (i, pair) in q.split(['&', ';']).enumerate() {
         if i > 0 {
-            // The separator as sent.
-            let at = q.split(['&', ';']).take(i).map(|s| s.len() + 1).sum::<usize>() - 1;
-            out.push_str(q.get(at..=at).unwrap_or("&"));
+            out.push_str(q.get(at - 1..at).unwrap_or("&"));
         }
+        at += pair.len() + 1;
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
         // `+` is a space in a form-encoded name (as hallpass reads it).
         let plus = name.replace('+', " ");

@@ -769,18 +769,22 @@ fn through_real_envoy() {
             && !inputs.contains("the-mail-text-MASKED-77"),
         format!("{} lines", inputs.lines().count()),
     );
+    // `hallpass replay --json` of the inputs: its exit code and report.
+    let replay = |policy: &Path, fail_on: &str, revision: &str| -> (Option<i32>, serde_json::Value) {
+        let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
+            .args(["replay", "--json", "--fail-on", fail_on, "--revision", revision, "--policy"])
+            .arg(policy)
+            .arg(dir.join("inputs.jsonl"))
+            .output()
+            .unwrap();
+        (out.status.code(), serde_json::from_slice(&out.stdout).unwrap_or_default())
+    };
     let mut replayed = 0;
     for (i, text) in versions.iter().enumerate() {
         let file = dir.join(format!("policy-v{i}.yaml"));
         std::fs::write(&file, text).unwrap();
         let rev = hallpass::reload::revision_of(text.as_bytes());
-        let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
-            .args(["replay", "--json", "--fail-on", "any", "--revision", &rev, "--policy"])
-            .arg(&file)
-            .arg(dir.join("inputs.jsonl"))
-            .output()
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let (code, report) = replay(&file, "any", &rev);
         let total = report["total"].as_u64().unwrap_or(0);
         // Every decision reproduced, except where the body was not kept: a JSON body that
         // does not read strictly (the duplicate-key smuggling attempt above) cannot be masked
@@ -789,7 +793,7 @@ fn through_real_envoy() {
         let indeterminate = report["examples"]["indeterminate"].as_array().cloned().unwrap_or_default();
         expect(
             "replay against the recorded revision reproduces every decision",
-            out.status.success()
+            code == Some(0)
                 && unchanged + indeterminate.len() as u64 == total
                 && indeterminate.len() <= 1
                 && indeterminate.iter().all(|e| e["why"].as_str().unwrap_or("").contains("which was not recorded")),
@@ -813,13 +817,7 @@ fn through_real_envoy() {
         .filter(|r| r["revision"] == rev0.as_str() && r["decision"]["rule"] == "no-deletes")
         .map(|r| r["decision_id"].as_str().unwrap_or("").to_string())
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_hallpass"))
-        .args(["replay", "--json", "--fail-on", "deny-to-allow", "--revision", &rev0, "--policy"])
-        .arg(&cand_file)
-        .arg(dir.join("inputs.jsonl"))
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let (code, report) = replay(&cand_file, "deny-to-allow", &rev0);
     let opened: Vec<String> = report["examples"]["deny_to_allow"]
         .as_array()
         .map(|a| a.iter().map(|e| e["decision_id"].as_str().unwrap_or("").to_string()).collect())
@@ -827,7 +825,7 @@ fn through_real_envoy() {
     expect(
         "a candidate that allows deletes: exactly the recorded no-deletes denies change, and the gate fails",
         candidate != v0
-            && out.status.code() == Some(1)
+            && code == Some(1)
             && !deletes.is_empty()
             && report["counts"]["deny_to_allow"].as_u64() == Some(deletes.len() as u64)
             && opened.iter().all(|id| deletes.contains(id))
