@@ -135,6 +135,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let s = settings;
+    // The one cancellation signal, watched by every task.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // SIGHUP is ours from here, before anything is logged or answered: an early one reloads
+    // instead of ending the process.
+    let reload = reload::watch(store.clone(), s.reload, stop_rx.clone());
     let cache = s.cache.map(|c| Arc::new(DecisionCache::new(c)));
     let backend = match &s.state {
         StateOptions::Memory { dir, max_keys, max_keys_per_agent } => Store::Memory(Arc::new(
@@ -178,8 +183,6 @@ pub async fn run(
             Some(Sink::Writer(Box::new(f)))
         }
     };
-    // The one cancellation signal, watched by every task.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -192,7 +195,7 @@ pub async fn run(
         state: Some(state.clone()),
     };
     let admin_task = tokio::spawn(admin::run(bound.admin, admin_state, stopped(stop_rx.clone())));
-    let reload_task = tokio::spawn(reload::watch(store.clone(), s.reload, stop_rx.clone()));
+    let reload_task = tokio::spawn(reload);
     let state_task = tokio::spawn(state.clone().run(stopped(stop_rx.clone())));
     let control_task = bound.control.map(|l| {
         let cs = control::ControlState { state: state.clone(), policy: store.clone() };

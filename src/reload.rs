@@ -273,8 +273,24 @@ impl Default for ReloadOptions {
 }
 
 /// Keep the store current until `shutdown` fires: directory events (debounced), SIGHUP, and
-/// a periodic re-hash.
-pub async fn watch(store: Arc<PolicyStore>, opts: ReloadOptions, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// a periodic re-hash. SIGHUP is taken over when this is called (before the future runs), so
+/// a SIGHUP right after startup reloads instead of ending the process (its default action);
+/// call it from within the runtime.
+pub fn watch(
+    store: Arc<PolicyStore>,
+    opts: ReloadOptions,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> {
+    let hup = sighup();
+    watch_with(store, opts, shutdown, hup)
+}
+
+async fn watch_with(
+    store: Arc<PolicyStore>,
+    opts: ReloadOptions,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut hup: Hup,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let dir = store.path().parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
@@ -298,7 +314,6 @@ pub async fn watch(store: Arc<PolicyStore>, opts: ReloadOptions, mut shutdown: t
         }
     };
     let reloader = Reloader::start(store.clone());
-    let mut hup = sighup();
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -219,6 +219,17 @@ fn wait_for_metric(admin: SocketAddr, needle: &str) -> bool {
     false
 }
 
+/// A SIGHUP the moment hallpass says it is serving reloads; it never ends the process (the
+/// signal's default action, before hallpass takes it over).
+#[test]
+fn an_early_sighup_reloads_and_does_not_kill() {
+    let policy = temp_file("early-hup.yaml", "version: 1\nrules:\n  - { id: a, effect: allow }\n");
+    let mut served = common::Served::start(&["--policy", policy.to_str().unwrap(), "--reload-interval", "60m"]);
+    served.signal("HUP");
+    assert!(wait_for_metric(served.admin, "hallpass_policy_reloads_total{result=\"unchanged\"} 1"));
+    assert!(served.child.try_wait().unwrap().is_none(), "still running");
+}
+
 #[test]
 fn sighup_reloads_and_policy_endpoint_reports_the_revision() {
     let policy = temp_file("hup.yaml", "version: 1\nrules:\n  - { id: a, effect: allow }\n");
